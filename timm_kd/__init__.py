@@ -1,0 +1,7 @@
+"""timm-kd: knowledge distillation with teacher-labelled data augmentation for timm.
+
+``import timm_kd`` registers the CIFAR model zoo in timm's registry.
+"""
+__version__ = '0.1.0'
+
+from . import models

@@ -1,0 +1,2 @@
+"""CIFAR-style architectures of the KD literature, registered in timm's model registry on import."""
+from ._builder import CIFAR100_MEAN, CIFAR100_STD, DEFAULT_HUB_ORG, cifar_cfg, hub_org
