@@ -1,2 +1,4 @@
 """CIFAR-style architectures of the KD literature, registered in timm's model registry on import."""
 from ._builder import CIFAR100_MEAN, CIFAR100_STD, DEFAULT_HUB_ORG, cifar_cfg, hub_org
+from ._convert import KDCheckpointError, clean_kd_state_dict, load_kd_checkpoint, read_kd_checkpoint
+from .cifar_resnet import *
