@@ -5,3 +5,4 @@
 __version__ = '0.1.0'
 
 from . import models
+from .models import KDCheckpointError, load_kd_checkpoint, read_kd_checkpoint
