@@ -6,3 +6,5 @@ __version__ = '0.1.0'
 
 from . import models
 from .models import KDCheckpointError, load_kd_checkpoint, read_kd_checkpoint
+from .data.mixup import DistillMixup
+from .distill import DistillationTask

@@ -1,0 +1,2 @@
+"""Data: DistillMixup (mixed views for distillation)."""
+from .mixup import DistillMixup, MixedViews

@@ -1,0 +1,46 @@
+""" Distillation losses (DESIGN.md §4)
+
+All functions take raw logits and compute in float32 (logits may come out of autocast in bf16/fp16).
+"""
+import torch
+import torch.nn.functional as F
+
+__all__ = ['kd_loss', 'per_sample_kl', 'entropy', 'soft_target_cross_entropy']
+
+
+def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+    """KL(p_t || p_s) per sample, p = softmax(logits / T); no T² factor (paper Eq. 3, the pick score).
+
+    Returns:
+        (B,) tensor.
+    """
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+    """Hinton KD loss: T² · mean over samples of KL(p_t || p_s) at temperature T.
+
+    Equals ``F.kl_div(log p_s, log p_t, reduction='batchmean', log_target=True) * T**2`` (timm's
+    LogitDistillationTask, RepDistiller's DistillKL).
+    """
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(log_p_s, log_p_t, reduction='batchmean', log_target=True) * (temperature ** 2)
+
+
+def entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / T) per sample (nats). The t_ent / s_ent pick scores use T=1.
+
+    Returns:
+        (B,) tensor.
+    """
+    log_p = F.log_softmax(logits.float() / temperature, dim=-1)
+    return -(log_p.exp() * log_p).sum(-1)
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, soft_target: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of -Σ_c q_c log p_c. With CutMix soft targets q = λ·onehot(y) + (1−λ)·onehot(y[perm])
+    this is λ·CE(y) + (1−λ)·CE(y[perm]) per sample (the KD+CutMix baseline)."""
+    return -(soft_target.float() * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
