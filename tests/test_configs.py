@@ -1,0 +1,118 @@
+"""The YAML recipes in configs/: they parse with train_kd's parser, name registered models and give the
+CRD / RepDistiller schedule exactly (lr per epoch as torch's MultiStepLR, SGD without Nesterov, ...)."""
+import glob
+import os
+
+import pytest
+import timm
+import torch
+
+from timm_kd.train.args import parse_args, validate_args
+from timm_kd.train.schedule import create_kd_scheduler
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '**', '*.yaml'), recursive=True))
+KD_CONFIGS = [c for c in CONFIGS if '__' in os.path.basename(c)]
+SMALL_LR_STUDENTS = ('mobilenetv2_cifar', 'shufflenetv1_cifar', 'shufflenetv2_cifar')
+
+# Wang et al. (ICLR'22 submission "Understanding the success of KD - a data augmentation perspective"),
+# Tab. 3: the seven CIFAR-100 teacher -> student pairs (also in Good-DA-in-KD's scripts/).
+PAPER_CIFAR100_PAIRS = {
+    ('wrn_40_2', 'wrn_16_2'), ('resnet56', 'resnet20'), ('resnet32x4', 'resnet8x4'), ('vgg13_cifar', 'vgg8_cifar'),
+    ('vgg13_cifar', 'mobilenetv2_cifar'), ('resnet50_cifar', 'vgg8_cifar'), ('resnet32x4', 'shufflenetv2_cifar'),
+}
+
+
+def _args(path, *extra):
+    args, explicit = parse_args(['--config', path, *extra])
+    validate_args(args, explicit)
+    return args
+
+
+def _name(path):
+    return os.path.relpath(path, ROOT)
+
+
+def test_the_paper_pairs_and_a_tiny_imagenet_recipe_exist():
+    pairs = {(_args(c).teacher, _args(c).model) for c in KD_CONFIGS if os.sep + 'cifar100' + os.sep in c}
+    assert pairs == PAPER_CIFAR100_PAIRS
+    tiny = [_args(c) for c in CONFIGS if os.sep + 'tinyimagenet' + os.sep in c]
+    assert any(a.teacher for a in tiny) and any(not a.teacher for a in tiny)  # a KD recipe and its teacher
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=_name)
+def test_config_parses_and_names_registered_models(path):
+    args = _args(path)
+    assert timm.is_model(args.model), args.model
+    assert args.teacher is None or timm.is_model(args.teacher), args.teacher
+    # file name = <teacher>__<student>.yaml or teacher_<model>.yaml
+    base = os.path.splitext(os.path.basename(path))[0]
+    assert base == (f'{args.teacher}__{args.model}' if args.teacher else f'teacher_{args.model}')
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=_name)
+def test_config_is_the_crd_recipe(path):
+    a = _args(path)
+    assert (a.opt, a.momentum, a.weight_decay, a.wd_all_params) == ('momentum', 0.9, 5e-4, True)
+    assert (a.batch_size, a.epochs, a.epoch_scale) == (64, 240, 1.0)
+    assert (a.sched, a.decay_milestones, a.decay_rate) == ('multistep_torch', [150, 180, 210], 0.1)
+    assert (a.warmup_epochs, a.cooldown_epochs, a.smoothing, a.mixup, a.cutmix) == (0, 0, 0.0, 0.0, 0.0)
+    assert a.lr == (0.01 if a.model in SMALL_LR_STUDENTS else 0.05)
+    assert a.std_aug == 'crop_flip'
+    if 'cifar100' in a.dataset:
+        assert (a.dataset, a.num_classes, a.crop_padding) == ('torch/cifar100', 100, 4)
+    else:
+        assert (a.dataset, a.num_classes, a.crop_padding) == ('tinyimagenet', 200, 8)
+    if a.teacher:  # KD + TLCutMix + pick, the paper's hyper-parameters
+        assert (a.kd_temperature, a.kd_alpha, a.tl_cutmix, a.pick) == (4.0, 0.9, 1.0, 'kld')
+        assert (a.pick_candidates, a.pick_ratio, a.tl_mixup, a.mixed_kd_weight) == (2, 0.5, 0.0, 1.0)
+
+
+def _lr_per_epoch(args, base_lr):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base_lr, momentum=0.9)
+    sched, num_epochs = create_kd_scheduler(opt, args, updates_per_epoch=7)
+    lrs = []
+    for epoch in range(num_epochs):  # as the training loop: the lr of epoch e is set by step(e)
+        sched.step(epoch)
+        lrs.append(opt.param_groups[0]['lr'])
+    return lrs
+
+
+def _torch_multistep(base_lr, epochs, milestones):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base_lr)
+    ref = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(opt.param_groups[0]['lr'])
+        opt.step()
+        ref.step()
+    return lrs
+
+
+@pytest.mark.parametrize('path', [c for c in CONFIGS if c.endswith(('wrn_40_2__wrn_16_2.yaml', 'mobilenetv2_cifar.yaml'))],
+                         ids=_name)
+def test_config_lr_per_epoch_is_crd(path):
+    a = _args(path)
+    lrs = _lr_per_epoch(a, a.lr)
+    assert len(lrs) == 240
+    ref = _torch_multistep(a.lr, 240, [150, 180, 210])
+    assert lrs == pytest.approx(ref, rel=1e-9)
+    # CRD's adjust_learning_rate: 1-based epoch E gets lr0 * 0.1 ** #(E > m)
+    crd = [a.lr * 0.1 ** sum(e > m for m in (150, 180, 210)) for e in range(1, 241)]
+    assert lrs == pytest.approx(crd, rel=1e-9)
+    assert lrs[149] == pytest.approx(a.lr) and lrs[150] == pytest.approx(a.lr * 0.1)
+
+
+def test_epoch_scale_scales_epochs_and_milestones():
+    path = [c for c in KD_CONFIGS if c.endswith('resnet56__resnet20.yaml')][0]
+    a = _args(path, '--epoch-scale', '4')
+    lrs = _lr_per_epoch(a, a.lr)
+    assert lrs == pytest.approx(_torch_multistep(0.05, 960, [600, 720, 840]), rel=1e-9)
+
+
+def test_command_line_overrides_config_for_paper_variants():
+    path = [c for c in KD_CONFIGS if c.endswith('resnet56__resnet20.yaml')][0]
+    a = _args(path, '--pick', 'none')  # KD + TLCutMix
+    assert (a.pick, a.tl_cutmix) == ('none', 1.0)
+    a = _args(path, '--pick', 'none', '--tl-cutmix', '0')  # plain KD
+    assert (a.pick, a.tl_cutmix, a.teacher) == ('none', 0.0, 'resnet56')
