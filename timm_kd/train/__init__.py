@@ -1,0 +1,1 @@
+"""Pieces of ``train_kd.py``: command line, schedule, data loading for exact resume, checkpoints, loop, outputs."""

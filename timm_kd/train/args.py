@@ -1,0 +1,405 @@
+"""Command line of ``train_kd.py``: timm train.py's flags plus the KD group, config layering, validation.
+
+Shared flags keep timm's names, defaults and meanings (``--sched cosine``, ``--smoothing 0.1``,
+``--weight-decay 2e-5``, ``--lr`` from ``--lr-base`` when unset, ...); exact paper recipes come from
+``--config configs/<recipe>.yaml``. Values are layered, later wins:
+parser defaults < the resumed run's ``args.yaml`` (``--resume``) < ``--config`` file < command line.
+
+``validate_args`` checks everything that can be checked without building a model or reading data, so
+a wrong flag fails in a second with one sentence, before any long work starts.
+"""
+import argparse
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+from timm.utils import ParseKwargs
+
+__all__ = [
+    'UsageError', 'build_parser', 'parse_args', 'validate_args', 'kd_view_modes', 'resolve_loss_weights',
+    'STD_AUG_MODES', 'PICK_CHOICES', 'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS',
+]
+
+STD_AUG_MODES = ('none', 'flip', 'crop', 'crop_flip')
+PICK_CHOICES = ('none', 'kld', 't_ent', 's_ent', 'random')
+SCHEDULERS = ('cosine', 'tanh', 'step', 'multistep', 'multistep_torch', 'poly', 'wsd', 'rsqrt', 'constant',
+              'plateau', 'none')
+# timm's ImageNet train-transform flags: only meaningful for inputs >= 128 px (timm create_transform).
+LARGE_INPUT_AUG_FLAGS = ('scale', 'ratio', 'hflip', 'vflip', 'color_jitter', 'aa', 'reprob', 'remode', 'recount',
+                         'train_interpolation')
+
+
+class UsageError(ValueError):
+    """A user mistake (flags, files, incompatible models/data): one sentence, exit code 2, before training."""
+
+
+def _add(group, *names, **kw):
+    group.add_argument(*names, **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='train_kd.py',
+        description='Train a timm model with knowledge distillation (KD, TLmixup, TLCutMix, TLCutMix+pick) '
+                    'or plainly with cross-entropy (no --teacher). Run with `accelerate launch` for N processes.')
+    _add(p, '-c', '--config', default='', metavar='FILE', help='YAML file of flag defaults (keys = flag dests)')
+
+    g = p.add_argument_group('Dataset parameters')
+    _add(g, '--data-dir', metavar='DIR', default=None, help='dataset root directory')
+    _add(g, '--dataset', metavar='NAME', default='',
+         help='timm dataset name: torch/cifar100, torch/cifar10, hfds/<repo>, an image folder (empty), '
+              'sklearn/digits, synthetic/<classes>x<size>')
+    _add(g, '--train-split', metavar='NAME', default='train', help='train split (default: train)')
+    _add(g, '--val-split', metavar='NAME', default='validation',
+         help='eval split (default: validation; CIFAR: the test set)')
+    _add(g, '--dataset-download', action='store_true', default=False, help='download torch/ datasets if missing')
+    _add(g, '--class-map', default='', metavar='FILENAME', help='class to index mapping file')
+    _add(g, '--input-key', default=None, help='image key of hfds/ datasets (e.g. img)')
+    _add(g, '--target-key', default=None, help='label key of hfds/ datasets (e.g. fine_label)')
+
+    g = p.add_argument_group('Model parameters')
+    _add(g, '--model', default='resnet50', metavar='MODEL', help='student model name (default: resnet50)')
+    _add(g, '--pretrained', action='store_true', default=False, help='start from the pretrained student weights')
+    _add(g, '--initial-checkpoint', default='', metavar='PATH', help='initialize the student from this checkpoint')
+    _add(g, '--resume', default='', metavar='PATH',
+         help='resume model, optimizer, schedule, RNG and position from a checkpoint file or a run directory')
+    _add(g, '--no-resume-opt', action='store_true', default=False, help='do not resume the optimizer state')
+    _add(g, '--num-classes', type=int, default=None, metavar='N', help='number of classes (default: dataset)')
+    _add(g, '--gp', default=None, metavar='POOL', help='global pool type (model default if None)')
+    _add(g, '--img-size', type=int, default=None, metavar='N', help='image size (default: dataset recipe)')
+    _add(g, '--in-chans', type=int, default=None, metavar='N', help='input channels (default: 3)')
+    _add(g, '--input-size', default=None, nargs=3, type=int, metavar='N N N', help='input C H W')
+    _add(g, '--crop-pct', default=None, type=float, metavar='N', help='eval centre crop pct (inputs >= 128 px)')
+    _add(g, '--mean', type=float, nargs='+', default=None, metavar='MEAN', help='override dataset mean')
+    _add(g, '--std', type=float, nargs='+', default=None, metavar='STD', help='override dataset std')
+    _add(g, '--interpolation', default='', metavar='NAME', help='resize interpolation')
+    _add(g, '-b', '--batch-size', type=int, default=128, metavar='N', help='batch size per process (default: 128)')
+    _add(g, '-vb', '--validation-batch-size', type=int, default=None, metavar='N', help='eval batch size')
+    _add(g, '--channels-last', action='store_true', default=False, help='channels_last memory layout')
+    _add(g, '--grad-checkpointing', action='store_true', default=False, help='gradient checkpointing')
+    _add(g, '--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='extra create_model kwargs k=v')
+    _add(g, '--torchcompile', nargs='?', type=str, default=None, const='inductor',
+         help='torch.compile the student (and teacher) with this backend (default: inductor)')
+    _add(g, '--drop', type=float, default=0.0, metavar='PCT', help='dropout rate')
+    _add(g, '--drop-path', type=float, default=None, metavar='PCT', help='drop path rate')
+
+    g = p.add_argument_group('Optimizer parameters')
+    _add(g, '--opt', default='sgd', metavar='OPTIMIZER',
+         help='timm optimizer name (default: sgd = Nesterov SGD; momentum = classic SGD as in CRD)')
+    _add(g, '--opt-eps', default=None, type=float, metavar='EPSILON')
+    _add(g, '--opt-betas', default=None, type=float, nargs='+', metavar='BETA')
+    _add(g, '--momentum', type=float, default=0.9, metavar='M', help='momentum (default: 0.9)')
+    _add(g, '--weight-decay', type=float, default=2e-5, help='weight decay (default: 2e-5)')
+    _add(g, '--wd-all-params', action='store_true', default=False,
+         help='apply weight decay to every parameter incl. biases and norm layers (CRD/RepDistiller recipe); '
+              'timm excludes 1-d parameters by default')
+    _add(g, '--clip-grad', type=float, default=None, metavar='NORM', help='clip gradient norm (default: off)')
+    _add(g, '--clip-mode', type=str, default='norm', help='clip mode: norm, value, agc')
+    _add(g, '--layer-decay', type=float, default=None, help='layer-wise lr decay')
+    _add(g, '--opt-kwargs', nargs='*', default={}, action=ParseKwargs, help='extra optimizer kwargs k=v')
+
+    g = p.add_argument_group('Learning rate schedule parameters')
+    _add(g, '--sched', type=str, default='cosine', choices=SCHEDULERS, metavar='SCHEDULER',
+         help='lr schedule (default: cosine). multistep = timm (decays at epoch index m-1); multistep_torch = '
+              'torch MultiStepLR / CRD (lr x decay-rate from epoch index m on, i.e. after m epochs)')
+    _add(g, '--sched-on-updates', action='store_true', default=False, help='step the schedule per update')
+    _add(g, '--lr', type=float, default=None, metavar='LR', help='learning rate (default: from --lr-base)')
+    _add(g, '--lr-base', type=float, default=0.1, metavar='LR', help='lr = lr_base * global_batch / lr_base_size')
+    _add(g, '--lr-base-size', type=int, default=256, metavar='DIV')
+    _add(g, '--lr-base-scale', type=str, default='', metavar='SCALE', help='linear or sqrt (default: by opt)')
+    _add(g, '--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct')
+    _add(g, '--lr-noise-pct', type=float, default=0.67, metavar='PERCENT')
+    _add(g, '--lr-noise-std', type=float, default=1.0, metavar='STDDEV')
+    _add(g, '--lr-cycle-mul', type=float, default=1.0, metavar='MULT')
+    _add(g, '--lr-cycle-decay', type=float, default=0.5, metavar='MULT')
+    _add(g, '--lr-cycle-limit', type=int, default=1, metavar='N')
+    _add(g, '--lr-k-decay', type=float, default=1.0)
+    _add(g, '--warmup-lr', type=float, default=1e-5, metavar='LR', help='warmup start lr (default: 1e-5)')
+    _add(g, '--min-lr', type=float, default=0, metavar='LR', help='lr floor of cyclic schedules (default: 0)')
+    _add(g, '--epochs', type=int, default=300, metavar='N', help='epochs to train (default: 300)')
+    _add(g, '--epoch-scale', type=float, default=1.0, metavar='K',
+         help='multiply --epochs, --decay-milestones and --decay-epochs by K (int(x*K), as CRD\'s epoch_factor; '
+              'warmup and cooldown stay)')
+    _add(g, '--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES',
+         help='multistep milestones (epochs), see --sched for the two conventions')
+    _add(g, '--decay-epochs', type=float, default=90, metavar='N', help='epoch interval of the step schedule')
+    _add(g, '--warmup-epochs', type=int, default=5, metavar='N', help='warmup epochs (default: 5)')
+    _add(g, '--warmup-prefix', action='store_true', default=False, help='exclude warmup from the decay schedule')
+    _add(g, '--cooldown-epochs', type=int, default=0, metavar='N')
+    _add(g, '--patience-epochs', type=int, default=10, metavar='N')
+    _add(g, '--decay-rate', '--dr', type=float, default=0.1, metavar='RATE', help='lr decay rate (default: 0.1)')
+
+    g = p.add_argument_group('Augmentation and regularization parameters')
+    _add(g, '--std-aug', default='crop_flip', choices=STD_AUG_MODES,
+         help='standard train augmentation: none, flip, crop, crop_flip (pad + random crop + flip; default)')
+    _add(g, '--crop-padding', type=int, default=None, metavar='PX',
+         help='random-crop padding (default: dataset recipe, CIFAR 4, Tiny ImageNet 8)')
+    _add(g, '--no-aug', action='store_true', default=False, help='disable train augmentation (= --std-aug none)')
+    _add(g, '--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT', help='(inputs >= 128 px)')
+    _add(g, '--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO', help='(>= 128 px)')
+    _add(g, '--hflip', type=float, default=0.5, help='(inputs >= 128 px)')
+    _add(g, '--vflip', type=float, default=0., help='(inputs >= 128 px)')
+    _add(g, '--color-jitter', type=float, default=0.4, metavar='PCT', help='(inputs >= 128 px)')
+    _add(g, '--aa', type=str, default=None, metavar='NAME', help='AutoAugment policy (inputs >= 128 px)')
+    _add(g, '--reprob', type=float, default=0., metavar='PCT', help='random erase prob (inputs >= 128 px)')
+    _add(g, '--remode', type=str, default='pixel', help='(inputs >= 128 px)')
+    _add(g, '--recount', type=int, default=1, help='(inputs >= 128 px)')
+    _add(g, '--train-interpolation', type=str, default='random', help='(inputs >= 128 px)')
+    _add(g, '--mixup', type=float, default=0.0, help='timm mixup alpha on the training batch itself')
+    _add(g, '--cutmix', type=float, default=0.0, help='timm cutmix alpha on the training batch itself')
+    _add(g, '--cutmix-minmax', type=float, nargs='+', default=None)
+    _add(g, '--mixup-prob', type=float, default=1.0, help='probability of mixing a batch (or pair / element)')
+    _add(g, '--mixup-switch-prob', type=float, default=0.5, help='probability of cutmix when both are enabled')
+    _add(g, '--mixup-mode', type=str, default='batch', help='batch, pair or elem')
+    _add(g, '--mixup-off-epoch', default=0, type=int, metavar='N', help='turn timm mixup off from this epoch')
+    _add(g, '--smoothing', type=float, default=0.1, help='label smoothing of the CE term (default: 0.1)')
+
+    g = p.add_argument_group('Knowledge distillation parameters')
+    _add(g, '--teacher', default=None, metavar='MODEL',
+         help='teacher: registered name (with --teacher-checkpoint or its Hub weights), hf-hub:org/repo, '
+              'local-dir:PATH. Without it the student trains with cross-entropy only')
+    _add(g, '--teacher-checkpoint', default=None, metavar='PATH',
+         help='teacher weights (timm, RepDistiller, mdistiller or Good-DA format; or hf-hub:org/repo/file)')
+    _add(g, '--tl-mixup', type=float, nargs='?', const=1.0, default=0.0, metavar='ALPHA',
+         help='TLmixup: add a teacher-labelled mixup view, lambda ~ Beta(ALPHA, ALPHA) (default ALPHA 1)')
+    _add(g, '--tl-cutmix', type=float, nargs='?', const=1.0, default=0.0, metavar='ALPHA',
+         help='TLCutMix: add a teacher-labelled CutMix view (default ALPHA 1)')
+    _add(g, '--cutmix-hard', type=float, nargs='?', const=1.0, default=0.0, metavar='ALPHA',
+         help='KD+CutMix baseline: a CutMix view trained with the hard CutMix labels instead of the teacher')
+    _add(g, '--cutout', type=int, nargs='?', const=-1, default=0, metavar='SIZE',
+         help='add a teacher-labelled Cutout view (hole side SIZE px; no value = the mixer default)')
+    _add(g, '--pick', default='none', choices=PICK_CHOICES,
+         help='pick the most informative mixed views: kld (paper), t_ent, s_ent, random (control)')
+    _add(g, '--pick-candidates', type=int, default=2, metavar='N', help='candidate pool = N x batch (default 2)')
+    _add(g, '--pick-ratio', type=float, default=0.5, metavar='R', help='share of the pool kept (default 0.5)')
+    _add(g, '--mix-pairing', default='derangement', choices=('derangement', 'random', 'flip'),
+         help='partner of each image in a mixed view: derangement (paper: random, never itself), random, '
+              'flip (timm: i with B-1-i, needs an even batch)')
+    _add(g, '--mix-fraction', type=float, default=1.0, metavar='F',
+         help='share of the batch that gets a mixed view (partial mixup, Choi et al.; default 1.0)')
+    _add(g, '--kd-temperature', type=float, default=4.0, metavar='T', help='KD softmax temperature (default 4)')
+    _add(g, '--kd-alpha', type=float, default=None, metavar='A',
+         help='paper alpha: loss = (1-A) CE + A KL (default 0.9); --task-loss-weight overrides the CE weight')
+    _add(g, '--distill-loss-weight', type=float, default=None, metavar='W',
+         help='timm meaning: KL weight, independent of the CE weight (which then defaults to 1)')
+    _add(g, '--task-loss-weight', type=float, default=None, metavar='W',
+         help='CE weight gamma (alone: KL weight = 1 - gamma, as timm)')
+    _add(g, '--mixed-kd-weight', type=float, default=1.0, metavar='W',
+         help='weight w of the mixed-view KL relative to the KL on x (default 1)')
+
+    g = p.add_argument_group('Distributed, batch norm and EMA parameters')
+    _add(g, '--dist-bn', type=str, default='reduce', choices=('reduce', 'broadcast', ''),
+         help='sync BatchNorm statistics across processes after each epoch (default: reduce)')
+    _add(g, '--no-ddp-bb', action='store_true', default=False, help='do not broadcast buffers in DDP')
+    _add(g, '--model-ema', action='store_true', default=False, help='track an EMA of the student weights')
+    _add(g, '--model-ema-decay', type=float, default=0.9998, help='EMA decay (default: 0.9998)')
+    _add(g, '--model-ema-warmup', action='store_true', default=False, help='EMA decay warmup')
+
+    g = p.add_argument_group('Miscellaneous parameters')
+    _add(g, '--seed', type=int, default=42, metavar='S', help='random seed (default: 42)')
+    _add(g, '--log-interval', type=int, default=50, metavar='N', help='steps between progress lines')
+    _add(g, '--checkpoint-every', type=int, default=0, metavar='N',
+         help='also write recovery.pth.tar every N steps inside an epoch (default: 0 = epoch ends only)')
+    _add(g, '--checkpoint-hist', type=int, default=10, metavar='N',
+         help='keep the N best checkpoint-<epoch>.pth.tar (default: 10; 0 = none)')
+    _add(g, '-j', '--workers', type=int, default=4, metavar='N', help='data loader workers per process')
+    _add(g, '--pin-mem', action='store_true', default=False, help='pin data loader memory')
+    _add(g, '--amp', action='store_true', default=False, help='mixed precision (accelerate mixed_precision)')
+    _add(g, '--amp-dtype', default='float16', type=str, choices=('float16', 'bfloat16'),
+         help='AMP dtype: float16 -> fp16, bfloat16 -> bf16')
+    _add(g, '--output', default='', type=str, metavar='PATH', help='output root (default: ./output/train)')
+    _add(g, '--experiment', default='', type=str, metavar='NAME', help='run sub-folder name')
+    _add(g, '--eval-metric', default='top1', type=str, choices=('top1', 'top5', 'loss'),
+         help='metric that picks model_best (default: top1)')
+    _add(g, '--push-to-hub', default=None, metavar='REPO', help='publish the student to this Hub repo after training')
+    _add(g, '--hub-private', action='store_true', default=False, help='create the Hub repo private')
+    return p
+
+
+def _load_yaml(path: str, what: str) -> Dict[str, Any]:
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise UsageError(f'{what} {path!r} cannot be read: {e.strerror or e}.') from e
+    except yaml.YAMLError as e:
+        raise UsageError(f'{what} {path!r} is not valid YAML: {str(e).splitlines()[0]}.') from e
+    if not isinstance(cfg, dict):
+        raise UsageError(f'{what} {path!r} must hold a mapping of flag names to values.')
+    return cfg
+
+
+def _run_args_of(resume: str) -> Dict[str, Any]:
+    """The args.yaml of the run a --resume path belongs to ({} when there is none)."""
+    d = resume if os.path.isdir(resume) else os.path.dirname(os.path.abspath(resume))
+    f = os.path.join(d, 'args.yaml')
+    return _load_yaml(f, 'The run arguments') if os.path.isfile(f) else {}
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Dict[str, Any]]:
+    """Parse ``argv`` with layered defaults. Returns (args, explicit) with ``explicit`` the flags given on the
+    command line or in --config (used to tell user choices from defaults, e.g. for lr / resume checks)."""
+    parser = build_parser()
+    known = {a.dest for a in parser._actions}
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('-c', '--config', default='')
+    pre.add_argument('--resume', default='')
+    first, _ = pre.parse_known_args(argv)
+
+    defaults: Dict[str, Any] = {}
+    if first.resume and os.path.exists(first.resume):
+        run_cfg = _run_args_of(first.resume)
+        defaults.update({k: v for k, v in run_cfg.items() if k in known and k not in ('config', 'resume')})
+    cfg: Dict[str, Any] = {}
+    if first.config:
+        cfg = _load_yaml(first.config, 'Config file')
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise UsageError(f'Config file {first.config!r} has unknown keys {unknown}: keys are flag names with '
+                             f'"_" for "-" (e.g. decay_milestones).')
+        defaults.update(cfg)
+    parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+
+    # Which dests did the user choose (config or command line), as opposed to parser defaults?
+    blank = build_parser()
+    blank.set_defaults(**{a.dest: _Unset for a in blank._actions if a.dest != 'help'})
+    given = {k for k, v in vars(blank.parse_args(argv)).items() if v is not _Unset}
+    explicit = {k: getattr(args, k) for k in given | set(cfg)}
+    return args, explicit
+
+
+class _Unset:
+    """Sentinel default: marks flags absent from the command line."""
+
+
+def kd_view_modes(args: argparse.Namespace) -> List[str]:
+    """The extra-view generators switched on (KD group): names of the flags as given by the user."""
+    return [f for f, v in (('--tl-mixup', args.tl_mixup), ('--tl-cutmix', args.tl_cutmix),
+                           ('--cutmix-hard', args.cutmix_hard), ('--cutout', args.cutout)) if v]
+
+
+def resolve_loss_weights(args: argparse.Namespace) -> Tuple[float, float]:
+    """(task CE weight gamma, distillation KL weight alpha) from --kd-alpha / --distill-loss-weight /
+    --task-loss-weight. Nothing given: the paper's 0.1 / 0.9."""
+    if args.kd_alpha is not None:
+        alpha = args.kd_alpha
+        gamma = args.task_loss_weight if args.task_loss_weight is not None else 1.0 - alpha
+    elif args.distill_loss_weight is not None:  # timm: independent weights, CE weight defaults to 1
+        alpha = args.distill_loss_weight
+        gamma = args.task_loss_weight if args.task_loss_weight is not None else 1.0
+    elif args.task_loss_weight is not None:  # timm: complementary
+        gamma = args.task_loss_weight
+        alpha = 1.0 - gamma
+    else:
+        gamma, alpha = 0.1, 0.9
+    return gamma, alpha
+
+
+def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] = None) -> None:
+    """Flag checks that need no model and no data. Raises UsageError with one sentence."""
+    import timm
+    explicit = explicit or {}
+
+    def need(cond: bool, msg: str):
+        if not cond:
+            raise UsageError(msg)
+
+    def known_model(name: str) -> bool:
+        return name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')) or timm.is_model(name)
+
+    need(known_model(args.model), f'Unknown model {args.model!r}: use a name from timm.list_models() '
+                                  f'(import timm_kd registers the CIFAR models, e.g. resnet8x4) or hf-hub:org/repo.')
+    if args.teacher:
+        need(known_model(args.teacher), f'Unknown teacher {args.teacher!r}: use a name from timm.list_models(), '
+                                        f'hf-hub:org/repo or local-dir:PATH.')
+    from timm.optim import list_optimizers
+    opt = args.opt.lower()
+    opt = opt[len('lookahead_'):] if opt.startswith('lookahead_') else opt
+    need(opt in list_optimizers(), f'Unknown optimizer --opt {args.opt!r}: see timm.optim.list_optimizers() '
+                                   f'(sgd = Nesterov SGD, momentum = classic SGD).')
+    need(args.batch_size >= 1, f'--batch-size must be >= 1, got {args.batch_size}.')
+    need(args.validation_batch_size is None or args.validation_batch_size >= 1, '--validation-batch-size must be >= 1.')
+    need(args.epochs >= 1, f'--epochs must be >= 1, got {args.epochs}.')
+    need(args.epoch_scale > 0, f'--epoch-scale must be > 0, got {args.epoch_scale}.')
+    need(int(args.epochs * args.epoch_scale) >= 1, '--epochs x --epoch-scale must leave at least one epoch.')
+    need(args.workers >= 0, '--workers must be >= 0.')
+    need(args.checkpoint_every >= 0, '--checkpoint-every must be >= 0.')
+    need(args.checkpoint_hist >= 0, '--checkpoint-hist must be >= 0.')
+    need(args.log_interval >= 1, '--log-interval must be >= 1.')
+    need(args.lr is None or args.lr >= 0, '--lr must be >= 0.')
+    need(args.weight_decay >= 0, '--weight-decay must be >= 0.')
+    if args.sched in ('multistep', 'multistep_torch'):
+        m = list(args.decay_milestones)
+        need(all(a < b for a, b in zip(m, m[1:])), f'--decay-milestones must be increasing, got {m}.')
+    need(args.mixup_mode in ('batch', 'pair', 'elem'), f'--mixup-mode must be batch, pair or elem.')
+    need(0 <= args.smoothing < 1, '--smoothing must be in [0, 1).')
+    if args.resume:
+        need(os.path.exists(args.resume), f'--resume {args.resume!r} does not exist: pass a checkpoint file '
+                                          f'(last.pth.tar, recovery.pth.tar) or a run directory.')
+    if args.initial_checkpoint:
+        need(os.path.isfile(args.initial_checkpoint), f'--initial-checkpoint {args.initial_checkpoint!r} is not a file.')
+    if args.teacher_checkpoint and not args.teacher_checkpoint.startswith('hf-hub:'):
+        need(os.path.exists(args.teacher_checkpoint),
+             f'--teacher-checkpoint {args.teacher_checkpoint!r} does not exist.')
+    need(args.teacher or not args.teacher_checkpoint, '--teacher-checkpoint needs --teacher (the architecture).')
+
+    views = kd_view_modes(args)
+    # --cutmix-minmax shapes the boxes of --tl-cutmix / --cutmix-hard when those are on, else timm's batch CutMix
+    timm_mix = args.mixup > 0 or args.cutmix > 0 or (args.cutmix_minmax is not None and not views)
+    kd_only = views + [f for f, on in (
+        (f'--pick {args.pick}', args.pick != 'none'),
+        ('--mix-fraction', args.mix_fraction != 1.0),
+        ('--kd-alpha', args.kd_alpha is not None),
+        ('--distill-loss-weight', args.distill_loss_weight is not None),
+        ('--task-loss-weight', args.task_loss_weight is not None),
+        ('--mixed-kd-weight', args.mixed_kd_weight != 1.0)) if on]
+    if not args.teacher and kd_only:
+        raise UsageError(f'{kd_only[0]} needs a teacher: add --teacher MODEL (and --teacher-checkpoint PATH).')
+    for flag, v in (('--tl-mixup', args.tl_mixup), ('--tl-cutmix', args.tl_cutmix), ('--cutmix-hard', args.cutmix_hard)):
+        need(v >= 0, f'{flag} ALPHA must be > 0, got {v}.')
+    need(args.cutout >= -1, f'--cutout SIZE must be > 0, got {args.cutout}.')
+    if '--cutmix-hard' in views and len(views) > 1:
+        raise UsageError(f'--cutmix-hard is the hard-label CutMix baseline and cannot be combined with '
+                         f'{[v for v in views if v != "--cutmix-hard"][0]}: choose one view mode.')
+    if '--cutout' in views and len(views) > 1:
+        raise UsageError(f'--cutout is a view mode of its own and cannot be combined with '
+                         f'{[v for v in views if v != "--cutout"][0]}: choose one view mode.')
+    if views and timm_mix:
+        raise UsageError(f'{views[0]} adds a mixed view next to the original batch; timm\'s --mixup/--cutmix mix '
+                         f'the batch itself: use one or the other.')
+    if args.pick != 'none':
+        need(bool(views), f'--pick {args.pick} needs a mixing mode to pick from: add --tl-cutmix (paper), '
+                          f'--tl-mixup or --cutout.')
+        need('--cutmix-hard' not in views, f'--pick scores teacher-labelled views; --cutmix-hard trains on hard '
+                                           f'labels: use --tl-cutmix --pick {args.pick}.')
+        need(args.pick_candidates >= 1, f'--pick-candidates must be >= 1, got {args.pick_candidates}.')
+        need(0 < args.pick_ratio <= 1, f'--pick-ratio must be in (0, 1], got {args.pick_ratio}.')
+    else:
+        for flag, dest, default in (('--pick-candidates', 'pick_candidates', 2), ('--pick-ratio', 'pick_ratio', 0.5)):
+            if dest in explicit and explicit[dest] != default:
+                raise UsageError(f'{flag} has no effect without --pick: add --pick kld (or t_ent, s_ent, random).')
+    need(0 < args.mix_fraction <= 1, f'--mix-fraction must be in (0, 1], got {args.mix_fraction}.')
+    if args.mix_fraction != 1.0:
+        need(bool(views), '--mix-fraction needs a mixing mode: add --tl-mixup or --tl-cutmix.')
+    need(args.kd_temperature > 0, f'--kd-temperature must be > 0, got {args.kd_temperature}.')
+    if args.kd_alpha is not None and args.distill_loss_weight is not None:
+        raise UsageError('--kd-alpha and --distill-loss-weight both set the KL weight: give only one.')
+    if timm_mix:
+        # timm's Mixup pairs sample i with B-1-i and asserts an even batch.
+        need(args.batch_size % 2 == 0, f'--mixup/--cutmix pair sample i with B-1-i and need an even --batch-size, '
+                                       f'got {args.batch_size}.')
+    if views:
+        need(args.batch_size >= 2, f'{views[0]} pairs images within a batch and needs --batch-size >= 2.')
+        if args.mix_pairing == 'flip' or args.mixup_mode == 'pair':
+            why = '--mix-pairing flip pairs sample i with B-1-i' if args.mix_pairing == 'flip' else \
+                '--mixup-mode pair mixes images two by two'
+            need(args.batch_size % 2 == 0, f'{why} and needs an even --batch-size, got {args.batch_size}.')
+        if args.cutmix_minmax is not None:
+            need(args.tl_cutmix or args.cutmix_hard, '--cutmix-minmax shapes CutMix boxes: use it with --tl-cutmix '
+                                                     'or --cutmix-hard.')
+    if args.amp_dtype not in ('float16', 'bfloat16'):
+        raise UsageError(f'--amp-dtype must be float16 or bfloat16, got {args.amp_dtype!r}.')
+    if args.push_to_hub is not None:
+        need(args.push_to_hub.count('/') == 1 and all(args.push_to_hub.split('/')),
+             f'--push-to-hub needs a repo id "owner/name", got {args.push_to_hub!r}.')

@@ -1,0 +1,98 @@
+"""Run folder of ``train_kd.py`` (timm's layout): naming, log.txt, summary.csv, results.json.
+
+``output/train/<experiment>/`` holds args.yaml, summary.csv, log.txt, last.pth.tar, model_best.pth.tar
+(+ recovery.pth.tar, checkpoint-<epoch>.pth.tar) and results.json. An existing folder is never reused
+silently: a new run gets ``<name>-1``, ``<name>-2``, ... as timm does; only ``--resume`` continues in the
+folder of its checkpoint.
+"""
+import csv
+import io
+import json
+import logging
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+from .checkpoint import atomic_write_text
+
+__all__ = ['new_run_dir', 'LogFiles', 'write_summary_row', 'write_results']
+
+
+def new_run_dir(base: str, name: str) -> str:
+    """Create ``base/name``, or ``base/name-N`` with the first free N when it exists (timm's get_outdir)."""
+    os.makedirs(base, exist_ok=True)
+    path, n = os.path.join(base, name), 0
+    while True:
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            n += 1
+            path = os.path.join(base, f'{name}-{n}')
+
+
+class LogFiles:
+    """Handlers of the 'train_kd' and 'timm_kd' loggers: stdout on the main process, plus run_dir/log.txt.
+
+    Removed again by ``close()`` so in-process calls (tests, demos) do not stack handlers.
+    """
+    names = ('train_kd', 'timm_kd')
+
+    def __init__(self, is_main: bool):
+        self.handlers: List[logging.Handler] = []
+        self.loggers = [logging.getLogger(n) for n in self.names]
+        self._levels = [lg.level for lg in self.loggers]
+        self._propagate = [lg.propagate for lg in self.loggers]
+        self.is_main = is_main
+        for lg in self.loggers:
+            lg.setLevel(logging.INFO if is_main else logging.WARNING)
+            lg.propagate = False
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter('%(message)s'))
+        self._add(h)
+
+    def _add(self, h: logging.Handler) -> None:
+        self.handlers.append(h)
+        for lg in self.loggers:
+            lg.addHandler(h)
+
+    def add_file(self, path: str) -> None:
+        if not self.is_main:
+            return
+        h = logging.FileHandler(path, mode='a')
+        h.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%Y-%m-%d %H:%M:%S'))
+        self._add(h)
+
+    def close(self) -> None:
+        for h in self.handlers:
+            for lg in self.loggers:
+                lg.removeHandler(h)
+            h.close()
+        for lg, lvl, prop in zip(self.loggers, self._levels, self._propagate):
+            lg.setLevel(lvl)
+            lg.propagate = prop
+
+
+def write_summary_row(path: str, row: Dict[str, Any]) -> None:
+    """Append ``row`` (with an ``epoch`` key) to summary.csv, dropping rows of that epoch and later (left by a
+    run that was killed and resumed) and widening the header if new columns appear. Rewritten atomically."""
+    rows: List[Dict[str, Any]] = []
+    fields: List[str] = []
+    if os.path.isfile(path):
+        with open(path, newline='') as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            rows = [r for r in reader if int(r['epoch']) < int(row['epoch'])]
+    rows.append(row)
+    for k in row:
+        if k not in fields:
+            fields.append(k)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, restval='')
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_results(path: str, results: Dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(results, indent=2, default=str) + '\n')
