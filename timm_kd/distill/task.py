@@ -189,8 +189,8 @@ class DistillationTask(LogitDistillationTask):
 
         ``views``: the pool made by a DistillMixup for this batch; by default the task's ``mixup`` makes it.
         """
-        if self.teacher.training:
-            self.teacher.eval()  # a user's model.train() elsewhere must not put teacher BN in train mode
+        if self.teacher.training or self.teacher.model.training:
+            self.teacher.eval()  # a user's teacher.train() elsewhere must not put teacher BN in train mode
         if views is None and self.mixup is not None:
             views = self.mixup(input, target)
         student = self.trainable_module
