@@ -8,3 +8,4 @@ from . import models
 from .models import KDCheckpointError, load_kd_checkpoint, read_kd_checkpoint
 from .data.mixup import DistillMixup
 from .distill import DistillationTask
+from . import hub
