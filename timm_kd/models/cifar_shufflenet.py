@@ -1,0 +1,389 @@
+"""ShuffleNet V1 / V2 for CIFAR, as used in the KD literature.
+
+RepDistiller's ``ShuffleV1`` (``models/ShuffleNetv1.py``: widths 240/480/960, blocks 4/8/4, 3 groups) and
+``ShuffleV2`` (``models/ShuffleNetv2.py``, net_size 1: widths 116/232/464 + a 1x1 conv to 1024, blocks 3/7/3),
+layer for layer. Both use a 1x1 stride-1 stem (24 channels) and no max-pool, so three stride-2 stages end at
+a 4x4 map on 32 px input. Module names equal RepDistiller's (``conv1, bn1, layer{1-3}.{i}.{conv,bn}{1-5},
+[conv2, bn2,] linear``), so its checkpoints load unchanged. RepDistiller pools with a fixed 4x4 kernel, which
+fails at 64 px; here pooling is global, so 32 and 64 px inputs both work.
+
+RepDistiller details kept on purpose (they differ from the ShuffleNet papers): V1 has a ReLU after the
+depthwise conv, its first block's 1x1 group conv uses 1 group on the 24-channel stem output, and the
+channel shuffle of that block then is a no-op; V2 has no max-pool and puts a ReLU on both 1x1 convs only.
+"""
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from timm.layers import create_classifier, get_device_dtype
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+
+from ._builder import cifar_cfg
+from ._convert import clean_kd_state_dict
+
+__all__ = ['CifarShuffleNetV1', 'CifarShuffleNetV2']
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(N, g * k, H, W) -> interleave the g groups of k channels. Written without reading the shape into
+    Python ints so that FX tracing works."""
+    return x.unflatten(1, [groups, -1]).transpose(1, 2).flatten(1, 2)
+
+
+class ShuffleV1Block(nn.Module):
+    """RepDistiller ShuffleNetV1 ``Bottleneck``: 1x1 group conv, shuffle, 3x3 dw conv, 1x1 group conv.
+
+    Stride 1 adds the input; stride 2 concatenates a 3x3 average-pooled input, so the block outputs
+    ``out_chs + in_chs`` channels.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, groups: int, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        mid_chs = out_chs // 4
+        g1 = 1 if in_chs == 24 else groups  # RepDistiller: the 24-channel stem output is not split into groups
+        self.stride = stride
+        self.shuffle_groups = g1
+        self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, groups=g1, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(mid_chs, **dd)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(mid_chs, mid_chs, 3, stride, 1, groups=mid_chs, bias=False, **dd)
+        self.bn2 = nn.BatchNorm2d(mid_chs, **dd)
+        self.act2 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, groups=groups, bias=False, **dd)
+        self.bn3 = nn.BatchNorm2d(out_chs, **dd)
+        # AvgPool2d counts the zero padding (count_include_pad=True), as RepDistiller
+        self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
+        self.act3 = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        if self.shuffle_groups > 1:
+            out = channel_shuffle(out, self.shuffle_groups)
+        out = self.act2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        res = self.shortcut(x)
+        out = torch.cat([out, res], 1) if self.stride == 2 else out + res
+        return self.act3(out)
+
+
+class ShuffleV2Block(nn.Module):
+    """RepDistiller ShuffleNetV2 ``BasicBlock``: keep the first half of the channels, run the second half
+    through 1x1 -> 3x3 dw -> 1x1, concatenate, shuffle with 2 groups."""
+
+    def __init__(self, chs: int, split_ratio: float = 0.5, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        self.keep = int(chs * split_ratio)
+        branch_chs = chs - self.keep
+        self.conv1 = nn.Conv2d(branch_chs, branch_chs, 1, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(branch_chs, **dd)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(branch_chs, branch_chs, 3, 1, 1, groups=branch_chs, bias=False, **dd)
+        self.bn2 = nn.BatchNorm2d(branch_chs, **dd)
+        self.conv3 = nn.Conv2d(branch_chs, branch_chs, 1, bias=False, **dd)
+        self.bn3 = nn.BatchNorm2d(branch_chs, **dd)
+        self.act3 = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x[:, :self.keep], x[:, self.keep:]
+        out = self.act1(self.bn1(self.conv1(x2)))
+        out = self.bn2(self.conv2(out))
+        out = self.act3(self.bn3(self.conv3(out)))
+        return channel_shuffle(torch.cat([x1, out], 1), 2)
+
+
+class ShuffleV2DownBlock(nn.Module):
+    """RepDistiller ShuffleNetV2 ``DownBlock``: two stride-2 branches of ``out_chs // 2`` channels each
+    (left: 3x3 dw -> 1x1; right: 1x1 -> 3x3 dw -> 1x1), concatenated and shuffled with 2 groups."""
+
+    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        mid_chs = out_chs // 2
+        # left
+        self.conv1 = nn.Conv2d(in_chs, in_chs, 3, 2, 1, groups=in_chs, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(in_chs, **dd)
+        self.conv2 = nn.Conv2d(in_chs, mid_chs, 1, bias=False, **dd)
+        self.bn2 = nn.BatchNorm2d(mid_chs, **dd)
+        self.act2 = nn.ReLU(inplace=True)
+        # right
+        self.conv3 = nn.Conv2d(in_chs, mid_chs, 1, bias=False, **dd)
+        self.bn3 = nn.BatchNorm2d(mid_chs, **dd)
+        self.act3 = nn.ReLU(inplace=True)
+        self.conv4 = nn.Conv2d(mid_chs, mid_chs, 3, 2, 1, groups=mid_chs, bias=False, **dd)
+        self.bn4 = nn.BatchNorm2d(mid_chs, **dd)
+        self.conv5 = nn.Conv2d(mid_chs, mid_chs, 1, bias=False, **dd)
+        self.bn5 = nn.BatchNorm2d(mid_chs, **dd)
+        self.act5 = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left = self.act2(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
+        right = self.act3(self.bn3(self.conv3(x)))
+        right = self.act5(self.bn5(self.conv5(self.bn4(self.conv4(right)))))
+        return channel_shuffle(torch.cat([left, right], 1), 2)
+
+
+class _CifarShuffleNet(nn.Module):
+    """Shared stem, stages and timm API: feature levels stem (``act1``) + ``layer1..layer3``, then an optional
+    head conv (``_head_conv``, ShuffleNetV2 only), global pooling and ``linear``."""
+
+    def __init__(self, num_classes: int, in_chans: int, drop_rate: float, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        # registration order == execution order, FeatureListNet rebuilds the forward from the children
+        self.conv1 = nn.Conv2d(in_chans, 24, 1, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(24, **dd)
+        self.act1 = nn.ReLU(inplace=True)
+        self.feature_info = [dict(num_chs=24, reduction=1, module='act1')]
+
+    def _add_stages(self, stages: Sequence[List[nn.Module]], widths: Sequence[int]):
+        for i, (blocks, chs) in enumerate(zip(stages, widths)):
+            self.add_module(f'layer{i + 1}', nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=chs, reduction=2 ** (i + 1), module=f'layer{i + 1}'))
+
+    def _add_head(self, num_features: int, global_pool: str, dd: Dict[str, Any]):
+        self.num_features = num_features
+        self.global_pool, self.linear = create_classifier(
+            num_features, self.num_classes, pool_type=global_pool, **dd)
+        self.head_hidden_size = num_features * self.global_pool.feat_mult()
+
+    def _head_conv(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _prune_head_conv(self):
+        pass
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^conv1|^bn1',
+            blocks=[(r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)', None), (r'^conv2|^bn2', (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.linear
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        dd = get_device_dtype(self)
+        self.num_classes = num_classes
+        pool_type = self.global_pool.pool_type if global_pool is None else global_pool
+        self.global_pool, self.linear = create_classifier(self.num_features, num_classes, pool_type=pool_type, **dd)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.global_pool.train(self.training)
+        self.linear.train(self.training)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features and return the feature levels (0 = stem, 1..3 = layer1..layer3) in ``indices``.
+
+        Args:
+            x: Input image tensor.
+            indices: Take last n levels if int, all if None, the listed levels if a sequence.
+            norm: Unused (the V2 head conv changes the width, it is never applied to an intermediate).
+            stop_early: Stop after the last requested level.
+            output_fmt: Only 'NCHW'.
+            intermediates_only: Return only the intermediate features.
+        """
+        assert output_fmt == 'NCHW', 'Output shape must be NCHW.'
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        intermediates = []
+        x = self.act1(self.bn1(self.conv1(x)))
+        if 0 in take_indices:
+            intermediates.append(x)
+        stages = [self.layer1, self.layer2, self.layer3]
+        if stop_early:
+            stages = stages[:max_index]
+        for i, stage in enumerate(stages):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
+            if i + 1 in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        if len(stages) == 3:
+            x = self._head_conv(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Remove the stages after the last level in ``indices`` (then also the V2 head conv, which only
+        follows the last stage, and the classifier); returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        for i in range(max_index + 1, len(self.feature_info)):
+            setattr(self, f'layer{i}', nn.Sequential())  # empty, so the flattened checkpoint_seq still works
+        prune_end = max_index < len(self.feature_info) - 1
+        if prune_norm or prune_end:
+            if self.num_features != self.feature_info[max_index]['num_chs']:
+                self._prune_head_conv()
+                self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+                prune_end = True  # the classifier was sized for the head conv
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq([self.layer1, self.layer2, self.layer3], x, flatten=True)
+        else:
+            x = self.layer3(self.layer2(self.layer1(x)))
+        return self._head_conv(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate > 0.:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.linear(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class CifarShuffleNetV1(_CifarShuffleNet):
+    """CIFAR ShuffleNetV1 (RepDistiller ``ShuffleNet``): no head conv, ``num_features`` = last stage width."""
+
+    def __init__(
+            self,
+            out_planes: Tuple[int, ...] = (240, 480, 960),
+            num_blocks: Tuple[int, ...] = (4, 8, 4),
+            groups: int = 3,
+            num_classes: int = 100,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            out_planes: Output channels of the three stages.
+            num_blocks: Blocks per stage (the first one downsamples and concatenates its pooled input).
+            groups: Groups of the 1x1 convs (and of the channel shuffle).
+            num_classes: Classifier outputs; 0 removes the classifier.
+            in_chans: Input image channels.
+            global_pool: Global pooling type ('' disables pooling and flattening, needs num_classes=0).
+            drop_rate: Dropout before the classifier (RepDistiller has none: 0).
+        """
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__(num_classes, in_chans, drop_rate, **dd)
+        in_chs = 24
+        stages = []
+        for out_chs, depth in zip(out_planes, num_blocks):
+            blocks = [ShuffleV1Block(in_chs, out_chs - in_chs, 2, groups, **dd)]
+            blocks += [ShuffleV1Block(out_chs, out_chs, 1, groups, **dd) for _ in range(depth - 1)]
+            stages.append(blocks)
+            in_chs = out_chs
+        self._add_stages(stages, out_planes)
+        self._add_head(in_chs, global_pool, dd)
+
+
+class CifarShuffleNetV2(_CifarShuffleNet):
+    """CIFAR ShuffleNetV2 (RepDistiller ``ShuffleNetV2``): a 1x1 conv + BN + ReLU (``conv2``, ``bn2``) widens the
+    last stage to ``num_features`` before pooling; it is the last layer of ``forward_features``."""
+
+    def __init__(
+            self,
+            out_channels: Tuple[int, ...] = (116, 232, 464, 1024),
+            num_blocks: Tuple[int, ...] = (3, 7, 3),
+            num_classes: int = 100,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            out_channels: Output channels of the three stages, then of the head conv.
+            num_blocks: Blocks per stage after its downsampling block.
+            num_classes: Classifier outputs; 0 removes the classifier.
+            in_chans: Input image channels.
+            global_pool: Global pooling type ('' disables pooling and flattening, needs num_classes=0).
+            drop_rate: Dropout before the classifier (RepDistiller has none: 0).
+        """
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__(num_classes, in_chans, drop_rate, **dd)
+        in_chs = 24
+        stages = []
+        for out_chs, depth in zip(out_channels[:3], num_blocks):
+            stages.append([ShuffleV2DownBlock(in_chs, out_chs, **dd)] + [
+                ShuffleV2Block(out_chs, **dd) for _ in range(depth)])
+            in_chs = out_chs
+        self._add_stages(stages, out_channels[:3])
+        self.conv2 = nn.Conv2d(in_chs, out_channels[3], 1, bias=False, **dd)
+        self.bn2 = nn.BatchNorm2d(out_channels[3], **dd)
+        self.act2 = nn.ReLU(inplace=True)
+        self._add_head(out_channels[3], global_pool, dd)
+
+    def _head_conv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act2(self.bn2(self.conv2(x)))
+
+    def _prune_head_conv(self):
+        self.conv2, self.bn2, self.act2 = nn.Identity(), nn.Identity(), nn.Identity()
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """RepDistiller / CRD / mdistiller / Good-DA checkpoints already use our key names (the goal of keeping
+    RepDistiller's module names): only unwrap the checkpoint dict and strip ``module.`` prefixes."""
+    return clean_kd_state_dict(state_dict)
+
+
+def _cfg(arch: str, **kwargs: Any) -> Dict[str, Any]:
+    return cifar_cfg(arch, classifier='linear', pool_size=(4, 4), **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'shufflenetv1_cifar.cifar100': _cfg('shufflenetv1_cifar'),
+    'shufflenetv2_cifar.cifar100': _cfg('shufflenetv2_cifar'),
+})
+
+
+def _create(cls, variant: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    return build_model_with_cfg(
+        cls, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+        **kwargs,
+    )
+
+
+@register_model
+def shufflenetv1_cifar(pretrained: bool = False, **kwargs: Any) -> CifarShuffleNetV1:
+    """ShuffleNetV1 for CIFAR (RepDistiller ``ShuffleV1``): 240/480/960 channels, 4/8/4 blocks, 3 groups."""
+    model_args = dict(out_planes=(240, 480, 960), num_blocks=(4, 8, 4), groups=3)
+    return _create(CifarShuffleNetV1, 'shufflenetv1_cifar', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def shufflenetv2_cifar(pretrained: bool = False, **kwargs: Any) -> CifarShuffleNetV2:
+    """ShuffleNetV2 for CIFAR (RepDistiller ``ShuffleV2``, net_size 1): 116/232/464 channels, 3/7/3 blocks,
+    1x1 conv to 1024."""
+    model_args = dict(out_channels=(116, 232, 464, 1024), num_blocks=(3, 7, 3))
+    return _create(CifarShuffleNetV2, 'shufflenetv2_cifar', pretrained, **dict(model_args, **kwargs))
