@@ -353,6 +353,14 @@ def test_diagnostics_are_tensors_without_grad():
         assert not out[k].requires_grad
 
 
+def test_diagnostics_off_same_loss():
+    x, y = _data()
+    outs = [DistillationTask(tiny_net(), tiny_net(16, seed=1), mixup=DistillMixup(pick='kld', seed=0),
+                             diagnostics=d)(x, y) for d in (True, False)]
+    assert set(outs[1]) == {'loss', 'output', 'task_loss', 'kd_loss', 'mixed_loss'}
+    assert torch.equal(outs[0]['loss'], outs[1]['loss'])
+
+
 def test_seeded_task_step_reproducible():
     x, y = _data()
     losses = []

@@ -284,12 +284,14 @@ def test_disabled_returns_none():
     assert mix(x, y) is None
 
 
-def test_channels_last_kept():
+@pytest.mark.parametrize('kw', [dict(), dict(mixup_alpha=1.), dict(mix_fraction=0.5), dict(mode='elem')])
+def test_channels_last_kept(kw):
     x, y = _batch()
     x = x.contiguous(memory_format=torch.channels_last)
-    v = DistillMixup(seed=0)(x, y)
-    assert v.x_mix.is_contiguous(memory_format=torch.channels_last)
-    ref = DistillMixup(seed=0)(x.contiguous(), y)
+    v = DistillMixup(seed=0, **kw)(x, y)
+    if kw.get('mode') != 'elem':
+        assert v.x_mix.is_contiguous(memory_format=torch.channels_last)
+    ref = DistillMixup(seed=0, **kw)(x.contiguous(), y)
     assert torch.equal(v.x_mix, ref.x_mix)
 
 

@@ -17,6 +17,7 @@ derangement (no image is mixed with itself), no label smoothing.
 Randomness is drawn on the host (numpy, like timm) from the global numpy RNG unless ``seed`` is given;
 index/lambda tensors then go to the batch's device in one small copy each, so no host/device sync.
 """
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -212,6 +213,7 @@ class DistillMixup:
         self.pick_ratio = float(pick_ratio)
         self.seed = seed
         self._rng = np.random.RandomState(seed) if seed is not None else np.random
+        self._source_cache: Dict[Tuple[int, int, str], torch.Tensor] = {}
         self.mixup_enabled = True  # the train loop may switch mixing off (timm's --mixup-off-epoch)
 
     # ---- state (only a private, seeded RNG has any) ----
@@ -243,9 +245,15 @@ class DistillMixup:
     def _partners(self, batch_size: int) -> np.ndarray:
         """Partner index per image. 'pair' mode returns an involution (i <-> partner[i])."""
         rng, n = self._rng, batch_size
+        if self.cutout:
+            return np.arange(n, dtype=np.int64)
         if self.mode == 'pair':
-            order = np.arange(n) if self.pairing == 'flip' else rng.permutation(n)
-            a, b = (order[:n // 2], order[::-1][:n // 2]) if self.pairing == 'flip' else (order[0::2], order[1::2])
+            if self.pairing == 'flip':
+                a = np.arange(n // 2)
+                b = n - 1 - a
+            else:
+                order = rng.permutation(n)
+                a, b = order[0::2], order[1::2]
             partner = np.empty(n, dtype=np.int64)
             partner[a], partner[b] = b, a
             return partner
@@ -260,74 +268,97 @@ class DistillMixup:
             if not (perm == identity).any():
                 return perm.astype(np.int64)
 
-    def _draw_lam(self, count: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
-        """Lambda and view kind (_NONE/_MIXUP/_CUTMIX/_CUTOUT) for a batch (count=None) or per element."""
+    def _draw_one(self, h: int, w: int) -> Tuple[int, float, Tuple[int, int, int, int]]:
+        """Kind, lambda and box of one candidate set in 'batch' mode (scalars: cheaper than numpy arrays)."""
         rng = self._rng
-        size = 1 if count is None else count
-        kind = np.full(size, _NONE, dtype=np.int64)
-        lam = np.ones(size, dtype=np.float64)
-        on = rng.rand(size) < self.mix_prob
+        if rng.rand() >= self.mix_prob:
+            return _NONE, 1., (0, 0, 0, 0)
+        if self.cutout:
+            kind, lam = _CUTOUT, 1.
+            cut_h, cut_w = _cutout_hw(self.cutout, h, w)
+        else:
+            if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
+                kind = _CUTMIX if rng.rand() < self.switch_prob else _MIXUP
+            else:
+                kind = _MIXUP if self.mixup_alpha > 0 else _CUTMIX
+            alpha = self.cutmix_alpha if kind == _CUTMIX else self.mixup_alpha
+            lam = float(rng.beta(alpha, alpha))
+            if kind == _MIXUP:
+                return kind, lam, (0, 0, 0, 0)
+            if self.cutmix_minmax is not None:
+                lo, hi = self.cutmix_minmax
+                cut_h = int(rng.randint(int(h * lo), max(int(h * hi), int(h * lo) + 1)))
+                cut_w = int(rng.randint(int(w * lo), max(int(w * hi), int(w * lo) + 1)))
+                yl, xl = int(rng.randint(0, h - cut_h + 1)), int(rng.randint(0, w - cut_w + 1))
+                return kind, 1. - cut_h * cut_w / float(h * w), (yl, yl + cut_h, xl, xl + cut_w)
+            ratio = math.sqrt(1. - lam)
+            cut_h, cut_w = int(h * ratio), int(w * ratio)
+        cy, cx = int(rng.randint(0, h)), int(rng.randint(0, w))
+        yl, yh = max(cy - cut_h // 2, 0), min(cy + (cut_h + 1) // 2, h)
+        xl, xh = max(cx - cut_w // 2, 0), min(cx + (cut_w + 1) // 2, w)
+        if self.cutout or self.correct_lam:
+            lam = 1. - (yh - yl) * (xh - xl) / float(h * w)
+        return kind, lam, (yl, yh, xl, xh)
+
+    def _draw_many(self, count: int, h: int, w: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Kind, lambda and box of ``count`` independent draws ('elem' / 'pair' modes), vectorized."""
+        rng = self._rng
+        kind = np.full(count, _NONE, dtype=np.int64)
+        lam = np.ones(count, dtype=np.float64)
+        on = rng.rand(count) < self.mix_prob
         if self.cutout:
             kind[on] = _CUTOUT
-            return lam, kind
-        if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
-            use_cutmix = rng.rand(size) < self.switch_prob
-            lam_mix = np.where(
-                use_cutmix,
-                rng.beta(self.cutmix_alpha, self.cutmix_alpha, size=size),
-                rng.beta(self.mixup_alpha, self.mixup_alpha, size=size))
-        elif self.mixup_alpha > 0:
-            use_cutmix = np.zeros(size, dtype=bool)
-            lam_mix = rng.beta(self.mixup_alpha, self.mixup_alpha, size=size)
+            cut_h, cut_w = (np.full(count, v) for v in _cutout_hw(self.cutout, h, w))
         else:
-            use_cutmix = np.ones(size, dtype=bool)
-            lam_mix = rng.beta(self.cutmix_alpha, self.cutmix_alpha, size=size)
-        kind[on] = np.where(use_cutmix[on], _CUTMIX, _MIXUP)
-        lam[on] = lam_mix[on]
-        return lam, kind
-
-    def _draw_boxes(self, img_hw: Tuple[int, int], lam: np.ndarray, kind: np.ndarray):
-        """Boxes (yl, yh, xl, xh) for CutMix / Cutout rows; corrected lambda. Empty box elsewhere."""
-        rng = self._rng
-        h, w = img_hw
-        size = len(lam)
-        if self.cutout:
-            cut_h, cut_w = _cutout_hw(self.cutout, h, w)
-            cut_h, cut_w = np.full(size, cut_h), np.full(size, cut_w)
-        elif self.cutmix_minmax is not None:
-            lo, hi = self.cutmix_minmax
-            cut_h = rng.randint(int(h * lo), max(int(h * hi), int(h * lo) + 1), size=size)
-            cut_w = rng.randint(int(w * lo), max(int(w * hi), int(w * lo) + 1), size=size)
-        else:
-            ratio = np.sqrt(1. - lam)
-            cut_h, cut_w = (h * ratio).astype(np.int64), (w * ratio).astype(np.int64)
+            if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
+                use_cutmix = rng.rand(count) < self.switch_prob
+                lam_mix = np.where(
+                    use_cutmix,
+                    rng.beta(self.cutmix_alpha, self.cutmix_alpha, size=count),
+                    rng.beta(self.mixup_alpha, self.mixup_alpha, size=count))
+            elif self.mixup_alpha > 0:
+                use_cutmix = np.zeros(count, dtype=bool)
+                lam_mix = rng.beta(self.mixup_alpha, self.mixup_alpha, size=count)
+            else:
+                use_cutmix = np.ones(count, dtype=bool)
+                lam_mix = rng.beta(self.cutmix_alpha, self.cutmix_alpha, size=count)
+            kind[on] = np.where(use_cutmix[on], _CUTMIX, _MIXUP)
+            lam[on] = lam_mix[on]
+            if self.cutmix_minmax is not None:
+                lo, hi = self.cutmix_minmax
+                cut_h = rng.randint(int(h * lo), max(int(h * hi), int(h * lo) + 1), size=count)
+                cut_w = rng.randint(int(w * lo), max(int(w * hi), int(w * lo) + 1), size=count)
+            else:
+                ratio = np.sqrt(1. - lam)
+                cut_h, cut_w = (h * ratio).astype(np.int64), (w * ratio).astype(np.int64)
         if self.cutmix_minmax is not None and not self.cutout:
-            # minmax: a box that lies inside the image (timm's rand_bbox_minmax)
-            yl = rng.randint(0, h - cut_h + 1, size=size)
-            xl = rng.randint(0, w - cut_w + 1, size=size)
+            # minmax: a box that lies inside the image (as timm's rand_bbox_minmax)
+            yl = rng.randint(0, h - cut_h + 1, size=count)
+            xl = rng.randint(0, w - cut_w + 1, size=count)
             yh, xh = yl + cut_h, xl + cut_w
         else:
             # centre uniform over the image, box clipped at the border (CutMix, Cutout, timm's rand_bbox)
-            cy, cx = rng.randint(0, h, size=size), rng.randint(0, w, size=size)
+            cy, cx = rng.randint(0, h, size=count), rng.randint(0, w, size=count)
             yl, yh = np.clip(cy - cut_h // 2, 0, h), np.clip(cy + (cut_h + 1) // 2, 0, h)
             xl, xh = np.clip(cx - cut_w // 2, 0, w), np.clip(cx + (cut_w + 1) // 2, 0, w)
         boxed = (kind == _CUTMIX) | (kind == _CUTOUT)
         box = np.stack([yl, yh, xl, xh], axis=1).astype(np.int64)
         box[~boxed] = 0
-        kept = 1. - (yh - yl) * (xh - xl) / float(h * w)
         if self.cutout or self.correct_lam or self.cutmix_minmax is not None:
-            lam = np.where(boxed, kept, lam)
-        return box, lam
+            lam = np.where(boxed, 1. - (yh - yl) * (xh - xl) / float(h * w), lam)
+        return kind, lam, box
 
-    def _mixed_rows(self, batch_size: int) -> np.ndarray:
-        """Partial mixup: bool mask of the rows that are mixed (without replacement)."""
-        if self.mix_fraction >= 1.:
-            return np.ones(batch_size, dtype=bool)
-        rng = self._rng
-        mask = np.zeros(batch_size, dtype=bool)
-        k = min(batch_size, max(1, int(round(self.mix_fraction * batch_size))))
-        mask[rng.choice(batch_size, k, replace=False)] = True
-        return mask
+    def _mixed_rows(self, count: int) -> np.ndarray:
+        """Partial mixup: sorted indices of the round(mix_fraction * count) mixed rows, without replacement."""
+        k = min(count, max(1, int(round(self.mix_fraction * count))))
+        return np.sort(self._rng.choice(count, k, replace=False)).astype(np.int64)
+
+    def _source(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        key = (batch_size, self.n_candidates, str(device))
+        src = self._source_cache.get(key)
+        if src is None:
+            src = self._source_cache[key] = torch.arange(batch_size, device=device).repeat(self.n_candidates)
+        return src
 
     # ---- the call ----
     def __call__(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> Optional[MixedViews]:
@@ -336,7 +367,7 @@ class DistillMixup:
             return None
         if x.ndim != 4:
             raise ValueError(f'DistillMixup expects a batch of images (B, C, H, W), got shape {tuple(x.shape)}.')
-        batch_size, _, h, w = x.shape
+        batch_size = x.shape[0]
         if not self.cutout:
             if batch_size < 2:
                 raise ValueError(f'Mixing needs a batch of at least 2 images to pair, got {batch_size}.')
@@ -345,144 +376,149 @@ class DistillMixup:
                 raise ValueError(
                     f'{need} needs an even batch size, got {batch_size}: use the default '
                     f"pairing='derangement' with mode='batch' or 'elem', or drop the last batch (drop_last=True).")
-        if self.label_mode == 'hard':
-            if target is None or target.ndim != 1:
-                raise ValueError("label_mode='hard' needs class-index targets of shape (B,).")
+        if self.label_mode == 'hard' and (target is None or target.ndim != 1):
+            raise ValueError("label_mode='hard' needs class-index targets of shape (B,).")
 
-        n, device = self.n_candidates, x.device
-        pool = n * batch_size
-        per_elem = self.mode != 'batch'
-
-        partners, lams, kinds, boxes, mixed = [], [], [], [], []
-        for _ in range(n):
-            if self.cutout:
-                partner = np.arange(batch_size, dtype=np.int64)
-            else:
-                partner = self._partners(batch_size)
-            if self.mode == 'pair':
-                first = np.flatnonzero(np.arange(batch_size) < partner)  # one index per pair
-                lam, kind = self._draw_lam(len(first))
-                box, lam = self._draw_boxes((h, w), lam, kind)
-                lam_e, kind_e = np.ones(batch_size), np.zeros(batch_size, dtype=np.int64)
-                box_e = np.zeros((batch_size, 4), dtype=np.int64)
-                for idx in (first, partner[first]):
-                    lam_e[idx], kind_e[idx], box_e[idx] = lam, kind, box
-                mix = np.ones(batch_size, dtype=bool)
-                if self.mix_fraction < 1.:
-                    k = min(len(first), max(1, int(round(self.mix_fraction * len(first)))))
-                    chosen = first[self._rng.choice(len(first), k, replace=False)]
-                    mix[:] = False
-                    mix[chosen] = mix[partner[chosen]] = True
-                lam, kind, box = lam_e, kind_e, box_e
-            else:
-                lam, kind = self._draw_lam(batch_size if per_elem else None)
-                box, lam = self._draw_boxes((h, w), lam, kind)
-                mix = self._mixed_rows(batch_size)
-                if not per_elem:
-                    lam, kind, box = (np.repeat(lam, batch_size), np.repeat(kind, batch_size),
-                                      np.repeat(box, batch_size, axis=0))
-            mix &= kind != _NONE
-            lam = np.where(mix, lam, 1.)
-            kind = np.where(mix, kind, _NONE)
-            partners.append(partner)
-            lams.append(lam)
-            kinds.append(kind)
-            boxes.append(box)
-            mixed.append(mix)
-
-        partner_np = np.concatenate(partners)
-        lam_np = np.concatenate(lams).astype(np.float32)
-        kind_np = np.concatenate(kinds)
-        box_np = np.concatenate(boxes)
-        mixed_np = np.concatenate(mixed)
-        num_pick = self.num_pick(batch_size)
-        pick_np = None
-        if self.pick == 'random':
-            pick_np = self._rng.choice(pool, num_pick, replace=False).astype(np.int64)
-
-        # one int copy and one float copy to the device
-        ints = [partner_np, mixed_np.astype(np.int64)]
-        if per_elem:
-            ints += [kind_np, box_np.reshape(-1)]
-        if pick_np is not None:
-            ints.append(pick_np)
-        ints_t = _to_device(np.concatenate(ints), device)
-        lam_t = _to_device(lam_np, device)
-        partner_t = ints_t[:pool]
-        mixed_t = ints_t[pool:2 * pool].bool()
-        pick_t = ints_t[-num_pick:] if pick_np is not None else None
-        source_t = torch.arange(batch_size, device=device).repeat(n)
-
-        if per_elem:
-            kind_t = ints_t[2 * pool:3 * pool]
-            box_t = ints_t[3 * pool:7 * pool].view(pool, 4)
-            x_mix = self._mix_elem(x, source_t, partner_t, lam_t, kind_t, box_t)
+        if self.mode == 'batch':
+            x_mix, partner_t, lam_t, mixed_t, pick_t = self._call_batch(x)
         else:
-            x_mix = self._mix_batch(x, partner_np, partner_t, lam_np, kind_np, box_np, mixed_np)
-
+            x_mix, partner_t, lam_t, mixed_t, pick_t = self._call_elem(x)
+        source_t = self._source(batch_size, x.device)
         soft_target = None
         if self.label_mode == 'hard':
             soft_target = self._soft_target(target, source_t, partner_t, lam_t)
         return MixedViews(
             x=x, target=target, x_mix=x_mix, source=source_t, partner=partner_t, lam=lam_t, mixed=mixed_t,
-            soft_target=soft_target, pick=self.pick, num_pick=num_pick, pick_index=pick_t)
+            soft_target=soft_target, pick=self.pick, num_pick=self.num_pick(batch_size), pick_index=pick_t)
 
-    def _mix_batch(self, x, partner_np, partner_t, lam_np, kind_np, box_np, mixed_np) -> torch.Tensor:
-        """One lambda / box per candidate set: slices and a few kernels per set, no per-sample work."""
-        batch_size = x.shape[0]
-        x_mix = _empty_pool(x, self.n_candidates)
-        for c in range(self.n_candidates):
+    def _pick_random(self, pool: int, batch_size: int) -> Optional[np.ndarray]:
+        if self.pick != 'random':
+            return None
+        return self._rng.choice(pool, self.num_pick(batch_size), replace=False).astype(np.int64)
+
+    def _call_batch(self, x: torch.Tensor):
+        """One lambda / box per candidate set: a few whole-batch kernels per set, no per-sample work."""
+        batch_size, _, h, w = x.shape
+        n = self.n_candidates
+        pool = n * batch_size
+        partner_np = np.empty(pool, dtype=np.int64)
+        lam_np = np.ones(pool, dtype=np.float32)
+        mixed_np = np.zeros(pool, dtype=np.int64)
+        sets, sel_parts = [], []
+        for c in range(n):
+            lo = c * batch_size
+            partner_np[lo:lo + batch_size] = self._partners(batch_size)
+            kind, lam, box = self._draw_one(h, w)
+            sel = None
+            if kind != _NONE:
+                if self.mix_fraction < 1.:
+                    sel = self._mixed_rows(batch_size)
+                    sel_parts.append(sel)
+                    mixed_np[lo + sel], lam_np[lo + sel] = 1, lam
+                else:
+                    mixed_np[lo:lo + batch_size], lam_np[lo:lo + batch_size] = 1, lam
+            sets.append((kind, float(np.float32(lam)), box, sel))
+        pick_np = self._pick_random(pool, batch_size)
+
+        # one int copy and one float copy to the device
+        ints = [partner_np, mixed_np] + sel_parts + ([pick_np] if pick_np is not None else [])
+        ints_t = _to_device(np.concatenate(ints), x.device)
+        lam_t = _to_device(lam_np, x.device)
+        partner_t, mixed_t = ints_t[:pool], ints_t[pool:2 * pool].bool()
+        pick_t = ints_t[-len(pick_np):] if pick_np is not None else None
+
+        x_mix = _empty_pool(x, n)
+        offset = 2 * pool
+        for c, (kind, lam, (yl, yh, xl, xh), sel) in enumerate(sets):
             lo = c * batch_size
             dst = x_mix[lo:lo + batch_size]
-            rows = mixed_np[lo:lo + batch_size]
-            kind = int(kind_np[lo:lo + batch_size].max())
+            part = partner_t[lo:lo + batch_size]
             if kind == _NONE:
                 dst.copy_(x)
-                continue
-            lam = float(lam_np[lo + int(np.argmax(rows))])
-            yl, yh, xl, xh = (int(v) for v in box_np[lo + int(np.argmax(rows))])
-            if rows.all():
-                part = partner_t[lo:lo + batch_size]
+            elif sel is None:
                 if kind == _MIXUP:
-                    torch.mul(x, lam, out=dst)
-                    dst.add_(x[part], alpha=1. - lam)
+                    # lam·x + (1−lam)·x[partner], in two kernels and no temporary
+                    torch.index_select(x, 0, part, out=dst)
+                    dst.lerp_(x, lam)
                 else:
                     dst.copy_(x)
-                    if kind == _CUTMIX:
-                        dst[:, :, yl:yh, xl:xh] = x[part, :, yl:yh, xl:xh]
-                    else:
-                        dst[:, :, yl:yh, xl:xh] = 0
+                    if yh > yl and xh > xl:
+                        box = dst[:, :, yl:yh, xl:xh]
+                        if kind == _CUTMIX:
+                            box.copy_(x[:, :, yl:yh, xl:xh].index_select(0, part))
+                        else:
+                            box.zero_()
             else:
-                # partial mixup: the chosen rows only (indices built on the host, so no sync)
-                sel_np = np.flatnonzero(rows)
-                sel = _to_device(sel_np, x.device)
-                part = _to_device(partner_np[lo + sel_np], x.device)
+                # partial mixup: the chosen rows only (their indices came with the one int copy)
+                rows = ints_t[offset:offset + len(sel)]
+                offset += len(sel)
+                part = part.index_select(0, rows)
                 dst.copy_(x)
                 if kind == _MIXUP:
-                    dst[sel] = x[sel] * lam + x[part] * (1. - lam)
-                elif kind == _CUTMIX:
-                    dst[sel, :, yl:yh, xl:xh] = x[part, :, yl:yh, xl:xh]
-                else:
-                    dst[sel, :, yl:yh, xl:xh] = 0
-        return x_mix
+                    dst.index_copy_(0, rows, torch.lerp(x.index_select(0, part), x.index_select(0, rows), lam))
+                elif yh > yl and xh > xl:
+                    box = dst[:, :, yl:yh, xl:xh]
+                    if kind == _CUTMIX:
+                        box.index_copy_(0, rows, x[:, :, yl:yh, xl:xh].index_select(0, part))
+                    else:
+                        box.index_fill_(0, rows, 0)
+        return x_mix, partner_t, lam_t, mixed_t, pick_t
 
-    def _mix_elem(self, x, source_t, partner_t, lam_t, kind_t, box_t) -> torch.Tensor:
+    def _call_elem(self, x: torch.Tensor):
         """Per-element / per-pair lambda and box, vectorized with a per-row pixel weight."""
-        _, _, h, w = x.shape
+        batch_size, _, h, w = x.shape
+        n = self.n_candidates
+        pool = n * batch_size
+        partners, lams, kinds, boxes, mixed = [], [], [], [], []
+        for _ in range(n):
+            partner = self._partners(batch_size)
+            if self.mode == 'pair':
+                first = np.flatnonzero(np.arange(batch_size) < partner)  # one index per pair
+                kind_p, lam_p, box_p = self._draw_many(len(first), h, w)
+                kind, lam = np.zeros(batch_size, dtype=np.int64), np.ones(batch_size)
+                box = np.zeros((batch_size, 4), dtype=np.int64)
+                for idx in (first, partner[first]):
+                    kind[idx], lam[idx], box[idx] = kind_p, lam_p, box_p
+                mix = np.ones(batch_size, dtype=bool)
+                if self.mix_fraction < 1.:
+                    chosen = first[self._mixed_rows(len(first))]
+                    mix[:] = False
+                    mix[chosen] = mix[partner[chosen]] = True
+            else:
+                kind, lam, box = self._draw_many(batch_size, h, w)
+                mix = np.ones(batch_size, dtype=bool)
+                if self.mix_fraction < 1.:
+                    mix[:] = False
+                    mix[self._mixed_rows(batch_size)] = True
+            mix &= kind != _NONE
+            partners.append(partner)
+            lams.append(np.where(mix, lam, 1.))
+            kinds.append(np.where(mix, kind, _NONE))
+            boxes.append(np.where(mix[:, None], box, 0))
+            mixed.append(mix)
+        pick_np = self._pick_random(pool, batch_size)
+
+        ints = [np.concatenate(partners), np.concatenate(mixed).astype(np.int64), np.concatenate(kinds),
+                np.concatenate(boxes).reshape(-1)] + ([pick_np] if pick_np is not None else [])
+        ints_t = _to_device(np.concatenate(ints), x.device)
+        lam_t = _to_device(np.concatenate(lams).astype(np.float32), x.device)
+        partner_t, mixed_t = ints_t[:pool], ints_t[pool:2 * pool].bool()
+        kind_t, box_t = ints_t[2 * pool:3 * pool], ints_t[3 * pool:7 * pool].view(pool, 4)
+        pick_t = ints_t[-len(pick_np):] if pick_np is not None else None
+
         dev = x.device
-        hh = torch.arange(h, device=dev)
-        ww = torch.arange(w, device=dev)
+        hh, ww = torch.arange(h, device=dev), torch.arange(w, device=dev)
         in_y = (hh >= box_t[:, 0:1]) & (hh < box_t[:, 1:2])  # (N, H)
         in_x = (ww >= box_t[:, 2:3]) & (ww < box_t[:, 3:4])  # (N, W)
-        in_box = in_y[:, :, None] & in_x[:, None, :]  # (N, H, W)
-        boxed = (kind_t == _CUTMIX) | (kind_t == _CUTOUT)
-        # weight of the source pixel: 0 inside a box, lambda for mixup rows, 1 for unmixed rows
-        weight = torch.where(boxed[:, None, None], (~in_box).to(x.dtype), lam_t.to(x.dtype)[:, None, None])
-        weight = weight.unsqueeze(1)
+        in_box = (in_y[:, :, None] & in_x[:, None, :]).unsqueeze(1)  # (N, 1, H, W), empty box for non-box rows
+        x_src = x.repeat(n, 1, 1, 1) if n > 1 else x
         if self.cutout:
-            return x[source_t] * weight
-        # exact copies where weight is 0 or 1 (a * 1 + b * 0 == a for finite b)
-        return x[source_t] * weight + x[partner_t] * (1. - weight)
+            return x_src.masked_fill(in_box, 0), partner_t, lam_t, mixed_t, pick_t
+        # weight of the source pixel: 0 inside a box, lambda on mixup rows, 1 elsewhere; lerp is exact at 0 and 1
+        blend = torch.where(kind_t == _MIXUP, lam_t, torch.ones_like(lam_t)).to(x.dtype).view(-1, 1, 1, 1)
+        weight = blend.masked_fill(in_box, 0.)
+        x_mix = torch.lerp(x.index_select(0, partner_t), x_src, weight)
+        return x_mix, partner_t, lam_t, mixed_t, pick_t
 
     def _soft_target(self, target, source_t, partner_t, lam_t) -> torch.Tensor:
         off = self.label_smoothing / self.num_classes
@@ -490,8 +526,8 @@ class DistillMixup:
         # scatter, not F.one_hot: one_hot checks the label range on the host (a sync on GPU)
         one_hot = torch.full((target.shape[0], self.num_classes), off, device=target.device)
         one_hot.scatter_(1, target.long().view(-1, 1), on)
-        lam = lam_t[:, None]
-        return one_hot[source_t] * lam + one_hot[partner_t] * (1. - lam)
+        # lam·onehot(y) + (1−lam)·onehot(y[partner]); lerp is exact for unmixed rows (lam = 1)
+        return torch.lerp(one_hot.index_select(0, partner_t), one_hot.index_select(0, source_t), lam_t[:, None])
 
 
 def _cutout_side(cutout: Union[bool, int, None]) -> Union[None, str, int]:

@@ -64,6 +64,8 @@ class DistillationTask(LogitDistillationTask):
             ``create_classification_loss(**criterion_kwargs)``).
         criterion_kwargs: arguments for timm's ``create_classification_loss`` when criterion is None.
         teacher_pretrained_path / teacher_pretrained_cfg_overlay: for a teacher given by name (timm).
+        diagnostics: also return kl_ratio, label_disagreement, picked_share, pick_coverage (a handful of
+            small kernels per step; False skips them, e.g. for speed comparisons).
         device, dtype: for the task's buffers (default: the student's device).
 
     The teacher input is re-normalized (as timm does) only when both models carry a ``pretrained_cfg``
@@ -90,6 +92,7 @@ class DistillationTask(LogitDistillationTask):
             criterion_kwargs: Optional[Dict[str, Any]] = None,
             teacher_pretrained_path: Optional[str] = None,
             teacher_pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
+            diagnostics: bool = True,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
             verbose: bool = False,
@@ -146,6 +149,7 @@ class DistillationTask(LogitDistillationTask):
         self.task_loss_weight = float(task_loss_weight)
         self.distill_loss_weight = float(distill_loss_weight)
         self.mixed_kd_weight = float(mixed_kd_weight)
+        self.diagnostics = diagnostics
 
         s_norm, t_norm = _norm_cfg(student), _norm_cfg(teacher.model)
         self._renormalize = s_norm is not None and t_norm is not None and s_norm != t_norm
@@ -214,7 +218,7 @@ class DistillationTask(LogitDistillationTask):
             pool, rows = views.x_mix, None
             if views.pick == 'random':
                 rows = views.pick_index
-                x_view = pool[rows]
+                x_view = pool.index_select(0, rows)
                 t_all = self.teacher_logits(torch.cat([input, x_view]))
                 t_out, t_view = t_all[:batch_size], t_all[batch_size:]
             else:
@@ -229,21 +233,21 @@ class DistillationTask(LogitDistillationTask):
                         kl_pool = per_sample_kl(s_pool, t_view, temp)
                     scores = kl_pool if views.pick == 'kld' else pick_scores(views.pick, s_pool, t_view, temp)
                     rows = pick_topk(scores, views.num_pick)
-                    x_view, t_view = pool[rows], t_view[rows]
-                    if kl_pool is not None:
+                    x_view, t_view = pool.index_select(0, rows), t_view.index_select(0, rows)
+                    if kl_pool is not None and self.diagnostics:
                         result['kl_ratio'] = kl_pool[rows].mean() / kl_pool.mean()
             s_view = student(x_view)
             kd = kd_loss(output, t_out, temp)
             mixed_loss = kd_loss(s_view, t_view, temp)
-            if rows is not None:
+            if rows is not None and self.diagnostics:
                 result['picked_share'] = kd.new_full((), rows.shape[0] / pool.shape[0])
                 covered = torch.zeros(batch_size, dtype=torch.bool, device=input.device)
-                covered[views.source[rows]] = True
+                covered[views.source.index_select(0, rows)] = True
                 result['pick_coverage'] = covered.float().mean()
-            if target is not None and target.ndim == 1:
+            if self.diagnostics and target is not None and target.ndim == 1:
                 major, mixed = views.major_target(), views.mixed
                 if rows is not None:
-                    major, mixed = major[rows], mixed[rows]
+                    major, mixed = major.index_select(0, rows), mixed.index_select(0, rows)
                 disagree = (t_view.argmax(-1) != major) & mixed
                 result['label_disagreement'] = disagree.sum() / mixed.sum().clamp(min=1)
 
