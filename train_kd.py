@@ -199,10 +199,13 @@ def _create_datasets(args: argparse.Namespace, dc: Dict[str, Any]):
     eval_kw = {'crop_pct': dc['crop_pct']} if dc['crop_pct'] is not None and dc['timm_kwargs'] else {}
     eval_tf = create_kd_transform(is_training=False, interpolation=dc['interpolation'], **common, **eval_kw)
     out = []
-    for split, training, tf in ((args.train_split, True, train_tf), (args.val_split, False, eval_tf)):
+    synthetic = args.dataset.lower().startswith('synthetic/')
+    for split, training, tf, num in ((args.train_split, True, train_tf, args.train_num_samples),
+                                     (args.val_split, False, eval_tf, args.val_num_samples)):
         try:
             ds = create_kd_dataset(args.dataset, root=args.data_dir, split=split, is_training=training,
-                                   download=args.dataset_download, transform=tf, **kw)
+                                   download=args.dataset_download, transform=tf,
+                                   **kw, **({'num_samples': num} if synthetic and num else {}))
         except (DatasetNotFoundError, ValueError, OSError, RuntimeError) as e:
             raise UsageError(str(e).rstrip('.') + '.') from e
         if len(ds) == 0:
@@ -211,6 +214,8 @@ def _create_datasets(args: argparse.Namespace, dc: Dict[str, Any]):
         if n is not None and (n > dc['num_classes'] or (exact and n != dc['num_classes'])):
             raise UsageError(f'The {split!r} split of dataset {args.dataset!r} has {n} classes but the models have '
                              f'{dc["num_classes"]}: fix --num-classes or the dataset.')
+        if num and len(ds) > num:
+            ds = torch.utils.data.Subset(ds, range(num))
         out.append(ds)
     return out
 
@@ -545,7 +550,7 @@ def _train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) -
 
     # 6. wrap up
     if world > 1:
-        sums = gather_object([float(sum(p.double().sum() for p in student.parameters()))])
+        sums = gather_object([float(sum(p.detach().double().sum() for p in student.parameters()))])
         results['ranks_in_sync'] = len(set(sums)) == 1
         if not results['ranks_in_sync']:
             _logger.error(f'The student weights differ between processes after training: {sums}.')

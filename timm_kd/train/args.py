@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
          help='eval split (default: validation; CIFAR: the test set)')
     _add(g, '--dataset-download', action='store_true', default=False, help='download torch/ datasets if missing')
     _add(g, '--class-map', default='', metavar='FILENAME', help='class to index mapping file')
+    _add(g, '--train-num-samples', type=int, default=None, metavar='N',
+         help='use only the first N training samples (synthetic/: generate N)')
+    _add(g, '--val-num-samples', type=int, default=None, metavar='N', help='use only the first N eval samples')
     _add(g, '--input-key', default=None, help='image key of hfds/ datasets (e.g. img)')
     _add(g, '--target-key', default=None, help='label key of hfds/ datasets (e.g. fine_label)')
 
@@ -323,6 +326,8 @@ def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] =
     need(args.epochs >= 1, f'--epochs must be >= 1, got {args.epochs}.')
     need(args.epoch_scale > 0, f'--epoch-scale must be > 0, got {args.epoch_scale}.')
     need(int(args.epochs * args.epoch_scale) >= 1, '--epochs x --epoch-scale must leave at least one epoch.')
+    for flag, v in (('--train-num-samples', args.train_num_samples), ('--val-num-samples', args.val_num_samples)):
+        need(v is None or v >= 1, f'{flag} must be >= 1, got {v}.')
     need(args.workers >= 0, '--workers must be >= 0.')
     need(args.checkpoint_every >= 0, '--checkpoint-every must be >= 0.')
     need(args.checkpoint_hist >= 0, '--checkpoint-hist must be >= 0.')

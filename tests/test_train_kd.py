@@ -1,0 +1,330 @@
+"""train_kd.py end to end on tiny inputs: outputs, schedule, bad input, exact resume (in-process, after a
+SIGKILL, with data loader workers) and a real 2-process ``accelerate launch`` on CPU.
+
+Runs use resnet8 on 16x16 synthetic images (10 classes) with a random resnet8 teacher: a few steps each.
+"""
+import csv
+import importlib.util
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+
+import timm_kd
+from timm_kd.train.args import parse_args, validate_args
+from timm_kd.train.schedule import create_kd_scheduler
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / 'train_kd.py'
+BASE = ['--model', 'resnet8', '--dataset', 'synthetic/10x16', '--train-num-samples', '96', '--val-num-samples', '32',
+        '-b', '16', '--workers', '0', '--lr', '0.05', '--warmup-epochs', '0', '--log-interval', '2', '--seed', '3']
+SUMMARY_KD_COLUMNS = {'epoch', 'train_loss', 'train_task_loss', 'train_kd_loss', 'train_mixed_loss', 'train_kl_ratio',
+                      'train_label_disagreement', 'train_picked_share', 'train_top1', 'eval_loss', 'eval_top1',
+                      'eval_top5', 'lr'}
+RESULT_KEYS = {'model', 'teacher', 'teacher_top1', 'best_top1', 'best_top5', 'best_epoch', 'last_top1', 'last_top5',
+               'num_classes', 'dataset', 'recipe'}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """One intra-op thread, like the subprocesses (OMP_NUM_THREADS=1): tiny convs gain nothing from more, a
+    busy machine makes OpenMP barriers slow, and equal thread counts keep float sums identical across runs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='module')
+def train_kd():
+    spec = importlib.util.spec_from_file_location('train_kd', SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope='module')
+def teacher_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('teacher') / 'resnet8_t.pth'
+    torch.save(timm.create_model('resnet8', num_classes=10).state_dict(), path)
+    return str(path)
+
+
+def kd(teacher_ckpt):
+    return ['--teacher', 'resnet8', '--teacher-checkpoint', teacher_ckpt, '--tl-cutmix', '--pick', 'kld']
+
+
+def _state(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def _assert_same_weights(a, b):
+    sa, sb = _state(a)['state_dict'], _state(b)['state_dict']
+    assert sa.keys() == sb.keys()
+    diff = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert not diff, f'weights differ: {diff[:5]}'
+
+
+def _rows(run_dir):
+    with open(Path(run_dir) / 'summary.csv', newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+CRD = ['--model', 'resnet8', '--sched', 'multistep_torch', '--lr', '0.05', '--epochs', '240', '--warmup-epochs', '0',
+       '--decay-milestones', '150', '180', '210', '--decay-rate', '0.1', '--opt', 'momentum', '--weight-decay', '5e-4',
+       '--wd-all-params']
+
+
+def _lrs_per_epoch(argv, updates_per_epoch=5):
+    """The lr of every epoch as train_kd's loop sets it (step(epoch + 1) after each epoch)."""
+    args, explicit = parse_args(argv)
+    validate_args(args, explicit)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.lr)
+    sched, num_epochs = create_kd_scheduler(opt, args, updates_per_epoch)
+    lrs = []
+    for e in range(num_epochs):
+        lrs.append(opt.param_groups[0]['lr'])
+        for u in range(updates_per_epoch):  # the loop also calls step_update after every update: a no-op here
+            sched.step_update(e * updates_per_epoch + u + 1)
+            assert opt.param_groups[0]['lr'] == lrs[-1]
+        sched.step(e + 1)
+    return lrs
+
+
+@pytest.mark.parametrize('k', [1, 2])
+def test_multistep_torch_lr_equals_torch_multisteplr_every_epoch(k):
+    lrs = _lrs_per_epoch(CRD + ['--epoch-scale', str(k)])
+    assert len(lrs) == 240 * k
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.05)
+    ref = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[150 * k, 180 * k, 210 * k], gamma=0.1)
+    for epoch, lr in enumerate(lrs):
+        assert math.isclose(lr, opt.param_groups[0]['lr'], rel_tol=1e-12), (epoch, lr, opt.param_groups[0]['lr'])
+        opt.step()
+        ref.step()
+    assert lrs[150 * k - 1] == 0.05 and math.isclose(lrs[150 * k], 0.005)  # CRD: x0.1 *after* 150 epochs
+
+
+def test_epoch_scale_4_gives_960_epochs_with_decays_at_600_720_840():
+    lrs = _lrs_per_epoch(CRD + ['--epoch-scale', '4'], updates_per_epoch=1)
+    assert len(lrs) == 960
+    assert [e for e in range(1, 960) if lrs[e] != lrs[e - 1]] == [600, 720, 840]
+
+
+def test_timm_multistep_keeps_its_meaning_one_epoch_earlier():
+    lrs = _lrs_per_epoch([a if a != 'multistep_torch' else 'multistep' for a in CRD], updates_per_epoch=1)
+    assert [e for e in range(1, 240) if lrs[e] != lrs[e - 1]] == [149, 179, 209]
+
+
+def test_multistep_torch_per_update_matches_torch_per_update():
+    args, _ = parse_args(['--model', 'resnet8', '--sched', 'multistep_torch', '--sched-on-updates', '--lr', '0.1',
+                          '--epochs', '4', '--warmup-epochs', '0', '--decay-milestones', '1', '3'])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched, _ = create_kd_scheduler(opt, args, updates_per_epoch=3)
+    ref_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    ref = torch.optim.lr_scheduler.MultiStepLR(ref_opt, milestones=[3, 9], gamma=0.1)
+    for u in range(12):
+        assert math.isclose(opt.param_groups[0]['lr'], ref_opt.param_groups[0]['lr'], rel_tol=1e-12), u
+        sched.step_update(u + 1)
+        ref_opt.step()
+        ref.step()
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def test_kd_tlcutmix_pick_run_writes_timm_layout(tmp_path, train_kd, teacher_ckpt, capsys):
+    res = train_kd.main(BASE + kd(teacher_ckpt) + [
+        '--epochs', '2', '--opt', 'momentum', '--weight-decay', '5e-4', '--wd-all-params', '--output', str(tmp_path),
+        '--experiment', 'e2e'])
+    run = tmp_path / 'e2e'
+    assert {p.name for p in run.iterdir()} >= {'args.yaml', 'summary.csv', 'log.txt', 'last.pth.tar',
+                                               'model_best.pth.tar', 'results.json'}
+    # results: returned == results.json, contract keys, teacher accuracy measured
+    on_disk = json.loads((run / 'results.json').read_text())
+    assert RESULT_KEYS <= on_disk.keys() and on_disk == json.loads(json.dumps(res))
+    assert res['finished'] and res['last_epoch'] == 1 and res['model'] == 'resnet8' and res['num_classes'] == 10
+    assert 0 <= res['teacher_top1'] <= 100 and res['best_top1'] >= res['last_top1']
+    assert res['recipe']['pick'] == 'kld' and res['recipe']['tl_cutmix'] == 1.0 and res['recipe']['epochs'] == 2
+    # summary: one row per epoch with the loss parts and diagnostics
+    rows = _rows(run)
+    assert [r['epoch'] for r in rows] == ['0', '1'] and SUMMARY_KD_COLUMNS <= rows[0].keys()
+    assert float(rows[-1]['train_picked_share']) == 0.5 and float(rows[-1]['train_kl_ratio']) >= 1.0
+    assert math.isclose(float(rows[-1]['eval_top1']), res['last_top1'])
+    # log: teacher accuracy before the first step, progress, final best/last line
+    log = (run / 'log.txt').read_text()
+    assert log.index('Teacher resnet8: top-1') < log.index('Train: 0 [')
+    assert 'Best top-1' in log.splitlines()[-1] and 'last top-1' in log.splitlines()[-1]
+    assert 'Best top-1' in capsys.readouterr().out
+    # args.yaml replays the run's flags
+    assert yaml.safe_load((run / 'args.yaml').read_text())['pick'] == 'kld'
+    # checkpoint: timm keys + resume state, loads without unpickling code, in timm and in timm_kd
+    ck = _state(run / 'last.pth.tar')
+    assert {'arch', 'args', 'epoch', 'metric', 'state_dict', 'optimizer', 'scheduler', 'rank_states', 'next_epoch',
+            'next_step'} <= ck.keys() and (ck['arch'], ck['epoch'], ck['next_epoch']) == ('resnet8', 1, 2)
+    m = timm.create_model('resnet8', num_classes=10, checkpoint_path=str(run / 'last.pth.tar'))
+    assert all(torch.equal(v, ck['state_dict'][k]) for k, v in m.state_dict().items())
+    sd, _ = timm_kd.read_kd_checkpoint(run / 'model_best.pth.tar')
+    assert sd.keys() == ck['state_dict'].keys()
+    # --opt momentum --wd-all-params: classic SGD, weight decay on every parameter (CRD)
+    groups = ck['optimizer']['param_groups']
+    assert len(groups) == 1 and groups[0]['weight_decay'] == 5e-4 and groups[0]['nesterov'] is False
+    assert len(groups[0]['params']) == len(list(m.parameters()))
+
+
+def test_plain_ce_run_timm_mixup_ema_schedule_and_no_overwrite(tmp_path, train_kd):
+    argv = BASE + ['--mixup', '0.2', '--cutmix', '1.0', '--model-ema', '--model-ema-decay', '0.9', '--sched',
+                   'multistep_torch', '--decay-milestones', '1', '2', '--lr', '0.1', '--epochs', '3',
+                   '--weight-decay', '1e-4', '--output', str(tmp_path), '--experiment', 'ce']
+    res = train_kd.main(argv)
+    rows = _rows(tmp_path / 'ce')
+    assert [float(r['lr']) for r in rows] == pytest.approx([0.1, 0.01, 0.001], rel=1e-9)
+    assert 'eval_ema_top1' in rows[0] and 'train_kd_loss' not in rows[0]
+    assert res['teacher'] is None and res['teacher_top1'] is None and res['finished']
+    groups = _state(tmp_path / 'ce' / 'last.pth.tar')['optimizer']['param_groups']
+    assert sorted(g['weight_decay'] for g in groups) == [0.0, 1e-4]  # timm default: no decay on bias / norm
+    # same --experiment again: a new folder '<name>-1', the first run untouched
+    before = (tmp_path / 'ce' / 'last.pth.tar').read_bytes()
+    res2 = train_kd.main(BASE + ['--epochs', '1', '--train-num-samples', '16', '--output', str(tmp_path),
+                                 '--experiment', 'ce'])
+    assert Path(res2['run_dir']).name == 'ce-1' and (tmp_path / 'ce' / 'last.pth.tar').read_bytes() == before
+
+
+def test_odd_batch_with_derangement_pairing_trains(tmp_path, train_kd, teacher_ckpt):
+    res = train_kd.main(BASE + kd(teacher_ckpt) + ['-b', '15', '--train-num-samples', '45', '--epochs', '1',
+                                                   '--output', str(tmp_path), '--experiment', 'odd'])
+    assert res['finished'] and res['recipe']['batch_size'] == 15
+
+
+def test_nonfinite_loss_stops_with_the_step(tmp_path, train_kd, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_kd.main(BASE + ['--lr', '1e30', '--epochs', '1', '--output', str(tmp_path), '--experiment', 'nan'])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'non-finite at epoch 0 step' in err[0]
+    assert not (tmp_path / 'nan' / 'last.pth.tar').exists()
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _bad(tmp_path, teacher_ckpt):
+    five = tmp_path / 'five.pth'
+    torch.save(timm.create_model('resnet8', num_classes=5).state_dict(), five)
+    wrong = tmp_path / 'wrong.pth.tar'
+    torch.save({'arch': 'resnet8', 'state_dict': timm.create_model('resnet8', num_classes=5).state_dict(),
+                'next_epoch': 0, 'next_step': 0}, wrong)
+    cfg = tmp_path / 'typo.yaml'
+    cfg.write_text('modle: resnet8\n')
+    t = ['--teacher', 'resnet8', '--teacher-checkpoint', teacher_ckpt]
+    return [
+        (['--model', 'no_such_net'], 'Unknown model'),
+        (['--teacher', 'no_such_teacher'], 'Unknown teacher'),
+        (['--pick', 'kld'], 'needs a teacher'),
+        (t + ['--pick', 'kld'], 'needs a mixing mode'),
+        (t + ['--tl-cutmix', '--cutmix-hard'], 'cannot be combined'),
+        (t + ['--tl-cutmix', '--mixup', '0.2'], 'one or the other'),
+        (t + ['--tl-cutmix', '--mix-pairing', 'flip', '-b', '15'], 'even --batch-size'),
+        (['--mixup', '0.2', '-b', '15'], 'even --batch-size'),
+        (['--teacher', 'resnet8', '--teacher-checkpoint', str(five)], '5 classes'),
+        (['--num-classes', '7'], 'does not match'),
+        (['--model', 'resnet14', '--initial-checkpoint', teacher_ckpt], 'does not fit'),
+        (['--resume', str(wrong)], 'does not fit'),
+        (['--resume', str(tmp_path / 'missing')], 'does not exist'),
+        (['--dataset', 'torch/cifar10', '--data-dir', str(tmp_path / 'nodata')], '--dataset-download'),
+        (['--config', str(cfg)], 'unknown keys'),
+        (['--aa', 'rand-m9-mstd0.5'], '128 px'),
+        (['--opt', 'sgdd'], 'Unknown optimizer'),
+    ]
+
+
+def test_bad_input_fails_fast_with_one_sentence(tmp_path, train_kd, teacher_ckpt, capsys):
+    out = tmp_path / 'out'
+    for extra, phrase in _bad(tmp_path, teacher_ckpt):
+        with pytest.raises(SystemExit) as e:
+            train_kd.main(BASE + ['--epochs', '1', '--output', str(out)] + extra)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2, extra
+        assert len(err) == 1 and err[0].startswith('train_kd.py: error: ') and phrase in err[0], (extra, err)
+        assert not out.exists() or not any(out.iterdir()), f'{extra} created a run folder'
+
+
+# ------------------------------------------------------------------------------------------------ resume
+@pytest.mark.parametrize('workers', [0, 2])
+def test_resume_is_bit_exact(tmp_path, train_kd, teacher_ckpt, workers):
+    common = BASE + kd(teacher_ckpt) + ['--epochs', '2', '--workers', str(workers), '--checkpoint-every', '4',
+                                        '--checkpoint-hist', '2', '--output', str(tmp_path)]
+    train_kd.main(common + ['--experiment', 'ref'])
+    ref = tmp_path / 'ref'
+    rec = _state(ref / 'recovery.pth.tar')
+    assert (rec['next_epoch'], rec['next_step']) == (1, 4)  # mid-epoch: 4 of 6 steps of epoch 1 done
+    starts = {'mid': 'recovery.pth.tar'} if workers else {'mid': 'recovery.pth.tar', 'boundary': 'checkpoint-0.pth.tar'}
+    for name, file in starts.items():
+        src = tmp_path / f'src_{name}'
+        src.mkdir()
+        shutil.copy(ref / file, src / file)
+        res = train_kd.main(common + ['--resume', str(src / file), '--experiment', name])
+        assert res['finished']
+        _assert_same_weights(ref / 'last.pth.tar', tmp_path / name / 'last.pth.tar')
+        assert _rows(tmp_path / name)[-1] == _rows(ref)[-1]  # same losses, diagnostics and eval after resume
+
+
+def test_sigkill_mid_run_then_resume_gives_the_same_weights(tmp_path, train_kd, teacher_ckpt):
+    argv = BASE + kd(teacher_ckpt) + ['--epochs', '4', '--checkpoint-every', '2', '--output', str(tmp_path)]
+    run = tmp_path / 'killed'
+    p = subprocess.Popen([sys.executable, str(SCRIPT), *argv, '--experiment', 'killed'], env=_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / 'recovery.pth.tar').exists():
+        assert p.poll() is None, f'the run ended before its first recovery checkpoint: {p.stderr.read()}'
+        assert time.time() < deadline, 'no recovery checkpoint after 300 s'
+        time.sleep(0.005)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL
+    assert not (run / 'results.json').exists() or not json.loads((run / 'results.json').read_text())['finished']
+    # resume with nothing but the run folder (flags come from its args.yaml); in-process saves an interpreter start
+    assert train_kd.main(['--resume', str(run)])['finished']
+    train_kd.main(argv + ['--experiment', 'uninterrupted'])  # one thread, as the subprocesses
+    _assert_same_weights(tmp_path / 'uninterrupted' / 'last.pth.tar', run / 'last.pth.tar')
+    assert _rows(run) == _rows(tmp_path / 'uninterrupted')  # every epoch once, identical numbers
+    assert json.loads((run / 'results.json').read_text())['finished']
+
+
+# ------------------------------------------------------------------------------------------------ 2 processes
+def test_two_process_accelerate_launch_kd_pick_and_exact_resume(tmp_path, teacher_ckpt):
+    launch = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+              '--num_machines', '1', '--main_process_port', '0', '--mixed_precision', 'no', '--dynamo_backend', 'no',
+              str(SCRIPT)]
+    # 192 samples: 96 per process, 6 steps of 16 per epoch
+    argv = BASE + kd(teacher_ckpt) + ['--train-num-samples', '192', '--epochs', '2', '--checkpoint-every', '4',
+                                      '--output', str(tmp_path)]
+    r = subprocess.run(launch + argv + ['--experiment', 'a'], env=_env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = tmp_path / 'a'
+    res = json.loads((a / 'results.json').read_text())
+    assert res['world_size'] == 2 and res['ranks_in_sync'] and res['finished']
+    assert res['recipe']['global_batch_size'] == 32
+    assert 'Training with 2 process(es)' in r.stdout and r.stdout.count('*** Best top-1') == 1  # rank 0 logs
+    assert [row['epoch'] for row in _rows(a)] == ['0', '1']
+    rec = _state(a / 'recovery.pth.tar')
+    assert (rec['next_epoch'], rec['next_step'], rec['world_size'], len(rec['rank_states'])) == (1, 4, 2, 2)
+    src = tmp_path / 'src'
+    src.mkdir()
+    shutil.copy(a / 'recovery.pth.tar', src / 'recovery.pth.tar')
+    r = subprocess.run(launch + argv + ['--resume', str(src / 'recovery.pth.tar'), '--experiment', 'b'], env=_env(),
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_same_weights(a / 'last.pth.tar', tmp_path / 'b' / 'last.pth.tar')
+    assert _rows(tmp_path / 'b')[-1] == _rows(a)[-1]
