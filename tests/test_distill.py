@@ -379,3 +379,21 @@ def test_task_construction_errors():
         DistillationTask(tiny_net(), tiny_net(), mixup=DistillMixup(label_mode='hard', num_classes=100))
     with pytest.raises(ValueError, match='temperature'):
         DistillationTask(tiny_net(), tiny_net(), temperature=0)
+
+
+def test_compiled_student_scoring_pass_keeps_running_stats():
+    # dynamo must not reuse the stats-updating graph for the scoring pass
+    student, teacher = tiny_net(), tiny_net(16, seed=1)
+    ref = copy.deepcopy(student).train()
+    x, y = _data()
+    task = DistillationTask(student, teacher, mixup=DistillMixup(pick='kld', seed=0))
+    task.compile(backend='eager')  # dynamo's guards are what matter here
+    task.train()
+    rec = Recorder(student)
+    task(x, y)['loss'].backward()
+    assert student[1].num_batches_tracked.item() == 2
+    with torch.no_grad():
+        ref(rec.inputs[0])
+        ref(rec.inputs[2])
+    torch.testing.assert_close(student[1].running_mean, ref[1].running_mean)
+    torch.testing.assert_close(student[4].running_var, ref[4].running_var)
