@@ -19,6 +19,7 @@ the pieces of the loop live in ``timm_kd/train/``. ``main(argv)`` returns the re
 import argparse
 import logging
 import os
+import shlex
 import sys
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Tuple
@@ -635,6 +636,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     try:
         args, explicit = parse_args(argv)
         validate_args(args, explicit)
+        _logger.info('train_kd.py ' + ' '.join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)))
         return _train(args, explicit, logs)
     except UsageError as e:
         if _is_main_env():

@@ -328,3 +328,31 @@ def test_two_process_accelerate_launch_kd_pick_and_exact_resume(tmp_path, teache
     assert r.returncode == 0, r.stderr[-3000:]
     _assert_same_weights(a / 'last.pth.tar', tmp_path / 'b' / 'last.pth.tar')
     assert _rows(tmp_path / 'b')[-1] == _rows(a)[-1]
+
+
+# ------------------------------------------------------------------------------------------------ --push-to-hub
+def test_push_to_hub_after_training_and_a_failed_push_keeps_the_run(tmp_path, train_kd, teacher_ckpt, monkeypatch):
+    from huggingface_hub import constants as hf_constants
+    from hub_server import HubServer  # tests/hub_server.py: a local Hub-compatible server
+    argv = BASE + kd(teacher_ckpt) + ['--epochs', '1', '--train-num-samples', '32', '--output', str(tmp_path)]
+    with HubServer(lifetime=120) as srv:
+        monkeypatch.setattr(hf_constants, 'ENDPOINT', srv.endpoint)
+        monkeypatch.setattr(hf_constants, 'HUGGINGFACE_CO_URL_TEMPLATE',
+                            srv.endpoint + '/{repo_id}/resolve/{revision}/{filename}')
+        monkeypatch.setattr(hf_constants, 'HF_HUB_CACHE', str(tmp_path / 'hf_cache'))
+        monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', False)
+        monkeypatch.setattr(hf_constants, 'HF_HUB_DISABLE_XET', True)
+        monkeypatch.setenv('HF_TOKEN', 'hf_train_kd_test_token')
+        res = train_kd.main(argv + ['--push-to-hub', 'kduser/resnet8.pushed', '--experiment', 'push'])
+        assert res['hub_url'] == f'{srv.endpoint}/kduser/resnet8.pushed'
+        assert json.loads((tmp_path / 'push' / 'results.json').read_text())['hub_url'] == res['hub_url']
+        assert 'model.safetensors' in srv.files('kduser/resnet8.pushed')
+        loaded = timm.create_model('hf-hub:kduser/resnet8.pushed', pretrained=True)
+        best = _state(tmp_path / 'push' / 'model_best.pth.tar')['state_dict']
+        assert all(torch.equal(v, best[k]) for k, v in loaded.state_dict().items())
+        # a failing upload: reported in the results (exit code 1 from the command line), the run stays complete
+        srv.add_fault('POST', r'/commit/main$', 500, count=-1)
+        res = train_kd.main(argv + ['--push-to-hub', 'kduser/resnet8.failed', '--experiment', 'fail'])
+        assert res['hub_url'] is None and res['hub_error'] and res['finished']
+        assert {'last.pth.tar', 'model_best.pth.tar', 'results.json', 'summary.csv'} <= \
+            {p.name for p in (tmp_path / 'fail').iterdir()}

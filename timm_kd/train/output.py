@@ -18,6 +18,15 @@ from .checkpoint import atomic_write_text
 __all__ = ['new_run_dir', 'LogFiles', 'write_summary_row', 'write_results']
 
 
+class _Buffer(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def new_run_dir(base: str, name: str) -> str:
     """Create ``base/name``, or ``base/name-N`` with the first free N when it exists (timm's get_outdir)."""
     os.makedirs(base, exist_ok=True)
@@ -50,6 +59,9 @@ class LogFiles:
         h = logging.StreamHandler(sys.stdout)
         h.setFormatter(logging.Formatter('%(message)s'))
         self._add(h)
+        # lines logged before the run folder exists go to log.txt once it does
+        self._early = _Buffer()
+        self._add(self._early)
 
     def _add(self, h: logging.Handler) -> None:
         self.handlers.append(h)
@@ -61,13 +73,20 @@ class LogFiles:
             return
         h = logging.FileHandler(path, mode='a')
         h.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%Y-%m-%d %H:%M:%S'))
+        for record in self._early.records:
+            h.handle(record)
+        self._remove(self._early)
         self._add(h)
 
+    def _remove(self, h: logging.Handler) -> None:
+        for lg in self.loggers:
+            lg.removeHandler(h)
+        self.handlers.remove(h)
+        h.close()
+
     def close(self) -> None:
-        for h in self.handlers:
-            for lg in self.loggers:
-                lg.removeHandler(h)
-            h.close()
+        for h in list(self.handlers):
+            self._remove(h)
         for lg, lvl, prop in zip(self.loggers, self._levels, self._propagate):
             lg.setLevel(lvl)
             lg.propagate = prop
