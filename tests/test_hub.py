@@ -52,6 +52,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope='module', autouse=True)
+def _one_thread():
+    # tiny models: a second intra-op thread buys nothing and stalls when the 2 cores are shared
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope='module')
 def server():
     with HubServer(lifetime=300) as srv:  # stops itself after 300 s even if the module never finishes
@@ -103,7 +112,8 @@ def _same_logits(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def _fake_run(run: Path) -> dict:
     """A train_kd.py output folder (contract layout) holding tiny real resnet8 checkpoints."""
     run.mkdir(parents=True)
-    args = {'model': 'resnet8', 'teacher': 'resnet32x4', 'teacher_checkpoint': None, 'dataset': 'torch/cifar100',
+    args = {'model': 'resnet8', 'teacher': 'resnet32x4', 'teacher_checkpoint': str(run.parent / 'rd' / 'resnet32x4.pth'),
+            'dataset': 'torch/cifar100', 'data_dir': str(run.parent / 'data'), 'push_to_hub': 'kduser/again',
             'num_classes': 100, 'tl_cutmix': True, 'pick': 'kld', 'kd_temperature': 4.0, 'epochs': 4, 'lr': 0.05,
             'batch_size': 64, 'hub_token': TOKEN}  # a secret that slipped into the args must not be republished
     models = {}
@@ -116,7 +126,10 @@ def _fake_run(run: Path) -> dict:
         f'{e},{4.5 - e * 0.3:.4f},{4.0 - e * 0.2:.4f},{40 + e * 4.1:.3f},{70 + e * 2.2:.3f}\n' for e in range(5)))
     results = {'model': 'resnet8', 'teacher': 'resnet32x4', 'teacher_top1': 79.42, 'best_top1': 55.5,
                'best_top5': 80.125, 'best_epoch': 3, 'last_top1': 54.25, 'last_top5': 79.875, 'num_classes': 100,
-               'dataset': 'torch/cifar100', 'recipe': {'mode': 'tl_cutmix', 'pick': 'kld', 'temperature': 4.0}}
+               'dataset': 'torch/cifar100', 'recipe': {'mode': 'tl_cutmix', 'pick': 'kld', 'temperature': 4.0},
+               'data_config': {'input_size': [3, 32, 32], 'mean': [0.5, 0.5, 0.5], 'std': [0.25, 0.25, 0.25],
+                               'crop_pct': 1.0, 'interpolation': 'bilinear', 'num_classes': 100},
+               'run_dir': str(run), 'teacher_checkpoint': args['teacher_checkpoint']}
     (run / 'results.json').write_text(json.dumps(results))
     return models
 
@@ -347,8 +360,10 @@ def test_publish_student_roundtrip_and_republish_updates(hf, tmp_path, monkeypat
     files = hf.files(repo)
     assert {'config.json', 'model.safetensors', 'README.md', 'training/args.yaml', 'training/summary.csv',
             'training/results.json'} <= set(files)
-    for name, data in files.items():  # the token is used for the upload but written nowhere
-        assert TOKEN.encode() not in data, name
+    for name, data in files.items():  # the token is used for the upload but written nowhere; no local paths
+        assert TOKEN.encode() not in data and str(tmp_path).encode() not in data, name
+    assert 'push_to_hub' not in yaml.safe_load(files['training/args.yaml'])  # a rerun from it must not push here
+    assert '(weights: `resnet32x4.pth`)' in files['README.md'].decode()
     assert TOKEN not in ''.join(capsys.readouterr())
     assert any(auth for m, p, auth in hf.log if p.endswith(f'{repo}/commit/main'))
     card = files['README.md'].decode()
@@ -362,6 +377,7 @@ def test_publish_student_roundtrip_and_republish_updates(hf, tmp_path, monkeypat
         assert text in card, text
     cfg = json.loads(files['config.json'])
     assert cfg['architecture'] == 'resnet8' and cfg['timm_kd']['teacher'] == 'resnet32x4'
+    assert cfg['pretrained_cfg']['mean'] == [0.5, 0.5, 0.5]  # the normalisation the run trained with
 
     _fresh_cache(monkeypatch, tmp_path / 'fresh1')
     loaded = timm.create_model(f'hf-hub:{repo}', pretrained=True)
@@ -373,6 +389,7 @@ def test_publish_student_roundtrip_and_republish_updates(hf, tmp_path, monkeypat
     assert len(hf.repos) == n_repos and hf.n_commits(repo) == n_commits + 1
     _fresh_cache(monkeypatch, tmp_path / 'fresh2')
     assert _same_weights(timm.create_model(f'hf-hub:{repo}', pretrained=True), models['last.pth.tar'])
+    assert 'last epoch (epoch 4)' in hf.files(repo)['README.md'].decode()  # the card is updated too
     # an identical re-publish changes nothing
     hub.publish_student(run, repo, which='last')
     assert hf.n_commits(repo) == n_commits + 1
@@ -435,3 +452,12 @@ def test_publish_cli_server_down_exits_nonzero(tmp_path, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert err.count('error:') == 1 and 'could not be reached' in err and TOKEN not in out + err
     assert {k: v for k, v in _tree_digest(run).items() if not k.startswith('hub/')} == before
+
+
+def test_hub_server_stops_by_itself():
+    srv = HubServer(lifetime=0.3).start()
+    port = srv.server_address[1]
+    srv._thread.join(timeout=10)
+    assert not srv._thread.is_alive()
+    with pytest.raises(OSError):
+        socket.create_connection(('127.0.0.1', port), timeout=2).close()

@@ -421,11 +421,12 @@ _DATASETS = {  # our dataset names -> (HF dataset id, pretty name)
     'tinyimagenet': ('tiny-imagenet', 'Tiny ImageNet'), 'tiny-imagenet': ('tiny-imagenet', 'Tiny ImageNet'),
 }
 
-CITATION = '''@article{wang2020kdda,
+CITATION = '''@inproceedings{wang2022gooddakd,
   title={What Makes a "Good" Data Augmentation in Knowledge Distillation -- A Statistical Perspective},
   author={Wang, Huan and Lohit, Suhas and Jones, Michael and Fu, Yun},
-  journal={arXiv preprint arXiv:2012.02909},
-  year={2020}
+  booktitle={Advances in Neural Information Processing Systems},
+  year={2022},
+  note={arXiv:2012.02909}
 }'''
 
 
@@ -443,12 +444,12 @@ def dataset_ids(dataset: Optional[str]) -> Tuple[str, str]:
     return _DATASETS.get(key, (key, dataset or key))
 
 
-def _front_matter(repo_id: str, tags, dataset: Optional[str], license: str, metrics) -> str:
+def _front_matter(repo_id: str, tags, dataset: Optional[str], license: str, metrics, split: str = 'test') -> str:
     """YAML metadata, with a model-index built by huggingface_hub so the Hub accepts it."""
     from huggingface_hub import EvalResult, ModelCardData
     ds_id, ds_name = dataset_ids(dataset)
     evals = [EvalResult(task_type='image-classification', task_name='Image Classification', dataset_type=ds_id,
-                        dataset_name=ds_name, dataset_split='test', metric_type=t, metric_value=round(float(v), 4),
+                        dataset_name=ds_name, dataset_split=split, metric_type=t, metric_value=round(float(v), 4),
                         metric_name=n) for t, n, v in metrics if v is not None]
     data = ModelCardData(model_name=repo_id.split('/')[-1], license=license, library_name='timm',
                          pipeline_tag='image-classification', tags=list(tags), datasets=[ds_id],
@@ -552,38 +553,42 @@ def student_card(
     ds_id, ds_name = dataset_ids(dataset)
     best1, best5, last1, last5 = (results.get(k) for k in ('best_top1', 'best_top5', 'last_top1', 'last_top5'))
     t1 = results.get('teacher_top1')
+    split = 'test' if ds_id in ('cifar10', 'cifar100') else (args.get('val_split') or 'test')  # timm: validation = test set
     metrics = [('accuracy', 'Top-1 accuracy (best epoch)', best1), ('top_5_accuracy', 'Top-5 accuracy (best epoch)', best5),
                ('accuracy', 'Top-1 accuracy (last epoch)', last1), ('top_5_accuracy', 'Top-5 accuracy (last epoch)', last5)]
     tags = ['image-classification', 'timm', 'timm-kd', 'knowledge-distillation']
-    text = _front_matter(repo_id, tags, dataset, license, metrics)
+    text = _front_matter(repo_id, tags, dataset, license, metrics, split=split)
     recipe = results.get('recipe') or {}
     recipe_lines = '\n'.join(f'- **{k}:** `{v}`' for k, v in recipe.items()) or '- (see args below)'
     published = (f"{which} epoch" + (f" (epoch {epoch})" if epoch is not None else ''))
-    teacher_src = results.get('teacher_source') or args.get('teacher_checkpoint') or (f'{teacher} pretrained weights' if teacher else None)
+    teacher_src = _public_path(results.get('teacher_source') or results.get('teacher_checkpoint')
+                               or args.get('teacher_checkpoint'))
+    input_size = (results.get('data_config') or {}).get('input_size') or model.pretrained_cfg.get('input_size', (3, 32, 32))
+    teacher_src = f'weights: `{teacher_src}`' if teacher_src else ('its default pretrained weights' if teacher else '')
     text += f'''# Model card for {repo_id.split('/')[-1]}
 
 A {ds_name} **{arch}** student trained with knowledge distillation{f' from a **{teacher}** teacher' if teacher else ''} using
-timm-kd (`pip install timm-kd`) (KD with teacher-labelled data augmentation: TLmixup / TLCutMix / TLCutMix+pick).
+timm-kd (`pip install timm-kd`): KD with teacher-labelled data augmentation (TLmixup / TLCutMix / TLCutMix+pick).
 
 ## Model details
 - **Architecture:** `{arch}`, {_params(model)} parameters, registered by `timm_kd`
-- **Dataset:** {ds_name}, {model.num_classes} classes, input {'x'.join(map(str, model.pretrained_cfg.get('input_size', (3, 32, 32))))}
-- **Teacher:** {f'`{teacher}`' if teacher else 'none (plain training)'}{f', top-1 {_fmt(t1)} %' if t1 is not None else ''}{f' (weights: `{teacher_src}`)' if teacher_src else ''}
+- **Dataset:** {ds_name}, {model.num_classes} classes, input {'x'.join(map(str, input_size))}
+- **Teacher:** {f'`{teacher}`' if teacher else 'none (plain training)'}{f', top-1 {_fmt(t1)} %' if t1 is not None else ''}{f' ({teacher_src})' if teacher_src else ''}
 - **Published weights:** {published}; `model.safetensors` only
 - **Software:** timm-kd {_version()}, timm {timm.__version__}, torch {torch.__version__}
 
-## Results ({ds_name} test split)
+## Results ({ds_name}, {split} split)
 | weights | top-1 (%) | top-5 (%) |
 |---|---|---|
 | best epoch{f" ({results.get('best_epoch')})" if results.get('best_epoch') is not None else ''} | {_fmt(best1)} | {_fmt(best5)} |
-| last epoch | {_fmt(last1)} | {_fmt(last5)} |
+| last epoch{f" ({results.get('last_epoch')})" if results.get('last_epoch') is not None else ''} | {_fmt(last1)} | {_fmt(last5)} |
 | teacher `{teacher}` | {_fmt(t1)} | |
 
 ## Distillation recipe
 {recipe_lines}
 
 The full arguments are below and in `training/args.yaml`; `training/summary.csv` has the per-epoch log.
-Reproduce with `accelerate launch train_kd.py --config training/args.yaml`.
+Reproduce with `accelerate launch train_kd.py --config training/args.yaml --data-dir <your data>`.
 
 ## Usage
 {usage_snippet('hf-hub:' + repo_id)}
@@ -592,13 +597,22 @@ Reproduce with `accelerate launch train_kd.py --config training/args.yaml`.
         head = list(summary_rows[0].keys())
         step = max(1, len(summary_rows) // 10)
         picked = summary_rows[::step] + ([summary_rows[-1]] if (len(summary_rows) - 1) % step else [])
-        text += '\n## Training log (every {} epochs)\n| {} |\n|{}|\n'.format(step, ' | '.join(head), '---|' * len(head))
+        text += '\n## Training log (`summary.csv`{})\n| {} |\n|{}\n'.format(
+            f', every {step}th epoch' if step > 1 else '', ' | '.join(head), '---|' * len(head))
         text += ''.join('| ' + ' | '.join(_short(r.get(h)) for h in head) + ' |\n' for r in picked)
     if args:
         import yaml
         text += f"\n## Training arguments\n```yaml\n{yaml.safe_dump(args, sort_keys=True).strip()}\n```\n"
     text += f'\n## Citation\n```bibtex\n{CITATION}\n```\n'
     return text
+
+
+def _public_path(path: Optional[str]) -> Optional[str]:
+    """A checkpoint reference fit for a public card: Hub references as they are, local files by name only."""
+    if not path:
+        return None
+    path = str(path)
+    return path if path.startswith(('hf-hub:', 'hf_hub:', 'http://', 'https://')) else Path(path).name
 
 
 def _short(v) -> str:
@@ -614,13 +628,16 @@ def _short(v) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 _SECRET_WORDS = ('token', 'secret', 'password', 'api_key')
+# where a run wrote / pushed / read its files: local or one-off, not recipe (and a reproduction from the
+# published args must not push to this repo again)
+_LOCAL_ARGS = ('push_to_hub', 'hub_private', 'resume', 'config', 'output', 'experiment', 'data_dir')
 
 
 def _clean_args(args: Dict[str, Any]) -> Dict[str, Any]:
     """Training args fit for a public card: no secrets, plain YAML types."""
     out = {}
     for k, v in (args or {}).items():
-        if any(w in str(k).lower() for w in _SECRET_WORDS):
+        if any(w in str(k).lower() for w in _SECRET_WORDS) or k in _LOCAL_ARGS:
             continue
         if isinstance(v, tuple):
             v = list(v)
@@ -666,6 +683,8 @@ def export_student(
     state_dict, meta = conv.read_kd_checkpoint(ckpt)
     ckpt_args = meta.get('args') if isinstance(meta.get('args'), dict) else {}
     args = _clean_args(args or ckpt_args)
+    if args.get('teacher_checkpoint'):
+        args['teacher_checkpoint'] = _public_path(args['teacher_checkpoint'])
     arch = meta.get('arch') or results.get('model') or args.get('model')
     if not arch:
         raise ValueError(f'Cannot tell the architecture of {ckpt}: no arch in the checkpoint, results.json or args.yaml.')
@@ -676,12 +695,16 @@ def export_student(
     conv.load_kd_checkpoint(model, state_dict, strict=True)
     model.eval()
 
-    # what the student was trained on (input size, normalisation), when the run overrode the model's defaults
-    data_config = {k: args[k] for k in ('input_size', 'img_size', 'mean', 'std', 'interpolation', 'crop_pct')
-                   if args.get(k) is not None}
+    # the preprocessing the student was trained with: train_kd.py records it in results.json (data_config);
+    # older runs only have the args, where None means the model's default
+    trained = results.get('data_config') or meta.get('data_config') or args
+    data_config = {k: trained[k] for k in ('input_size', 'img_size', 'mean', 'std', 'interpolation', 'crop_pct')
+                   if isinstance(trained, dict) and trained.get(k) is not None}
     epoch = meta.get('epoch')
     epoch = results.get('best_epoch') if which == 'best' and results.get('best_epoch') is not None else epoch
     readme = student_card(model, repo_id, results=results, args=args, which=which, epoch=epoch, summary_rows=rows)
+    name = repo_id.split('/')[-1]
+    cfg_overrides = {'tag': name.split('.', 1)[1]} if '.' in name else {}
     lineage = {
         'kind': 'student', 'repo_id': repo_id, 'weights': which, 'epoch': epoch, 'checkpoint': ckpt.name,
         'checkpoint_sha256': sha256_file(ckpt), 'teacher': results.get('teacher') or args.get('teacher'),
@@ -690,13 +713,16 @@ def export_student(
         'recipe': results.get('recipe') or {}, 'timm_kd_version': _version(),
     }
     import yaml
-    extra = {'training/results.json': json.dumps(results, indent=2, default=str)}
+    public = {k: v for k, v in results.items() if k not in ('run_dir', 'hub_url', 'hub_error')}  # local paths stay local
+    if public.get('teacher_checkpoint'):
+        public['teacher_checkpoint'] = _public_path(public['teacher_checkpoint'])
+    extra = {'training/results.json': json.dumps(public, indent=2, default=str)}
     if args:  # the cleaned args, not the file: a secret that slipped into args.yaml is never republished
         extra['training/args.yaml'] = yaml.safe_dump(args, sort_keys=True)
     if (run_dir / 'summary.csv').is_file():
         extra['training/summary.csv'] = (run_dir / 'summary.csv').read_bytes()
     folder = Path(out_dir) if out_dir is not None else run_dir / 'hub' / repo_id.split('/')[-1]
-    return save_model_folder(model, folder, readme, model_config={'timm_kd': lineage},
+    return save_model_folder(model, folder, readme, model_config={'pretrained_cfg': cfg_overrides, 'timm_kd': lineage},
                              data_config=data_config or None, extra_files=extra)
 
 
