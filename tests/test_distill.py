@@ -397,3 +397,14 @@ def test_compiled_student_scoring_pass_keeps_running_stats():
         ref(rec.inputs[2])
     torch.testing.assert_close(student[1].running_mean, ref[1].running_mean)
     torch.testing.assert_close(student[4].running_var, ref[4].running_var)
+
+
+def test_teacher_by_name_uses_timm_distillation_teacher(tmp_path):
+    import timm
+    teacher = timm.create_model('resnet8', num_classes=10)
+    path = tmp_path / 'teacher.pth'
+    torch.save(teacher.state_dict(), path)
+    task = DistillationTask(timm.create_model('resnet8', num_classes=10), 'resnet8', teacher_pretrained_path=str(path))
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(task.teacher_logits(x), teacher.eval()(x))
+    assert not task.teacher.training and not any(p.requires_grad for p in task.teacher.parameters())
