@@ -300,6 +300,7 @@ class HubServer(ThreadingHTTPServer):
         self._n = 0
         self._thread: Optional[threading.Thread] = None
         self._timer: Optional[threading.Timer] = None
+        self.closed = threading.Event()  # set once the listening socket is closed
 
     # ---- test helpers ---------------------------------------------------------------------------------
     def new_oid(self, repo_id: str, msg: str) -> str:
@@ -355,6 +356,7 @@ class HubServer(ThreadingHTTPServer):
             if self._thread is not threading.current_thread():
                 self._thread.join(timeout=5)
         self.server_close()
+        self.closed.set()
 
     def __enter__(self) -> 'HubServer':
         return self.start()

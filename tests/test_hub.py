@@ -247,6 +247,8 @@ def test_create_teacher_checkpoint_formats_and_mismatches(tmp_path):
         hub.create_teacher('resnet8', checkpoint=tmp_path / 'nope.pth')
     with pytest.raises(hub.TeacherLoadError, match="Unknown teacher model 'resnet9000'"):
         hub.create_teacher('resnet9000')
+    with pytest.raises(hub.TeacherLoadError, match="'coatnet_0_224' has no pretrained weights registered"):
+        hub.create_teacher('coatnet_0_224')  # a timm model without weights: never a random teacher
     # a 10-class checkpoint builds a 10-class teacher, not a 100-class one with a random head
     small = _random_model('resnet8', 7, num_classes=10)
     torch.save({'model': small.state_dict()}, tmp_path / 'c10.pth')
@@ -457,6 +459,7 @@ def test_publish_cli_server_down_exits_nonzero(tmp_path, monkeypatch, capsys):
 def test_hub_server_stops_by_itself():
     srv = HubServer(lifetime=0.3).start()
     port = srv.server_address[1]
+    assert srv.closed.wait(timeout=10)
     srv._thread.join(timeout=10)
     assert not srv._thread.is_alive()
     with pytest.raises(OSError):

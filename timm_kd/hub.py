@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -26,8 +27,14 @@ import torch.nn as nn
 import timm
 from timm.models import get_pretrained_cfg, parse_model_name
 
+from .models import hub_org
+from .models._convert import load_kd_checkpoint, read_kd_checkpoint
+
 __all__ = [
     'TeacherLoadError', 'HubPublishError', 'create_teacher', 'resolve_checkpoint', 'hub_endpoint',
+    'save_model_folder', 'push_folder', 'teacher_card', 'student_card', 'usage_snippet', 'read_run',
+    'export_student', 'publish_student', 'RD_ARCH_MAP', 'map_arch', 'arch_from_path', 'find_teacher_checkpoints',
+    'convert_teacher', 'sha256_file',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -58,30 +65,29 @@ def _hub_reason(err: BaseException) -> str:
     from huggingface_hub import constants
     from huggingface_hub import errors as hf_errors
 
-    def _is(name: str) -> bool:
+    def _is(e: BaseException, name: str) -> bool:  # by name: some classes are missing in older clients
         cls = getattr(hf_errors, name, None)
-        return cls is not None and isinstance(err, cls)
+        return cls is not None and isinstance(e, cls)
 
     chain, e = [], err
     while e is not None and len(chain) < 8:  # look through wrappers (timm re-raises some errors)
         chain.append(e)
         e = e.__cause__ or e.__context__
     for e in chain:
-        err = e
-        if _is('GatedRepoError'):
+        if _is(e, 'GatedRepoError'):
             return 'the repository is gated: accept its conditions on the Hub and log in'
-        if _is('RepositoryNotFoundError'):
+        if _is(e, 'RepositoryNotFoundError'):
             return 'the repository does not exist (or is private and no valid token was found)'
-        if _is('RevisionNotFoundError'):
+        if _is(e, 'RevisionNotFoundError'):
             return 'the requested revision does not exist'
-        if _is('LocalEntryNotFoundError') or _is('OfflineModeIsEnabled'):
+        if _is(e, 'LocalEntryNotFoundError') or _is(e, 'OfflineModeIsEnabled'):
             if constants.HF_HUB_OFFLINE:
                 return (f'HF_HUB_OFFLINE=1 is set and the files are not in the local cache ({constants.HF_HUB_CACHE}); '
                         'download them once online or unset HF_HUB_OFFLINE')
             return f'the Hub at {constants.ENDPOINT} could not be reached and the files are not in the local cache'
-        if _is('EntryNotFoundError'):
+        if _is(e, 'EntryNotFoundError'):
             return 'the repository exists but does not contain the expected file (config.json / model.safetensors)'
-        if _is('HfHubHTTPError'):
+        if _is(e, 'HfHubHTTPError'):
             status = getattr(getattr(e, 'response', None), 'status_code', None)
             return f'the Hub answered HTTP {status}' if status else f'the Hub request failed ({_first_line(e)})'
     err = chain[0]
@@ -126,15 +132,8 @@ def resolve_checkpoint(checkpoint: Union[str, os.PathLike]) -> Path:
     return path
 
 
-def _convert_api():
-    # the reader lives with the models (it applies each family's checkpoint_filter_fn)
-    from .models import _convert
-    return _convert
-
-
 def _classifier_rows(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Optional[int]:
     """Output classes of a checkpoint, read from its classifier weight (our name or RepDistiller's)."""
-    import sys
     filter_fn = getattr(sys.modules.get(type(model).__module__), 'checkpoint_filter_fn', None)
     if filter_fn is not None:
         try:
@@ -216,21 +215,23 @@ def _teacher_pretrained(name: str, source: Optional[str], model_id: str, info: D
             cfg = get_pretrained_cfg(name)
         except RuntimeError as e:  # e.g. an unknown pretrained tag
             raise TeacherLoadError(f'Teacher {name!r}: {e}') from e
-        has_weights = cfg is not None and any(getattr(cfg, k, None) for k in ('hf_hub_id', 'url', 'file', 'state_dict'))
-        if 'pretrained_cfg_overlay' in kwargs:
-            has_weights = has_weights or any(kwargs['pretrained_cfg_overlay'].get(k) for k in ('hf_hub_id', 'url', 'file'))
-        if not has_weights:
+        # the weight source timm will use, in timm's order: state_dict, file, hf_hub_id, url
+        eff = {**(cfg.to_dict() if cfg else {}), **(kwargs.get('pretrained_cfg_overlay') or {})}
+        if eff.get('state_dict') is not None or eff.get('file'):
+            tried = f"its pretrained file {eff.get('file') or '(state dict)'}"
+            info['source'] = eff.get('file')
+        elif eff.get('hf_hub_id'):
+            hub_id = eff['hf_hub_id']
+            org_note = (" (organisation from TIMM_KD_HUB_ORG, default 'timm-kd')"
+                        if hub_id.startswith(hub_org() + '/') else '')
+            tried = f"the Hub repo '{hub_id}'{org_note} at {hub_endpoint()}"
+            info['source'] = f'hf-hub:{hub_id}'
+            probe = (hub_id, eff.get('hf_hub_filename') or 'model.safetensors')
+        elif eff.get('url'):
+            tried = f"its pretrained weights at {eff['url']}"
+            info['source'] = eff['url']
+        else:
             raise TeacherLoadError(f'Teacher {name!r} has no pretrained weights registered; {_WAYS_OUT}.')
-        overlay = kwargs.get('pretrained_cfg_overlay') or {}
-        hub_id = overlay.get('hf_hub_id') or (cfg.hf_hub_id if cfg else None)
-        from .models import hub_org
-        org_note = (f" (organisation from TIMM_KD_HUB_ORG, default 'timm-kd')"
-                    if hub_id and hub_id.startswith(hub_org() + '/') else '')
-        tried = (f"the Hub repo '{hub_id}'{org_note} at {hub_endpoint()}" if hub_id and not (overlay.get('file') or overlay.get('url'))
-                 else f"its pretrained weights ({overlay.get('file') or overlay.get('url') or (cfg.url if cfg else '')})")
-        info['source'] = f'hf-hub:{hub_id}' if hub_id else (overlay.get('file') or overlay.get('url'))
-        if hub_id and info['source'].startswith('hf-hub:'):
-            probe = (hub_id, (cfg.hf_hub_filename if cfg else None) or 'model.safetensors')
     elif source == 'hf-hub':
         tried = f"the Hub repo '{model_id}' at {hub_endpoint()}"
         info['source'] = name
@@ -271,10 +272,9 @@ def _probe_hub(hub_id: str, filename: str) -> None:
 
 def _teacher_from_checkpoint(name: str, checkpoint, num_classes: Optional[int], info: Dict[str, Any],
                              **kwargs) -> Tuple[nn.Module, Dict[str, Any]]:
-    conv = _convert_api()
     path = resolve_checkpoint(checkpoint)
     try:
-        state_dict, meta = conv.read_kd_checkpoint(path)
+        state_dict, meta = read_kd_checkpoint(path)
     except Exception as e:
         raise TeacherLoadError(f'Could not read teacher checkpoint {str(checkpoint)!r}: {_first_line(e)}') from e
     try:
@@ -294,7 +294,7 @@ def _teacher_from_checkpoint(name: str, checkpoint, num_classes: Optional[int], 
     if ckpt_classes is not None and ckpt_classes != model.num_classes:
         model = _create(name, pretrained=False, num_classes=ckpt_classes, **kwargs)
     try:
-        conv.load_kd_checkpoint(model, state_dict, strict=True)
+        load_kd_checkpoint(model, state_dict, strict=True)
     except Exception as e:
         raise TeacherLoadError(
             f'Teacher checkpoint {str(checkpoint)!r} does not fit {name!r}: {_first_line(e)} '
@@ -481,6 +481,10 @@ def _params(model: nn.Module) -> str:
     return f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M'
 
 
+def _input(size) -> str:
+    return 'x'.join(map(str, size))
+
+
 def teacher_card(
         model: nn.Module,
         repo_id: str,
@@ -497,35 +501,43 @@ def teacher_card(
 ) -> str:
     """Model card of a converted KD teacher (provenance, checksum, reported accuracy, usage)."""
     _, ds_name = dataset_ids(dataset)
-    tag = repo_id.split('/')[-1].split('.', 1)[-1]
     org = repo_id.split('/')[0]
-    name_note = (f"The registered name resolves to this repo when `TIMM_KD_HUB_ORG={org}` is set before "
-                 f"`import timm_kd`" + (" (it is the default organisation)" if org == 'timm-kd' else '') + ':\n\n'
-                 f"```python\nimport timm_kd, timm\nteacher = timm.create_model('{arch}', pretrained=True)  "
-                 f"# or: timm_kd.hub.create_teacher('{arch}')\n```\n"
-                 f"and `train_kd.py --teacher {arch}` uses it as the default teacher weights.\n")
-    text = _front_matter(repo_id, ['image-classification', 'timm', 'timm-kd', 'knowledge-distillation', 'teacher'],
-                         dataset, license, [('accuracy', 'Top-1 accuracy (reported by the source checkpoint)', accuracy)])
+    default_org = ' (it is the default organisation)' if org == 'timm-kd' else ''
+    at_epoch = f' (epoch {epoch})' if epoch is not None else ''
+    size = _input(model.pretrained_cfg.get('input_size', (3, 32, 32)))
+    text = _front_matter(
+        repo_id, ['image-classification', 'timm', 'timm-kd', 'knowledge-distillation', 'teacher'], dataset, license,
+        [('accuracy', 'Top-1 accuracy (reported by the source checkpoint)', accuracy)])
     text += f'''# Model card for {repo_id.split('/')[-1]}
 
-A {ds_name} **{arch}** classifier, converted unchanged from the {origin} checkpoint of `{original_arch}` for use as a
-knowledge-distillation teacher with timm-kd (`pip install timm-kd`) and timm.
+A {ds_name} **{arch}** classifier, converted unchanged from the {origin} checkpoint of `{original_arch}`,
+for use as a knowledge-distillation teacher with timm-kd (`pip install timm-kd`) and timm.
 
 ## Model details
 - **Architecture:** `{arch}` (RepDistiller name `{original_arch}`), {_params(model)} parameters, registered by `timm_kd`
-- **Dataset:** {ds_name}, {model.num_classes} classes, input {'x'.join(map(str, model.pretrained_cfg.get('input_size', (3, 32, 32))))}
-- **Top-1 accuracy:** {_fmt(accuracy)} % as stored in the checkpoint by its training code{f' (epoch {epoch})' if epoch is not None else ''}; not re-evaluated during conversion
-- **Weights:** `model.safetensors`, converted by timm-kd {_version()} (timm {timm.__version__}); logits equal the original checkpoint's
+- **Dataset:** {ds_name}, {model.num_classes} classes, input {size}
+- **Top-1 accuracy:** {_fmt(accuracy)} % as stored in the checkpoint by its training code{at_epoch};
+  not re-evaluated during conversion
+- **Weights:** `model.safetensors`, converted by timm-kd {_version()} (timm {timm.__version__});
+  the logits equal the original checkpoint's
 
 ## Provenance
 - **Source file:** `{source}`
 - **Source sha256:** `{sha256}`
 - **Original code:** RepDistiller (https://github.com/HobbitLong/RepDistiller); key names are unchanged.
-- **License:** the weights were trained and released by the original authors; check their repository's license before redistribution.
+- **License:** the weights were trained and released by the original authors; check their license before
+  redistributing them.
 
 ## Usage
 {usage_snippet('hf-hub:' + repo_id)}
-{name_note}
+The registered name resolves to this repo when `TIMM_KD_HUB_ORG={org}` is set before `import timm_kd`{default_org}:
+
+```python
+import timm_kd, timm
+teacher = timm.create_model('{arch}', pretrained=True)  # or: timm_kd.hub.create_teacher('{arch}')
+```
+and `train_kd.py --teacher {arch}` uses it as the default teacher weights.
+
 ## Citation
 The teacher zoo was released with RepDistiller:
 ```bibtex
@@ -551,41 +563,50 @@ def student_card(
     teacher = results.get('teacher') or args.get('teacher')
     dataset = results.get('dataset') or args.get('dataset') or 'cifar100'
     ds_id, ds_name = dataset_ids(dataset)
-    best1, best5, last1, last5 = (results.get(k) for k in ('best_top1', 'best_top5', 'last_top1', 'last_top5'))
-    t1 = results.get('teacher_top1')
-    split = 'test' if ds_id in ('cifar10', 'cifar100') else (args.get('val_split') or 'test')  # timm: validation = test set
-    metrics = [('accuracy', 'Top-1 accuracy (best epoch)', best1), ('top_5_accuracy', 'Top-5 accuracy (best epoch)', best5),
-               ('accuracy', 'Top-1 accuracy (last epoch)', last1), ('top_5_accuracy', 'Top-5 accuracy (last epoch)', last5)]
-    tags = ['image-classification', 'timm', 'timm-kd', 'knowledge-distillation']
-    text = _front_matter(repo_id, tags, dataset, license, metrics, split=split)
-    recipe = results.get('recipe') or {}
-    recipe_lines = '\n'.join(f'- **{k}:** `{v}`' for k, v in recipe.items()) or '- (see args below)'
-    published = (f"{which} epoch" + (f" (epoch {epoch})" if epoch is not None else ''))
-    teacher_src = _public_path(results.get('teacher_source') or results.get('teacher_checkpoint')
-                               or args.get('teacher_checkpoint'))
-    input_size = (results.get('data_config') or {}).get('input_size') or model.pretrained_cfg.get('input_size', (3, 32, 32))
-    teacher_src = f'weights: `{teacher_src}`' if teacher_src else ('its default pretrained weights' if teacher else '')
+    r = {k: results.get(k) for k in ('best_top1', 'best_top5', 'best_epoch', 'last_top1', 'last_top5', 'last_epoch',
+                                     'teacher_top1')}
+    # timm's 'validation' split of the torchvision CIFAR datasets is their test set
+    split = 'test' if ds_id in ('cifar10', 'cifar100') else (args.get('val_split') or 'test')
+    metrics = [('accuracy', 'Top-1 accuracy (best epoch)', r['best_top1']),
+               ('top_5_accuracy', 'Top-5 accuracy (best epoch)', r['best_top5']),
+               ('accuracy', 'Top-1 accuracy (last epoch)', r['last_top1']),
+               ('top_5_accuracy', 'Top-5 accuracy (last epoch)', r['last_top5'])]
+    text = _front_matter(repo_id, ['image-classification', 'timm', 'timm-kd', 'knowledge-distillation'], dataset,
+                         license, metrics, split=split)
+
+    t_src = _public_path(results.get('teacher_source') or results.get('teacher_checkpoint')
+                         or args.get('teacher_checkpoint'))
+    t_src = f' (weights: `{t_src}`)' if t_src else ' (its default pretrained weights)'
+    t_acc = f', top-1 {_fmt(r["teacher_top1"])} %' if r['teacher_top1'] is not None else ''
+    teacher_line = f'`{teacher}`{t_acc}{t_src}' if teacher else 'none (plain training)'
+    from_teacher = f' from a **{teacher}** teacher' if teacher else ''
+    size = _input((results.get('data_config') or {}).get('input_size')
+                  or model.pretrained_cfg.get('input_size', (3, 32, 32)))
+    published = f'{which} epoch' + (f' (epoch {epoch})' if epoch is not None else '')
+    best_at = f" ({r['best_epoch']})" if r['best_epoch'] is not None else ''
+    last_at = f" ({r['last_epoch']})" if r['last_epoch'] is not None else ''
+    recipe = '\n'.join(f'- **{k}:** `{v}`' for k, v in (results.get('recipe') or {}).items()) or '- (see below)'
     text += f'''# Model card for {repo_id.split('/')[-1]}
 
-A {ds_name} **{arch}** student trained with knowledge distillation{f' from a **{teacher}** teacher' if teacher else ''} using
-timm-kd (`pip install timm-kd`): KD with teacher-labelled data augmentation (TLmixup / TLCutMix / TLCutMix+pick).
+A {ds_name} **{arch}** student trained with knowledge distillation{from_teacher} using timm-kd
+(`pip install timm-kd`): KD with teacher-labelled data augmentation (TLmixup / TLCutMix / TLCutMix+pick).
 
 ## Model details
 - **Architecture:** `{arch}`, {_params(model)} parameters, registered by `timm_kd`
-- **Dataset:** {ds_name}, {model.num_classes} classes, input {'x'.join(map(str, input_size))}
-- **Teacher:** {f'`{teacher}`' if teacher else 'none (plain training)'}{f', top-1 {_fmt(t1)} %' if t1 is not None else ''}{f' ({teacher_src})' if teacher_src else ''}
+- **Dataset:** {ds_name}, {model.num_classes} classes, input {size}
+- **Teacher:** {teacher_line}
 - **Published weights:** {published}; `model.safetensors` only
 - **Software:** timm-kd {_version()}, timm {timm.__version__}, torch {torch.__version__}
 
 ## Results ({ds_name}, {split} split)
 | weights | top-1 (%) | top-5 (%) |
 |---|---|---|
-| best epoch{f" ({results.get('best_epoch')})" if results.get('best_epoch') is not None else ''} | {_fmt(best1)} | {_fmt(best5)} |
-| last epoch{f" ({results.get('last_epoch')})" if results.get('last_epoch') is not None else ''} | {_fmt(last1)} | {_fmt(last5)} |
-| teacher `{teacher}` | {_fmt(t1)} | |
+| best epoch{best_at} | {_fmt(r['best_top1'])} | {_fmt(r['best_top5'])} |
+| last epoch{last_at} | {_fmt(r['last_top1'])} | {_fmt(r['last_top5'])} |
+| teacher `{teacher}` | {_fmt(r['teacher_top1'])} | |
 
 ## Distillation recipe
-{recipe_lines}
+{recipe}
 
 The full arguments are below and in `training/args.yaml`; `training/summary.csv` has the per-epoch log.
 Reproduce with `accelerate launch train_kd.py --config training/args.yaml --data-dir <your data>`.
@@ -599,7 +620,7 @@ Reproduce with `accelerate launch train_kd.py --config training/args.yaml --data
         picked = summary_rows[::step] + ([summary_rows[-1]] if (len(summary_rows) - 1) % step else [])
         text += '\n## Training log (`summary.csv`{})\n| {} |\n|{}\n'.format(
             f', every {step}th epoch' if step > 1 else '', ' | '.join(head), '---|' * len(head))
-        text += ''.join('| ' + ' | '.join(_short(r.get(h)) for h in head) + ' |\n' for r in picked)
+        text += ''.join('| ' + ' | '.join(_short(row.get(h)) for h in head) + ' |\n' for row in picked)
     if args:
         import yaml
         text += f"\n## Training arguments\n```yaml\n{yaml.safe_dump(args, sort_keys=True).strip()}\n```\n"
@@ -679,20 +700,20 @@ def export_student(
             f'{ckpt} not found: the run folder has no {which} checkpoint'
             + (" (try --which last)" if which == 'best' and (run_dir / 'last.pth.tar').is_file() else '') + '.')
     results, args, rows = read_run(run_dir)
-    conv = _convert_api()
-    state_dict, meta = conv.read_kd_checkpoint(ckpt)
+    state_dict, meta = read_kd_checkpoint(ckpt)
     ckpt_args = meta.get('args') if isinstance(meta.get('args'), dict) else {}
     args = _clean_args(args or ckpt_args)
     if args.get('teacher_checkpoint'):
         args['teacher_checkpoint'] = _public_path(args['teacher_checkpoint'])
     arch = meta.get('arch') or results.get('model') or args.get('model')
     if not arch:
-        raise ValueError(f'Cannot tell the architecture of {ckpt}: no arch in the checkpoint, results.json or args.yaml.')
+        raise ValueError(f'Cannot tell the architecture of {ckpt}: no arch in the checkpoint, results.json or '
+                         f'args.yaml.')
     results = dict(results, model=results.get('model') or arch)
     num_classes = results.get('num_classes') or args.get('num_classes')
     kwargs = {k: args[k] for k in ('in_chans',) if args.get(k) is not None}
     model = timm.create_model(arch, pretrained=False, **({'num_classes': num_classes} if num_classes else {}), **kwargs)
-    conv.load_kd_checkpoint(model, state_dict, strict=True)
+    load_kd_checkpoint(model, state_dict, strict=True)
     model.eval()
 
     # the preprocessing the student was trained with: train_kd.py records it in results.json (data_config);
@@ -713,7 +734,8 @@ def export_student(
         'recipe': results.get('recipe') or {}, 'timm_kd_version': _version(),
     }
     import yaml
-    public = {k: v for k, v in results.items() if k not in ('run_dir', 'hub_url', 'hub_error')}  # local paths stay local
+    # local paths and push outcomes stay local
+    public = {k: v for k, v in results.items() if k not in ('run_dir', 'hub_url', 'hub_error')}
     if public.get('teacher_checkpoint'):
         public['teacher_checkpoint'] = _public_path(public['teacher_checkpoint'])
     extra = {'training/results.json': json.dumps(public, indent=2, default=str)}
@@ -877,8 +899,6 @@ def convert_teacher(
     Returns:
         dict(folder, repo_id, arch, original_arch, accuracy, sha256, epoch).
     """
-    from .models import hub_org
-    conv = _convert_api()
     checkpoint = Path(checkpoint)
     original = arch or arch_from_path(source or checkpoint) or arch_from_path(checkpoint)
     if not original:
@@ -887,13 +907,13 @@ def convert_teacher(
     ours = map_arch(original)
     key = dataset.split('/')[-1].lower().replace('_', '').replace('-', '')
     tag = tag or key
-    state_dict, meta = conv.read_kd_checkpoint(checkpoint)
+    state_dict, meta = read_kd_checkpoint(checkpoint)
     model = timm.create_model(ours, pretrained=False)
     rows = _classifier_rows(state_dict, model)
     nc = num_classes or rows
     if nc is not None and nc != model.num_classes:
         model = timm.create_model(ours, pretrained=False, num_classes=nc)
-    conv.load_kd_checkpoint(model, state_dict, strict=True)
+    load_kd_checkpoint(model, state_dict, strict=True)
     model.eval()
     accuracy = accuracy if accuracy is not None else _as_float(meta.get('accuracy') or meta.get('best_acc'))
     epoch = meta.get('epoch')
