@@ -19,7 +19,7 @@ index/lambda tensors then go to the batch's device in one small copy each, so no
 """
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
