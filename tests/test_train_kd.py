@@ -356,3 +356,31 @@ def test_push_to_hub_after_training_and_a_failed_push_keeps_the_run(tmp_path, tr
         assert res['hub_url'] is None and res['hub_error'] and res['finished']
         assert {'last.pth.tar', 'model_best.pth.tar', 'results.json', 'summary.csv'} <= \
             {p.name for p in (tmp_path / 'fail').iterdir()}
+
+
+@pytest.mark.parametrize('views,columns,absent', [
+    (['--cutmix-hard'], {'train_mixed_loss'}, {'train_label_disagreement', 'train_kl_ratio'}),
+    (['--tl-mixup', '--mix-fraction', '0.5', '--mix-pairing', 'random'], {'train_label_disagreement'},
+     {'train_picked_share'}),
+    (['--cutout', '--pick', 't_ent', '--pick-candidates', '3', '--pick-ratio', '0.25'], {'train_picked_share'},
+     {'train_kl_ratio'}),
+    ([], {'train_kd_loss'}, {'train_label_disagreement'}),  # plain KD
+])
+def test_view_modes_reach_the_mixer(tmp_path, train_kd, teacher_ckpt, views, columns, absent):
+    res = train_kd.main(BASE + ['--teacher', 'resnet8', '--teacher-checkpoint', teacher_ckpt, *views, '--epochs', '1',
+                                '--train-num-samples', '32', '--output', str(tmp_path), '--experiment', 'v'])
+    row = _rows(tmp_path / 'v')[0]
+    assert columns <= row.keys() and not absent & row.keys()
+    if '--pick' in views:
+        assert float(row['train_picked_share']) == 0.25  # 12 of 3 x 16 candidates
+    if views:
+        assert float(row['train_mixed_loss']) > 0
+    else:
+        assert float(row['train_mixed_loss']) == 0 and res['recipe']['pick'] == 'none'
+
+
+def test_args_yaml_replays_as_config(tmp_path, train_kd):
+    res = train_kd.main(BASE + ['--epochs', '1', '--train-num-samples', '16', '--output', str(tmp_path),
+                                '--experiment', 'r'])
+    args, _ = parse_args(['--config', str(Path(res['run_dir']) / 'args.yaml')])
+    assert (args.model, args.lr, args.epochs, args.resume, args.experiment) == ('resnet8', 0.05, 1, '', 'r')

@@ -256,6 +256,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     cfg: Dict[str, Any] = {}
     if first.config:
         cfg = _load_yaml(first.config, 'Config file')
+        # a run's args.yaml replays as a config: its own config / resume entries must not chain or resume
+        cfg = {k: v for k, v in cfg.items() if k not in ('config', 'resume')}
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise UsageError(f'Config file {first.config!r} has unknown keys {unknown}: keys are flag names with '
