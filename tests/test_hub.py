@@ -400,6 +400,21 @@ def test_publish_student_roundtrip_and_republish_updates(hf, tmp_path, monkeypat
     assert {k: v for k, v in after.items() if not k.startswith('hub/')} == before
 
 
+def test_publish_ema_run_publishes_the_evaluated_ema_weights(tmp_path):
+    run = tmp_path / 'run'
+    _fake_run(run)
+    args = yaml.safe_load((run / 'args.yaml').read_text())
+    args['model_ema'] = True
+    (run / 'args.yaml').write_text(yaml.safe_dump(args))
+    ck = torch.load(run / 'model_best.pth.tar', weights_only=True)
+    ema = _random_model('resnet8', 21)
+    ck['state_dict_ema'] = ema.state_dict()
+    torch.save(ck, run / 'model_best.pth.tar')
+    folder = hub.publish_student(run, 'kduser/ema', dry_run=True)
+    assert _same_weights(timm.create_model(f'local-dir:{folder}', pretrained=True), ema)
+    assert 'moving average (EMA)' in (folder / 'README.md').read_text()
+
+
 def test_publish_cli_dry_run_private_and_bad_input(hf, tmp_path, capsys):
     cli = _load_script('publish')
     run = tmp_path / 'run'
@@ -423,7 +438,7 @@ def test_publish_cli_dry_run_private_and_bad_input(hf, tmp_path, capsys):
     assert 'does not exist' in err and 'try --which last' in err and 'Traceback' not in err
 
 
-@pytest.mark.parametrize('fault', ['create-500', 'commit-500', 'create-403'])
+@pytest.mark.parametrize('fault', ['create-500', 'commit-500', 'create-403', 'commit-404'])
 def test_publish_hub_faults_leave_local_files_and_rerun_works(hf, tmp_path, fault, capsys):
     cli = _load_script('publish')
     run = tmp_path / 'run'
@@ -435,7 +450,8 @@ def test_publish_hub_faults_leave_local_files_and_rerun_works(hf, tmp_path, faul
     assert cli.main([str(run), '--repo-id', repo]) == 1
     err = capsys.readouterr().err
     assert err.count('error:') == 1 and 'nothing local was changed' in err and TOKEN not in err
-    assert {'500': 'server error (HTTP 500)', '403': 'refused the write (HTTP 403)'}[status] in err
+    assert {'500': 'server error (HTTP 500)', '403': 'refused the write (HTTP 403)',
+            '404': 'answered 404'}[status] in err
     after = _tree_digest(run)
     assert {k: v for k, v in after.items() if not k.startswith('hub/')} == before
     assert (run / 'hub' / fault / 'model.safetensors').is_file()  # the export is kept for the rerun

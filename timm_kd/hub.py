@@ -557,6 +557,7 @@ def student_card(
         epoch: Optional[int],
         summary_rows: Optional[list] = None,
         license: str = 'apache-2.0',
+        ema: bool = False,
 ) -> str:
     """Model card of a distilled student: lineage, recipe, best and last results, usage."""
     arch = results.get('model') or args.get('model')
@@ -583,6 +584,7 @@ def student_card(
     size = _input((results.get('data_config') or {}).get('input_size')
                   or model.pretrained_cfg.get('input_size', (3, 32, 32)))
     published = f'{which} epoch' + (f' (epoch {epoch})' if epoch is not None else '')
+    published += ', exponential moving average (EMA) of the weights, which is what was evaluated' if ema else ''
     best_at = f" ({r['best_epoch']})" if r['best_epoch'] is not None else ''
     last_at = f" ({r['last_epoch']})" if r['last_epoch'] is not None else ''
     recipe = '\n'.join(f'- **{k}:** `{v}`' for k, v in (results.get('recipe') or {}).items()) or '- (see below)'
@@ -703,6 +705,9 @@ def export_student(
     state_dict, meta = read_kd_checkpoint(ckpt)
     ckpt_args = meta.get('args') if isinstance(meta.get('args'), dict) else {}
     args = _clean_args(args or ckpt_args)
+    ema = bool(args.get('model_ema'))
+    if ema:  # with --model-ema, train_kd.py reports (and picks the best epoch by) the EMA weights: publish those
+        state_dict, ema = _ema_state_dict(ckpt, state_dict)
     if args.get('teacher_checkpoint'):
         args['teacher_checkpoint'] = _public_path(args['teacher_checkpoint'])
     arch = meta.get('arch') or results.get('model') or args.get('model')
@@ -723,11 +728,13 @@ def export_student(
                    if isinstance(trained, dict) and trained.get(k) is not None}
     epoch = meta.get('epoch')
     epoch = results.get('best_epoch') if which == 'best' and results.get('best_epoch') is not None else epoch
-    readme = student_card(model, repo_id, results=results, args=args, which=which, epoch=epoch, summary_rows=rows)
+    readme = student_card(model, repo_id, results=results, args=args, which=which, epoch=epoch, summary_rows=rows,
+                          ema=ema)
     name = repo_id.split('/')[-1]
     cfg_overrides = {'tag': name.split('.', 1)[1]} if '.' in name else {}
     lineage = {
-        'kind': 'student', 'repo_id': repo_id, 'weights': which, 'epoch': epoch, 'checkpoint': ckpt.name,
+        'kind': 'student', 'repo_id': repo_id, 'weights': which + (' (EMA)' if ema else ''), 'epoch': epoch,
+        'checkpoint': ckpt.name,
         'checkpoint_sha256': sha256_file(ckpt), 'teacher': results.get('teacher') or args.get('teacher'),
         'teacher_top1': results.get('teacher_top1'), 'dataset': results.get('dataset') or args.get('dataset'),
         'results': {k: results.get(k) for k in ('best_top1', 'best_top5', 'best_epoch', 'last_top1', 'last_top5')},
@@ -746,6 +753,17 @@ def export_student(
     folder = Path(out_dir) if out_dir is not None else run_dir / 'hub' / repo_id.split('/')[-1]
     return save_model_folder(model, folder, readme, model_config={'pretrained_cfg': cfg_overrides, 'timm_kd': lineage},
                              data_config=data_config or None, extra_files=extra)
+
+
+def _ema_state_dict(ckpt: Path, state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], bool]:
+    """The checkpoint's ``state_dict_ema`` (cleaned like the main weights), or the main weights if it has none."""
+    from .models._convert import _torch_load, clean_kd_state_dict  # the same safe reader, EMA entry
+    raw = _torch_load(os.fspath(ckpt))
+    ema_sd = raw.get('state_dict_ema') if isinstance(raw, dict) else None
+    if not isinstance(ema_sd, dict) or not ema_sd:
+        _logger.warning(f'{ckpt} has no state_dict_ema although the run used --model-ema: publishing the raw weights.')
+        return state_dict, False
+    return clean_kd_state_dict(ema_sd), True
 
 
 def publish_student(
