@@ -104,7 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        if body and not head_only:
+        if body and not (head_only or self.command == 'HEAD'):  # a HEAD answer never carries a body
             self.wfile.write(body)
 
     def _json(self, status: int, obj, headers: Optional[Dict[str, str]] = None, head_only: bool = False):
