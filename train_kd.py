@@ -374,15 +374,10 @@ def _train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) -
                                         filter_bias_and_bn=not args.wd_all_params, **args.opt_kwargs)
     except (ValueError, TypeError, AssertionError) as e:
         raise UsageError(f'Could not create optimizer {args.opt!r}: {_first_line(e)}.') from e
-    if args.model_ema:
-        task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
-
     start_epoch, start_step, best = 0, 0, dict(metric=None, epoch=None, top1=None, top5=None)
     teacher_metrics, hist, last_metrics = None, [], dict(epoch=None, top1=None, top5=None)
     if ckpt is not None:
         _load_weights(student, ckpt['state_dict'], f'--resume {resume_file} does not fit {args.model!r}')
-        if args.model_ema and 'state_dict_ema' in ckpt:
-            _load_weights(task.get_trainable_module(ema=True).module, ckpt['state_dict_ema'], 'EMA weights')
         if not args.no_resume_opt:
             try:
                 optimizer.load_state_dict(ckpt['optimizer'])
@@ -393,6 +388,10 @@ def _train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) -
         best = dict(ckpt.get('best') or best)
         teacher_metrics, hist = ckpt.get('teacher_metrics'), list(ckpt.get('checkpoint_hist') or [])
         last_metrics = dict(ckpt.get('last') or last_metrics)
+    if args.model_ema:  # after the resumed weights: a run that turns EMA on later starts it from them
+        task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
+        if ckpt is not None and 'state_dict_ema' in ckpt:
+            _load_weights(task.get_trainable_module(ema=True).module, ckpt['state_dict_ema'], 'EMA weights')
 
     if args.torchcompile:
         task.compile(backend=args.torchcompile)
