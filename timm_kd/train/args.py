@@ -339,7 +339,7 @@ def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] =
     if args.sched in ('multistep', 'multistep_torch'):
         m = list(args.decay_milestones)
         need(all(a < b for a, b in zip(m, m[1:])), f'--decay-milestones must be increasing, got {m}.')
-    need(args.mixup_mode in ('batch', 'pair', 'elem'), f'--mixup-mode must be batch, pair or elem.')
+    need(args.mixup_mode in ('batch', 'pair', 'elem'), '--mixup-mode must be batch, pair or elem.')
     need(0 <= args.smoothing < 1, '--smoothing must be in [0, 1).')
     if args.resume:
         need(os.path.exists(args.resume), f'--resume {args.resume!r} does not exist: pass a checkpoint file '

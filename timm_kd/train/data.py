@@ -12,7 +12,7 @@ Each process takes every ``world_size``-th element of the permutation (the tail 
 is dropped, as DistributedSampler(drop_last=True)), so all ranks run the same number of steps.
 """
 import random
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Tuple
 
 import numpy as np
 import torch

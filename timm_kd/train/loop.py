@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ['NonFiniteLossError', 'EpochMeters', 'train_one_epoch', 'evaluate']
+__all__ = ['NonFiniteLossError', 'EpochMeters', 'train_one_epoch', 'evaluate', 'distribute_bn', 'unwrap_ddp']
 
 _logger = logging.getLogger('train_kd')
 
@@ -155,3 +155,20 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], loader, accelerato
                            ).to(tot)
     n = max(float(tot[3]), 1.0)
     return {'loss': float(tot[0]) / n, 'top1': 100. * float(tot[1]) / n, 'top5': 100. * float(tot[2]) / n}
+
+
+def distribute_bn(model: torch.nn.Module, accelerator, mode: str) -> None:
+    """timm's --dist-bn: average (reduce) or broadcast BatchNorm running statistics over processes."""
+    import torch.distributed as dist
+    world = accelerator.num_processes
+    for name, buf in model.named_buffers():
+        if 'running_mean' in name or 'running_var' in name:
+            if mode == 'reduce':
+                dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+                buf.div_(world)
+            else:
+                dist.broadcast(buf, 0)
+
+
+def unwrap_ddp(m):
+    return m.module if isinstance(m, torch.nn.parallel.DistributedDataParallel) else m

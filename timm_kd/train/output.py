@@ -5,17 +5,21 @@
 silently: a new run gets ``<name>-1``, ``<name>-2``, ... as timm does; only ``--resume`` continues in the
 folder of its checkpoint.
 """
+import argparse
 import csv
 import io
 import json
 import logging
 import os
 import sys
+from datetime import datetime
 from typing import Any, Dict, List, Optional
 
-from .checkpoint import atomic_write_text
+import timm
 
-__all__ = ['new_run_dir', 'LogFiles', 'write_summary_row', 'write_results']
+from .checkpoint import atomic_link_or_copy, atomic_write_text
+
+__all__ = ['new_run_dir', 'choose_run_dir', 'keep_best_checkpoints', 'LogFiles', 'write_summary_row', 'write_results']
 
 
 class _Buffer(logging.Handler):
@@ -115,3 +119,37 @@ def write_summary_row(path: str, row: Dict[str, Any]) -> None:
 
 def write_results(path: str, results: Dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(results, indent=2, default=str) + '\n')
+
+
+def choose_run_dir(args: argparse.Namespace, explicit: Dict[str, Any], resume_file: Optional[str],
+             dc: Dict[str, Any]) -> str:
+    named = 'experiment' in explicit or 'output' in explicit
+    if resume_file:
+        ckpt_dir = os.path.dirname(os.path.abspath(resume_file))
+        if not named and os.path.isfile(os.path.join(ckpt_dir, 'args.yaml')):
+            return ckpt_dir
+        if args.experiment:  # resume into the named folder
+            path = os.path.join(args.output or os.path.join('.', 'output', 'train'), args.experiment)
+            os.makedirs(path, exist_ok=True)
+            return path
+    name = args.experiment or '-'.join(
+        [datetime.now().strftime('%Y%m%d-%H%M%S'), timm.models.safe_model_name(args.model)]
+        + ([timm.models.safe_model_name(args.teacher.split(':')[-1].split('/')[-1])] if args.teacher else [])
+        + [str(dc['size'])])
+    return new_run_dir(args.output or os.path.join('.', 'output', 'train'), name)
+
+
+def keep_best_checkpoints(run_dir: str, hist: List[List], epoch: int, metric: float, args: argparse.Namespace) -> List[List]:
+    """Keep the ``--checkpoint-hist`` best epochs as checkpoint-<epoch>.pth.tar (timm's CheckpointSaver)."""
+    if not args.checkpoint_hist:
+        return hist
+    hist = [h for h in hist if h[0] != epoch] + [[epoch, metric]]
+    hist.sort(key=lambda h: h[1], reverse=args.eval_metric != 'loss')
+    path = os.path.join(run_dir, f'checkpoint-{epoch}.pth.tar')
+    if [epoch, metric] in hist[:args.checkpoint_hist]:
+        atomic_link_or_copy(os.path.join(run_dir, 'last.pth.tar'), path)
+    for e, _ in hist[args.checkpoint_hist:]:
+        p = os.path.join(run_dir, f'checkpoint-{e}.pth.tar')
+        if os.path.exists(p):
+            os.remove(p)
+    return hist[:args.checkpoint_hist]
