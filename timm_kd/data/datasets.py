@@ -15,6 +15,7 @@ ImageNet-style one, so KD recipes build their own DataLoader). Names:
 
 A dataset that is not there raises ``DatasetNotFoundError`` before any training starts.
 """
+import functools
 import os
 import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -178,33 +179,46 @@ class _ArrayImageDataset(torch.utils.data.Dataset):
         return img, target
 
 
+@functools.lru_cache(maxsize=4)
+def _digits_arrays(size: int) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """{'train': (images, targets), 'val': ...} of sklearn digits at ``size`` px (cached: read-only arrays)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # the demo extra
+        raise DatasetNotFoundError(
+            'sklearn/digits needs scikit-learn, which is not installed: pip install scikit-learn '
+            '(or timm-kd[demo]).') from e
+    digits = load_digits()
+    x = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    y = digits.target.astype(np.int64)
+    rank = np.zeros(len(y), dtype=np.int64)
+    for c in range(10):
+        idx = np.flatnonzero(y == c)
+        rank[idx] = np.arange(len(idx))
+    out = {}
+    for split, keep in (('train', rank % 3 != 2), ('val', rank % 3 == 2)):
+        imgs = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in x[keep]])
+        imgs = np.ascontiguousarray(np.repeat(imgs[..., None], 3, axis=-1))
+        imgs.setflags(write=False)
+        out[split] = (imgs, y[keep])
+    return out
+
+
 class DigitsDataset(_ArrayImageDataset):
     """scikit-learn's digits (1797 images, 10 classes), offline, as ``size`` x ``size`` RGB images.
 
     Deterministic stratified split without a random generator: within each class (in file order)
     every third image is validation, the rest train -> 1201 train / 596 val images. Pixels 0..16 are
-    scaled to 0..255, upsampled with PIL bilinear from 8x8 and repeated over 3 channels.
+    scaled to 0..255, upsampled with PIL bilinear from 8x8 to ``size`` (default 32, so CIFAR models and
+    the pad-4 crop recipe apply unchanged) and repeated over 3 channels. ``DIGITS_MEAN`` / ``DIGITS_STD``
+    are the statistics of the 32 px train split.
     """
     classes = [str(i) for i in range(10)]
 
     def __init__(self, split: str = 'train', transform: Optional[Callable] = None,
                  target_transform: Optional[Callable] = None, size: int = DIGITS_SIZE):
-        try:
-            from sklearn.datasets import load_digits
-        except ImportError as e:  # the demo extra
-            raise DatasetNotFoundError(
-                'sklearn/digits needs scikit-learn: pip install scikit-learn (or timm-kd[demo]).') from e
-        digits = load_digits()
-        x = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-        y = digits.target.astype(np.int64)
-        rank = np.zeros(len(y), dtype=np.int64)
-        for c in range(10):
-            idx = np.flatnonzero(y == c)
-            rank[idx] = np.arange(len(idx))
-        keep = (rank % 3 == 2) if not _is_train(split) else (rank % 3 != 2)
-        imgs = np.stack([
-            np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in x[keep]])
-        super().__init__(np.repeat(imgs[..., None], 3, axis=-1), y[keep], transform, target_transform)
+        images, targets = _digits_arrays(int(size))['train' if _is_train(split) else 'val']
+        super().__init__(images, targets, transform, target_transform)
         self.split = split
 
 
@@ -317,8 +331,9 @@ def create_kd_dataset(
 
     ``split`` follows timm: 'train'/'training' or 'validation'/'val'/'test' (CIFAR's eval split is its
     test set, as in timm and the KD literature). ``kwargs`` go to ``timm.data.create_dataset``
-    (e.g. ``input_key``, ``target_key``, ``class_map``) or, for synthetic data, ``num_samples`` and
-    ``data_seed`` (default 0, independent of the run's seed). Raises ``DatasetNotFoundError`` when the
+    (e.g. ``input_key``, ``target_key``, ``class_map``); ``input_size`` sets the side of sklearn/digits
+    images (default 32; other datasets ignore it: their transform resizes if needed); synthetic data takes
+    ``num_samples`` and ``data_seed`` (default 0, independent of the run's seed). Raises ``DatasetNotFoundError`` when the
     data is not there (checked before loading).
     """
     prefix = _prefix(name)
@@ -326,7 +341,7 @@ def create_kd_dataset(
     if prefix == 'sklearn':
         if lname != 'sklearn/digits':
             raise ValueError(f'Unknown sklearn dataset {name!r}: only sklearn/digits is supported.')
-        return DigitsDataset(split=split, transform=transform)
+        return DigitsDataset(split=split, transform=transform, size=kwargs.get('input_size') or DIGITS_SIZE)
     if prefix == 'synthetic':
         num_classes, size = _parse_synthetic(name)
         # the data seed is NOT the run's --seed: teacher and student runs must see the same images
@@ -357,6 +372,8 @@ def create_kd_dataset(
                 f'dataset with a validation folder, or --val-split naming it.')
 
     from timm.data import create_dataset
+    kwargs.pop('input_size', None)  # ours (digits); timm's readers would reject it
+    kwargs.pop('data_seed', None)
     try:
         ds = create_dataset(name, root=root, split=split, is_training=is_training, download=download, **kwargs)
     except (RuntimeError, OSError) as e:
