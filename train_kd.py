@@ -183,6 +183,8 @@ def _train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) -
     def checkpoint_dict(epoch: int, next_epoch: int, next_step: int, metric) -> Optional[Dict[str, Any]]:
         """Collective: every process contributes its RNG and meters; the main process gets the dict."""
         mine = {'rng': capture_rng_state(), 'meters': meters.state_dict() if next_step else None}
+        if world > 1:  # BatchNorm statistics can differ between processes (--no-ddp-bb); keep each one's
+            mine['buffers'] = {k: v.detach().cpu().clone() for k, v in student.named_buffers()}
         states = gather_object([mine]) if world > 1 else [mine]
         if not accelerator.is_main_process:
             return None
@@ -208,6 +210,10 @@ def _train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) -
         states = ckpt.get('rank_states') or []
         if len(states) == world:
             restore_rng_state(states[rank]['rng'])
+            if states[rank].get('buffers'):
+                with torch.no_grad():
+                    for k, v in student.named_buffers():
+                        v.copy_(states[rank]['buffers'][k])
         else:
             _logger.warning('The checkpoint has no RNG state for this process count: fresh random streams.')
         _logger.info(f'Resumed from {resume_file} at epoch {start_epoch} step {start_step}.')
