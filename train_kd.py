@@ -163,9 +163,8 @@ def _train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) -
                      f'{args.val_split!r} split ({len(eval_ds)} images).')
 
     recipe = recipe_of(args, dc, world, accelerator.mixed_precision)
-    data_cfg = dict(input_size=[dc['in_chans'], dc['size'], dc['size']], mean=list(dc['mean']),
-                       std=list(dc['std']), crop_pct=dc['crop_pct'] or 1.0, interpolation=dc['interpolation'],
-                       num_classes=dc['num_classes'])
+    data_cfg = dict(input_size=[dc['in_chans'], dc['size'], dc['size']], mean=list(dc['mean']), std=list(dc['std']),
+                    crop_pct=dc['crop_pct'] or 1.0, interpolation=dc['interpolation'], num_classes=dc['num_classes'])
     results: Dict[str, Any] = dict(
         model=args.model, teacher=args.teacher, teacher_checkpoint=args.teacher_checkpoint,
         teacher_top1=teacher_metrics['top1'] if teacher_metrics else None,

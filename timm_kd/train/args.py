@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(g, '--gp', default=None, metavar='POOL', help='global pool type (model default if None)')
     _add(g, '--img-size', type=int, default=None, metavar='N', help='image size (default: dataset recipe)')
     _add(g, '--in-chans', type=int, default=None, metavar='N', help='input channels (default: 3)')
-    _add(g, '--input-size', default=None, nargs=3, type=int, metavar='N N N', help='input C H W')
+    _add(g, '--input-size', default=None, nargs=3, type=int, metavar=('C', 'H', 'W'), help='input C H W')
     _add(g, '--crop-pct', default=None, type=float, metavar='N', help='eval centre crop pct (inputs >= 128 px)')
     _add(g, '--mean', type=float, nargs='+', default=None, metavar='MEAN', help='override dataset mean')
     _add(g, '--std', type=float, nargs='+', default=None, metavar='STD', help='override dataset std')
@@ -364,7 +364,7 @@ def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] =
     if not args.teacher and kd_only:
         raise UsageError(f'{kd_only[0]} needs a teacher: add --teacher MODEL (and --teacher-checkpoint PATH).')
     for flag, v in (('--tl-mixup', args.tl_mixup), ('--tl-cutmix', args.tl_cutmix), ('--cutmix-hard', args.cutmix_hard)):
-        need(v >= 0, f'{flag} ALPHA must be > 0, got {v}.')
+        need(v >= 0, f'{flag} ALPHA must be >= 0 (0 = off), got {v}.')
     need(args.cutout >= -1, f'--cutout SIZE must be > 0, got {args.cutout}.')
     if '--cutmix-hard' in views and len(views) > 1:
         raise UsageError(f'--cutmix-hard is the hard-label CutMix baseline and cannot be combined with '
