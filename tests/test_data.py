@@ -220,3 +220,15 @@ def test_synthetic_is_deterministic_and_class_structured():
     means = np.stack([xt[yt == c].mean(0) for c in range(10)])
     pred = ((xv[:, None] - means[None]) ** 2).sum(-1).argmin(1)
     assert (pred == yv).mean() > 0.35
+
+
+def test_digits_match_sklearn_and_take_a_size():
+    from sklearn.datasets import load_digits
+
+    from timm_kd.data.datasets import _load_digits
+    images, targets = _load_digits()  # read from sklearn's shipped CSV without importing sklearn
+    ref = load_digits()
+    assert np.array_equal(images, ref.images) and np.array_equal(targets, ref.target)
+    small = create_kd_dataset('sklearn/digits', split='validation', input_size=16)
+    assert small.images.shape == (596, 16, 16, 3) and small[0][0].size == (16, 16)
+    assert small.targets == DigitsDataset('validation').targets

@@ -179,18 +179,33 @@ class _ArrayImageDataset(torch.utils.data.Dataset):
         return img, target
 
 
+def _load_digits() -> Tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 8, 8) in 0..16, targets) of scikit-learn's digits.
+
+    Reads the ``digits.csv.gz`` that scikit-learn ships (as ``load_digits`` does) without importing
+    sklearn, whose import (scipy.stats ...) costs seconds per process; falls back to ``load_digits``.
+    """
+    import importlib.util
+    spec = importlib.util.find_spec('sklearn')
+    if spec is None:  # the demo extra
+        raise DatasetNotFoundError(
+            'sklearn/digits needs scikit-learn, which is not installed: pip install scikit-learn '
+            '(or timm-kd[demo]).')
+    for loc in spec.submodule_search_locations or []:
+        path = os.path.join(loc, 'datasets', 'data', 'digits.csv.gz')
+        if os.path.isfile(path):
+            data = np.loadtxt(path, delimiter=',')
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    return digits.images, digits.target.astype(np.int64)
+
+
 @functools.lru_cache(maxsize=4)
 def _digits_arrays(size: int) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     """{'train': (images, targets), 'val': ...} of sklearn digits at ``size`` px (cached: read-only arrays)."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as e:  # the demo extra
-        raise DatasetNotFoundError(
-            'sklearn/digits needs scikit-learn, which is not installed: pip install scikit-learn '
-            '(or timm-kd[demo]).') from e
-    digits = load_digits()
-    x = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    y = digits.target.astype(np.int64)
+    images, y = _load_digits()
+    x = np.rint(images * (255.0 / 16.0)).astype(np.uint8)
     rank = np.zeros(len(y), dtype=np.int64)
     for c in range(10):
         idx = np.flatnonzero(y == c)
