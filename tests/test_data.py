@@ -232,3 +232,6 @@ def test_digits_match_sklearn_and_take_a_size():
     small = create_kd_dataset('sklearn/digits', split='validation', input_size=16)
     assert small.images.shape == (596, 16, 16, 3) and small[0][0].size == (16, 16)
     assert small.targets == DigitsDataset('validation').targets
+    # without input_size the images come at the transform's size (no resize per sample)
+    tf = create_kd_transform(16, False, DIGITS_MEAN, DIGITS_STD)
+    assert create_kd_dataset('sklearn/digits', split='validation', transform=tf).images.shape[1:] == (16, 16, 3)

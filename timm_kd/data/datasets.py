@@ -329,6 +329,14 @@ class TinyImageNetFolder(torch.utils.data.Dataset):
         return img, target
 
 
+def _ensure_size_of(transform: Optional[Callable]):
+    from .transforms import EnsureSize
+    for t in getattr(transform, 'transforms', None) or []:
+        if isinstance(t, EnsureSize):
+            return t
+    return None
+
+
 _TORCH_ARCHIVE_DIRS = {'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python'}
 _FIX = 'pass --dataset-download to fetch it, or --data-dir pointing at a directory that contains it'
 
@@ -347,7 +355,8 @@ def create_kd_dataset(
     ``split`` follows timm: 'train'/'training' or 'validation'/'val'/'test' (CIFAR's eval split is its
     test set, as in timm and the KD literature). ``kwargs`` go to ``timm.data.create_dataset``
     (e.g. ``input_key``, ``target_key``, ``class_map``); ``input_size`` sets the side of sklearn/digits
-    images (default 32; other datasets ignore it: their transform resizes if needed); synthetic data takes
+    images (default: the size of ``transform``, else 32; other datasets ignore it, their transform
+    resizes where needed); synthetic data takes
     ``num_samples`` and ``data_seed`` (default 0, independent of the run's seed). Raises ``DatasetNotFoundError`` when the
     data is not there (checked before loading).
     """
@@ -356,7 +365,9 @@ def create_kd_dataset(
     if prefix == 'sklearn':
         if lname != 'sklearn/digits':
             raise ValueError(f'Unknown sklearn dataset {name!r}: only sklearn/digits is supported.')
-        return DigitsDataset(split=split, transform=transform, size=kwargs.get('input_size') or DIGITS_SIZE)
+        # images at the transform's size (its EnsureSize) spare a resize per sample and epoch
+        size = kwargs.get('input_size') or getattr(_ensure_size_of(transform), 'size', None) or DIGITS_SIZE
+        return DigitsDataset(split=split, transform=transform, size=size)
     if prefix == 'synthetic':
         num_classes, size = _parse_synthetic(name)
         # the data seed is NOT the run's --seed: teacher and student runs must see the same images
