@@ -79,7 +79,7 @@ def _train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) -
     train_ds, eval_ds = create_datasets(args, dc)
     try:
         loader_train = create_train_loader(train_ds, args.batch_size, args.seed, rank, world, args.workers,
-                                           args.pin_mem)
+                                           args.pin_mem, rngs=dc['rngs'])
     except ValueError as e:
         raise UsageError(f'Dataset {args.dataset!r}: {e}.') from e
     sampler = loader_train.batch_sampler.sampler

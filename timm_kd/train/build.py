@@ -72,7 +72,10 @@ def data_config(args: argparse.Namespace, explicit: Dict[str, Any]) -> Dict[str,
                            re_mode=args.remode, re_count=args.recount)
     return dict(num_classes=int(num_classes), in_chans=in_chans, size=int(size), mean=mean, std=std,
                 crop_padding=int(crop_padding), std_aug=std_aug, interpolation=args.interpolation or 'bilinear',
-                train_interpolation=args.train_interpolation, crop_pct=args.crop_pct, timm_kwargs=timm_kwargs)
+                train_interpolation=args.train_interpolation, crop_pct=args.crop_pct, timm_kwargs=timm_kwargs,
+                # the small-image recipe is torchvision crop + flip (torch RNG only); timm's transforms also
+                # draw from python's random and numpy
+                rngs=('torch',) if size < SMALL_INPUT_LIMIT else ('torch', 'random', 'numpy'))
 
 
 def _set_norm_cfg(model: torch.nn.Module, dc: Dict[str, Any], input_size: bool = True) -> None:
