@@ -2,6 +2,8 @@
 from ._builder import CIFAR100_MEAN, CIFAR100_STD, DEFAULT_HUB_ORG, cifar_cfg, hub_org
 from ._convert import KDCheckpointError, clean_kd_state_dict, load_kd_checkpoint, read_kd_checkpoint
 from .cifar_resnet import *
+from .cifar_wrn import *
+from .cifar_vgg import *
 from .cifar_resnetv2 import *
 from .cifar_mobilenetv2 import *
 from .cifar_shufflenet import *
