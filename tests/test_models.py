@@ -119,7 +119,7 @@ def test_registration_replaces_no_timm_model():
         'from timm.models import model_entrypoint\n'
         'before = (timm.list_models(), timm.list_pretrained())\n'
         'with warnings.catch_warnings():\n'
-        '    warnings.simplefilter("error")\n'
+        '    warnings.filterwarnings("error", message="Overwriting")  # timm re-registering a name\n'
         '    import timm_kd\n'
         'after = (timm.list_models(), timm.list_pretrained())\n'
         'moved = [n for n in before[0] if not model_entrypoint(n).__module__.startswith("timm.")]\n'

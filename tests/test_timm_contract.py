@@ -115,7 +115,8 @@ def _fetch_timm_tests() -> Path:
             members = [m for m in tf.getmembers() if m.isfile() and m.name in wanted]
             for m in members:
                 m.name = m.name[len(prefix) + 1:]
-            tf.extractall(out, members=members, filter='data')
+            safe = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}  # Python >= 3.11.4
+            tf.extractall(out, members=members, **safe)
         for name in ('conftest.py', 'test_models.py'):
             (out / 'tests' / name).rename(out / 'tests' / f'{name}.orig')
         try:
