@@ -121,6 +121,26 @@ class DeviceBatches:
         return self.aug(self.data.index_select(0, idx), generator=self.g), self.targets.index_select(0, idx)
 
 
+def per_sample_costs(ds: SyntheticCifar, n: int = 256) -> Dict[str, float]:
+    """Microseconds per sample in this process: PIL image + recipe transform, and what train_kd's
+    per-sample seeding (``SeededSamples``, exact resume) adds on top."""
+    from timm_kd.train.data import SeededSamples
+    seeded = SeededSamples(ds)
+    out: Dict[str, List[float]] = {'transform': [], 'seeded_transform': []}
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for i in range(n):
+            ds[i]
+        out['transform'].append((time.perf_counter() - t0) / n * 1e6)
+        t0 = time.perf_counter()
+        for i in range(n):
+            seeded[(i, 1000 + i)]
+        out['seeded_transform'].append((time.perf_counter() - t0) / n * 1e6)
+    res = {k: min(v) for k, v in out.items()}
+    res['seeding_overhead'] = res['seeded_transform'] - res['transform']
+    return res
+
+
 def time_batches(source, n: int, device: torch.device) -> float:
     """Seconds per batch over n batches."""
     sync(device)
@@ -195,6 +215,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     t_start = time.perf_counter()
 
     ds = SyntheticCifar(args.num_samples, transform=recipe_transform(), seed=args.seed)
+    per_sample = per_sample_costs(ds, n=min(256, len(ds)))
+    result['per_sample_us'] = per_sample
     sources: Dict[str, Any] = {}
     for kind in ('train_kd', 'plain'):
         if kind in args.sources:
@@ -283,6 +305,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     result['wall_seconds'] = time.perf_counter() - t_start
 
     log('')
+    log('per sample (us, main process, fastest of 3): ' + ', '.join(f'{k} {v:.0f}' for k, v in per_sample.items()))
     log(f'step images/s ({step_source}): ' + ', '.join(f'{k} {v:.1f}' for k, v in step_ips.items()))
     log(f'{"source":16s} {"img/s":>9s} {"spread":>7s} {"start s":>8s} {"/ KD step":>10s} {"e2e KD img/s":>13s}')
     for name, o in out_sources.items():

@@ -120,7 +120,7 @@ def test_bench_step_smoke_all_variants(tmp_path):
             st = vo[impl]['sec_per_step']
             assert st['n'] == 1 and st['median'] > 0 and vo[impl]['images_per_s'] > 0
             assert vo[impl]['host_sync_calls'] == {}, (v, impl, vo[impl]['host_sync_calls'])
-        assert vo['ours_over_hand']['median'] > 0
+        assert vo['ours_over_hand']['median'] > 0 and vo['ours_over_hand']['ratio_of_min'] > 0
         assert ('mixup' in vo) == (v != 'kd')
     for v in ('pick-kld', 'pick-t_ent', 'pick-s_ent', 'pick-random'):
         e = saved['ratios'][f'{v}_over_tlcutmix']
@@ -165,6 +165,8 @@ def test_bench_data_smoke(tmp_path):
     g = saved['goals']['loader_over_kd_step']
     assert g['loader'] == 'train_kd/w1' and isinstance(g['met'], bool)
     assert res['step']['images_per_s']['kd'] > 0
+    assert set(saved['per_sample_us']) == {'transform', 'seeded_transform', 'seeding_overhead'}
+    assert saved['per_sample_us']['transform'] > 0
 
 
 def test_bench_data_step_rate_from_json(tmp_path):
