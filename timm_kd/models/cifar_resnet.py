@@ -85,7 +85,8 @@ class CifarResNet(CifarNet):
         self.feature_info = [dict(num_chs=widths[0], reduction=1, module='relu')]
         prev_chs, reduction = widths[0], 1
         for i, (chs, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
-            blocks = [BasicBlock(prev_chs if b == 0 else chs, chs, stride if b == 0 else 1, dd) for b in range(num_blocks)]
+            blocks = [BasicBlock(prev_chs, chs, stride, dd)]
+            blocks += [BasicBlock(chs, chs, 1, dd) for _ in range(num_blocks - 1)]
             self.add_module(self.stage_attrs[i], nn.Sequential(*blocks))
             prev_chs, reduction = chs, reduction * stride
             self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=self.stage_attrs[i]))
