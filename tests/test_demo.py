@@ -38,7 +38,8 @@ def test_demo_smoke_run_writes_table_json_markdown_and_plot(tmp_path, capsys):
     kd = json.loads((out / 'runs' / 'student_kd_tlcutmix_pick' / 'results.json').read_text())
     assert kd['teacher'] == 'resnet14' and kd['teacher_top1'] == pytest.approx(data['teacher']['top1'])
     assert kd['recipe']['pick'] == 'kld' and kd['recipe']['tl_cutmix'] == 1.0
-    assert kd['recipe']['input_size'] == [3, 16, 16] and kd['recipe']['std_aug'] == 'crop'
+    assert kd['recipe']['input_size'] == [3, 12, 12] and kd['recipe']['std_aug'] == 'crop'
+    assert kd['recipe']['crop_padding'] == 2
     assert json.loads((out / 'runs' / 'student_ce' / 'results.json').read_text())['teacher'] is None
     assert (out / 'results.md').read_text().startswith('# timm-kd offline demo')
     assert (out / 'accuracy.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
