@@ -116,3 +116,21 @@ def test_command_line_overrides_config_for_paper_variants():
     assert (a.pick, a.tl_cutmix) == ('none', 1.0)
     a = _args(path, '--pick', 'none', '--tl-cutmix', '0')  # plain KD
     assert (a.pick, a.tl_cutmix, a.teacher) == ('none', 0.0, 'resnet56')
+
+
+def test_a_config_trains_end_to_end(tmp_path):
+    """One recipe through train_kd.main on a tiny synthetic CIFAR-100 stand-in, with a RepDistiller-format teacher."""
+    import sys
+    sys.path.insert(0, ROOT)
+    import train_kd
+    teacher = timm.create_model('resnet32x4', num_classes=100)
+    ckpt = tmp_path / 'ckpt_epoch_240.pth'
+    torch.save({'epoch': 240, 'model': teacher.state_dict(), 'accuracy': 0.0}, ckpt)
+    path = [c for c in KD_CONFIGS if c.endswith('resnet32x4__shufflenetv2_cifar.yaml')][0]
+    res = train_kd.main(['--config', path, '--dataset', 'synthetic/100x16', '--teacher-checkpoint', str(ckpt),
+                         '--epochs', '1', '--train-num-samples', '128', '--val-num-samples', '32', '--workers', '0',
+                         '--output', str(tmp_path / 'runs'), '--experiment', 'smoke', '--checkpoint-hist', '0'])
+    assert res['finished'] and res['model'] == 'shufflenetv2_cifar' and res['teacher'] == 'resnet32x4'
+    r = res['recipe']
+    assert (r['lr'], r['opt'], r['wd_all_params'], r['pick'], r['tl_cutmix'], r['batch_size']) == \
+        (0.01, 'momentum', True, 'kld', 1.0, 64)
