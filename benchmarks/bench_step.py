@@ -321,12 +321,15 @@ class Bench:
         return self.batches[self._i % len(self.batches)]
 
     def run(self, fn: Callable, n: int) -> float:
-        """Seconds per call of fn over n calls (one device sync, at the end)."""
+        """Wall seconds per call of fn over n calls (one device sync, at the end). The process CPU
+        seconds per call go to ``self.last_cpu``: with one thread they measure the work itself,
+        whatever else runs on the machine."""
         sync(self.device)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         for _ in range(n):
             fn(*self.batch())
         sync(self.device)
+        self.last_cpu = (time.process_time() - c0) / max(n, 1)
         return (time.perf_counter() - t0) / max(n, 1)
 
 
@@ -491,6 +494,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     # timed, interleaved: the order flips every repeat (A B C, C B A, ...), ours/hand alternate too
     times: Dict[Tuple[str, str], List[float]] = {k: [] for k in bench.steps}
+    cpu_times: Dict[Tuple[str, str], List[float]] = {k: [] for k in bench.steps}
     mix_times: Dict[str, List[float]] = {v: [] for v in bench.mixups}
     keys = list(bench.steps)
     t0 = time.perf_counter()
@@ -498,6 +502,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         order = keys if r % 2 == 0 else keys[::-1]
         for key in order:
             times[key].append(bench.run(bench.steps[key], args.steps))
+            cpu_times[key].append(bench.last_cpu)
             if key[0] in bench.mixups and key[1] == 'ours':
                 mix_times[key[0]].append(bench.run(mixup_call(bench.mixups[key[0]]), args.steps))
         log(f'  repeat {r + 1}/{args.repeats} done ({time.perf_counter() - t0:.0f}s)')
@@ -512,7 +517,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         vo: Dict[str, Any] = {'flop_model_units': flop_model(v, c, args.n_candidates, args.pick_ratio)}
         for impl in args.impls:
             st = summarize(times[v, impl])
-            vo[impl] = {'sec_per_step': st, 'images_per_s': B / st['median']}
+            vo[impl] = {'sec_per_step': st, 'images_per_s': B / st['median'],
+                        'cpu_sec_per_step': summarize(cpu_times[v, impl])}
             if memory.get(v, {}).get(impl):
                 vo[impl]['memory'] = memory[v][impl]
             if syncs.get(v, {}).get(impl) is not None:
@@ -522,6 +528,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             vo['ours_over_hand'] = summarize([a / b for a, b in zip(times[v, 'ours'], times[v, 'hand'])])
             # ratio of the fastest repeats: load only ever adds time, so minima estimate the work itself
             vo['ours_over_hand']['ratio_of_min'] = min(times[v, 'ours']) / min(times[v, 'hand'])
+            vo['ours_over_hand']['cpu_time_ratio'] = (summarize(cpu_times[v, 'ours'])['median']
+                                                      / summarize(cpu_times[v, 'hand'])['median'])
         if v in mix_times and mix_times[v]:
             mt = summarize(mix_times[v])
             vo['mixup'] = {'sec_per_call': mt, 'share_of_step': mt['median'] / vo['ours']['sec_per_step']['median']}
@@ -554,6 +562,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 measured = vo[impl]['sec_per_step']['median'] / base[impl]['sec_per_step']['median']
                 entry[impl] = measured
                 entry[f'{impl}_over_model'] = measured / model_ratio
+                entry[f'{impl}_cpu_time'] = (vo[impl]['cpu_sec_per_step']['median']
+                                             / base[impl]['cpu_sec_per_step']['median'])
             ratios[f'{v}_over_tlcutmix'] = entry
             if 'ours' in entry:
                 goals[f'{v}_over_tlcutmix'] = {
@@ -582,14 +592,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             goal = GOALS['ours_over_hand'] if v in ('kd', 'tlcutmix') else None
             oh = vo['ours_over_hand']
             log(f'ours / hand        {v:12s} {fmt_ratio(oh["median"], goal)}'
-                f'  [paired repeats: {oh["min"]:.3f}..{oh["max"]:.3f}; fastest/fastest {oh["ratio_of_min"]:.3f}]')
+                f'  [paired repeats: {oh["min"]:.3f}..{oh["max"]:.3f}; fastest/fastest {oh["ratio_of_min"]:.3f}; '
+                f'CPU time {oh["cpu_time_ratio"]:.3f}]')
     for v, vo in variants_out.items():
         if 'mixup' in vo:
             log(f'mixup / step       {v:12s} {fmt_ratio(vo["mixup"]["share_of_step"], GOALS["mixup_share"])}')
     for k, e in ratios.items():
         if k.endswith('_over_tlcutmix'):
-            parts = ', '.join(f'{impl} {e[impl]:.3f} ({e[impl + "_over_model"]:.3f}x model)'
-                              for impl in args.impls)
+            parts = ', '.join(f'{impl} {e[impl]:.3f} ({e[impl + "_over_model"]:.3f}x model; CPU time '
+                              f'{e[impl + "_cpu_time"]:.3f})' for impl in args.impls)
             log(f'{k:30s} FLOP model {e["flop_model"]:.3f}; measured {parts}')
     log(f'load average end: {load_average()}; finite losses: {all(finite.values())}')
     write_json(args.json, result)

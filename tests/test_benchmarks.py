@@ -119,12 +119,14 @@ def test_bench_step_smoke_all_variants(tmp_path):
         for impl in ('ours', 'hand'):
             st = vo[impl]['sec_per_step']
             assert st['n'] == 1 and st['median'] > 0 and vo[impl]['images_per_s'] > 0
+            assert vo[impl]['cpu_sec_per_step']['median'] > 0
             assert vo[impl]['host_sync_calls'] == {}, (v, impl, vo[impl]['host_sync_calls'])
         assert vo['ours_over_hand']['median'] > 0 and vo['ours_over_hand']['ratio_of_min'] > 0
         assert ('mixup' in vo) == (v != 'kd')
     for v in ('pick-kld', 'pick-t_ent', 'pick-s_ent', 'pick-random'):
         e = saved['ratios'][f'{v}_over_tlcutmix']
-        assert set(e) == {'flop_model', 'ours', 'hand', 'ours_over_model', 'hand_over_model'}
+        assert set(e) == {'flop_model', 'ours', 'hand', 'ours_over_model', 'hand_over_model', 'ours_cpu_time',
+                          'hand_cpu_time'}
     assert set(saved['goals']) == {'kd_ours_over_hand', 'tlcutmix_ours_over_hand', 'tlcutmix_mixup_share',
                                    'pick-kld_over_tlcutmix', 'pick-t_ent_over_tlcutmix', 'pick-s_ent_over_tlcutmix',
                                    'pick-random_over_tlcutmix'}
