@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Offline knowledge-distillation demo on scikit-learn's digits: no network, a few minutes on 2 CPU cores.
 
-    python examples/digits_demo.py                  # -> output/digits_demo/<time>/{results.json,results.md,accuracy.png}
+    python examples/digits_demo.py    # -> output/digits_demo/<time>/{results.json,results.md,accuracy.png}
 
 What it does, with ``train_kd.main(argv)`` (two runs at a time in forked worker processes with ``--jobs 2``):
 

@@ -89,8 +89,8 @@ def _torch_multistep(base_lr, epochs, milestones):
     return lrs
 
 
-@pytest.mark.parametrize('path', [c for c in CONFIGS if c.endswith(('wrn_40_2__wrn_16_2.yaml', 'mobilenetv2_cifar.yaml'))],
-                         ids=_name)
+@pytest.mark.parametrize(
+    'path', [c for c in CONFIGS if c.endswith(('wrn_40_2__wrn_16_2.yaml', 'mobilenetv2_cifar.yaml'))], ids=_name)
 def test_config_lr_per_epoch_is_crd(path):
     a = _args(path)
     lrs = _lr_per_epoch(a, a.lr)

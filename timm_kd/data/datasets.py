@@ -354,11 +354,11 @@ def create_kd_dataset(
 
     ``split`` follows timm: 'train'/'training' or 'validation'/'val'/'test' (CIFAR's eval split is its
     test set, as in timm and the KD literature). ``kwargs`` go to ``timm.data.create_dataset``
-    (e.g. ``input_key``, ``target_key``, ``class_map``); ``input_size`` sets the side of sklearn/digits
-    images (default: the size of ``transform``, else 32; other datasets ignore it, their transform
-    resizes where needed); synthetic data takes
-    ``num_samples`` and ``data_seed`` (default 0, independent of the run's seed). Raises ``DatasetNotFoundError`` when the
-    data is not there (checked before loading).
+    (e.g. ``input_key``, ``target_key``, ``class_map``), except ours: ``input_size`` sets the side of
+    sklearn/digits images (default: the size of ``transform``, else 32; other datasets ignore it, their
+    transform resizes where needed); synthetic data takes ``num_samples`` and ``data_seed`` (default 0,
+    independent of the run's seed). Raises ``DatasetNotFoundError`` when the data is not there (checked
+    before loading).
     """
     prefix = _prefix(name)
     lname = name.lower()

@@ -16,7 +16,7 @@ Inputs of 128 px and more are ImageNet-style: the transform is timm's ``create_t
 timm's defaults (RandomResizedCrop + flip + colour jitter 0.4 for train, resize + centre crop for
 eval); ``timm_kwargs`` pass through to it and ``std_aug='none'`` maps to ``no_aug=True``.
 """
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Sequence, Tuple, Union
 
 from PIL import Image
 from torchvision import transforms as T
