@@ -89,6 +89,10 @@ def test_imagenet_size_falls_back_to_timm():
     names = [type(t).__name__ for t in tf.transforms]
     assert names[0] == 'RandomResizedCropAndInterpolation' and 'RandomCrop' not in names
     assert tf(_img(256)).shape == (3, 224, 224)
+    # timm's train default interpolation 'random' reaches timm (random choice per image)
+    rrc = create_kd_transform(224, True, MEAN, STD, interpolation='random').transforms[0]
+    assert len(rrc.interpolation) == 2
+    assert create_kd_transform(32, True, MEAN, STD, interpolation='random').transforms[0].interpolation == 'bilinear'
     assert create_kd_transform(224, False, MEAN, STD)(_img(300)).shape == (3, 224, 224)
 
 

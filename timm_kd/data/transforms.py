@@ -92,9 +92,6 @@ def create_kd_transform(
     size = _side(input_size)
     if std_aug not in STD_AUG_MODES:
         raise ValueError(f'std_aug must be one of {STD_AUG_MODES}, got {std_aug!r}.')
-    if interpolation not in _PIL_INTERP:
-        interpolation = 'bilinear'  # timm's 'random' etc. only matter for RandomResizedCrop
-
     if size >= SMALL_INPUT_LIMIT:
         from timm.data import create_transform
         return create_transform(
@@ -112,6 +109,8 @@ def create_kd_transform(
             f'create_kd_transform: {sorted(timm_kwargs)} only apply to inputs >= {SMALL_INPUT_LIMIT} px '
             f'(timm create_transform); the {size} px recipe is crop + flip only.')
 
+    if interpolation not in _PIL_INTERP:
+        interpolation = 'bilinear'  # timm's 'random' only means something for RandomResizedCrop
     tfl = [EnsureSize(size, interpolation)]
     if is_training:
         if std_aug in ('crop', 'crop_flip') and crop_padding > 0:
