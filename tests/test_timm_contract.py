@@ -46,7 +46,7 @@ import os  # noqa: E402
 import timm  # noqa: E402
 import timm_kd  # noqa: E402,F401  registers our models before test_models.py parametrizes over them
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS') or 1))  # one process per core
 _MODELS = set(os.environ['TIMM_KD_MODELS'].split(','))
 _NETWORK_TESTS = ('test_model_inference', 'test_model_load_pretrained', 'test_model_features_pretrained')
 
