@@ -72,11 +72,12 @@ def _train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) -
                  f'mixed precision {accelerator.mixed_precision}.')
     random_seed(args.seed, rank)
 
-    # 2. models and data, with every compatibility check before the first step
+    # 2. data, then models, with every compatibility check before the first step. The datasets come first:
+    # a missing one is the commonest mistake and cheap to find, while a teacher may be a Hub download.
     dc = data_config(args, explicit)
+    train_ds, eval_ds = create_datasets(args, dc)
     student = create_student(args, dc)
     teacher = create_teacher(args, dc) if args.teacher else None
-    train_ds, eval_ds = create_datasets(args, dc)
     try:
         loader_train = create_train_loader(train_ds, args.batch_size, args.seed, rank, world, args.workers,
                                            args.pin_mem, rngs=dc['rngs'])

@@ -260,6 +260,29 @@ def test_bad_input_fails_fast_with_one_sentence(tmp_path, train_kd, teacher_ckpt
         assert not out.exists() or not any(out.iterdir()), f'{extra} created a run folder'
 
 
+def test_missing_dataset_is_reported_before_the_teacher_is_fetched(tmp_path, train_kd, capsys, monkeypatch):
+    """A teacher without --teacher-checkpoint comes from the Hub; a missing dataset must be said first."""
+    import timm_kd.hub
+    from huggingface_hub import constants as hf_constants
+    monkeypatch.setattr(hf_constants, 'ENDPOINT', 'http://127.0.0.1:9')  # unreachable, should it be tried
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
+    calls = []
+    real = timm_kd.hub.create_teacher
+    monkeypatch.setattr(timm_kd.hub, 'create_teacher', lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    argv = ['--model', 'resnet8', '--teacher', 'resnet8', '--dataset', 'torch/cifar100', '--data-dir',
+            str(tmp_path / 'nodata'), '--epochs', '1', '--output', str(tmp_path / 'out')]
+    with pytest.raises(SystemExit) as e:
+        train_kd.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and '--dataset-download' in err[0], err
+    assert calls == [], 'the teacher was created (a Hub download) before the dataset was checked'
+    # the same flags with a dataset that is there do reach the teacher, which is then what fails
+    with pytest.raises(SystemExit) as e:
+        train_kd.main(BASE + ['--teacher', 'resnet8', '--epochs', '1', '--output', str(tmp_path / 'out')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and 'resnet8' in err[0] and calls, err
+
+
 # ------------------------------------------------------------------------------------------------ resume
 @pytest.mark.parametrize('workers', [0, 2])
 def test_resume_is_bit_exact(tmp_path, train_kd, teacher_ckpt, workers):
