@@ -36,7 +36,7 @@ from timm_kd.train.checkpoint import (
 from timm_kd.train.data import create_eval_loader, create_train_loader
 from timm_kd.train.loop import EpochMeters, NonFiniteLossError, distribute_bn, evaluate, train_one_epoch, unwrap_ddp
 from timm_kd.train.output import (
-    LogFiles, choose_run_dir, keep_best_checkpoints, write_results, write_summary_row)
+    LogFiles, choose_run_dir, keep_best_checkpoints, teacher_lineage, write_results, write_summary_row)
 from timm_kd.train.schedule import create_kd_scheduler, schedule_lengths, set_position
 
 _logger = logging.getLogger('train_kd')
@@ -148,7 +148,8 @@ def _train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) -
                  f'{dc["num_classes"]} classes, input {dc["in_chans"]}x{dc["size"]}x{dc["size"]}, '
                  f'train {len(train_ds)} / eval {len(eval_ds)} images ({args.dataset or args.data_dir}).')
     if teacher is not None:
-        _logger.info(f'Teacher {args.teacher} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.3f}M params), '
+        _logger.info(f'Teacher {args.teacher} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.3f}M params, '
+                     f'weights {teacher_lineage(teacher)["teacher_source"]}), '
                      f'input re-normalized: {bool(getattr(task, "_renormalize", False))}; {task.extra_repr()}.')
     _logger.info(f'Schedule: {args.sched}, {num_epochs} epochs x {updates_per_epoch} steps, lr {args.lr:g}, '
                  f'milestones {schedule_lengths(args).decay_milestones if "multistep" in args.sched else "-"}, '
@@ -167,7 +168,7 @@ def _train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) -
     data_cfg = dict(input_size=[dc['in_chans'], dc['size'], dc['size']], mean=list(dc['mean']), std=list(dc['std']),
                     crop_pct=dc['crop_pct'] or 1.0, interpolation=dc['interpolation'], num_classes=dc['num_classes'])
     results: Dict[str, Any] = dict(
-        model=args.model, teacher=args.teacher, teacher_checkpoint=args.teacher_checkpoint,
+        model=args.model, teacher=args.teacher, **teacher_lineage(teacher),
         teacher_top1=teacher_metrics['top1'] if teacher_metrics else None,
         teacher_top5=teacher_metrics['top5'] if teacher_metrics else None,
         best_top1=None, best_top5=None, best_epoch=None, last_top1=None, last_top5=None, last_epoch=None,

@@ -381,6 +381,33 @@ def test_push_to_hub_after_training_and_a_failed_push_keeps_the_run(tmp_path, tr
             {p.name for p in (tmp_path / 'fail').iterdir()}
 
 
+def test_teacher_lineage_reaches_results_and_the_model_card(tmp_path, train_kd):
+    """results.json names where the teacher came from (file name only, no local path), and so does the card."""
+    from timm_kd.hub import publish_student
+    from timm_kd.train.output import public_ref
+    torch.manual_seed(0)
+    ckpt = tmp_path / 'private' / 'dir' / 'rd_teacher.pth'  # RepDistiller format with its reported accuracy
+    ckpt.parent.mkdir(parents=True)
+    torch.save({'epoch': 240, 'model': timm.create_model('resnet8', num_classes=10).state_dict(), 'accuracy': 71.25},
+               ckpt)
+    res = train_kd.main(BASE + ['--teacher', 'resnet8', '--teacher-checkpoint', str(ckpt), '--epochs', '1',
+                                '--train-num-samples', '16', '--output', str(tmp_path / 'out'), '--experiment', 'l'])
+    text = (Path(res['run_dir']) / 'results.json').read_text()
+    on_disk = json.loads(text)
+    assert on_disk['teacher_source'] == on_disk['teacher_checkpoint'] == 'rd_teacher.pth'
+    assert on_disk['teacher_checkpoint_accuracy'] == pytest.approx(71.25) and 'private' not in text
+    card = (Path(publish_student(res['run_dir'], 'kduser/resnet8.lineage', dry_run=True)) / 'README.md').read_text()
+    assert '(weights: `rd_teacher.pth`)' in card and 'private' not in card
+    # no teacher: the keys are there, empty
+    plain = train_kd.main(BASE + ['--epochs', '1', '--train-num-samples', '16', '--output', str(tmp_path / 'out')])
+    assert plain['teacher_source'] is None and plain['teacher_checkpoint'] is None
+    # Hub references stay, URLs lose credentials / signed query strings, local folders keep only their name
+    assert public_ref('hf-hub:org/t.cifar100/ckpt.pth') == 'hf-hub:org/t.cifar100/ckpt.pth'
+    assert public_ref('https://u:hf_secret@host:8/t/w.pth?token=hf_secret#x') == 'https://host:8/t/w.pth'
+    assert public_ref('local-dir:/home/me/teachers/t/') == 'local-dir:t'
+    assert public_ref('C:\\ckpts\\t.pth') == 't.pth'
+
+
 @pytest.mark.parametrize('views,columns,absent', [
     (['--cutmix-hard'], {'train_mixed_loss'}, {'train_label_disagreement', 'train_kl_ratio'}),
     (['--tl-mixup', '--mix-fraction', '0.5', '--mix-pairing', 'random'], {'train_label_disagreement'},
