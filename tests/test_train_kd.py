@@ -227,6 +227,10 @@ def _bad(tmp_path, teacher_ckpt):
                 'next_epoch': 0, 'next_step': 0}, wrong)
     cfg = tmp_path / 'typo.yaml'
     cfg.write_text('modle: resnet8\n')
+    bad_cfgs = []  # values the command line would refuse are refused in a config file too
+    for i, text in enumerate(('sched: multistepp\n', 'batch_size: 16.5\n', 'input_size: [3, 16]\n', 'amp: 1\n')):
+        bad_cfgs.append(tmp_path / f'bad{i}.yaml')
+        bad_cfgs[-1].write_text(text)
     t = ['--teacher', 'resnet8', '--teacher-checkpoint', teacher_ckpt]
     return [
         (['--model', 'no_such_net'], 'Unknown model'),
@@ -244,6 +248,11 @@ def _bad(tmp_path, teacher_ckpt):
         (['--resume', str(tmp_path / 'missing')], 'does not exist'),
         (['--dataset', 'torch/cifar10', '--data-dir', str(tmp_path / 'nodata')], '--dataset-download'),
         (['--config', str(cfg)], 'unknown keys'),
+        (['--config', str(bad_cfgs[0])], "sched: 'multistepp' is not one of"),
+        (['--config', str(bad_cfgs[1])], 'batch_size: 16.5 must be an integer'),
+        (['--config', str(bad_cfgs[2])], 'needs 3 values'),
+        (['--config', str(bad_cfgs[3])], 'must be true or false'),
+        (['--dataset', 'cifar100'], 'did you mean torch/cifar100'),
         (['--aa', 'rand-m9-mstd0.5'], '128 px'),
         (['--opt', 'sgdd'], 'Unknown optimizer'),
     ]
@@ -281,6 +290,19 @@ def test_missing_dataset_is_reported_before_the_teacher_is_fetched(tmp_path, tra
         train_kd.main(BASE + ['--teacher', 'resnet8', '--epochs', '1', '--output', str(tmp_path / 'out')])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and 'resnet8' in err[0] and calls, err
+
+
+def test_config_values_are_read_like_flags_and_kwargs_errors_are_argparse_errors(tmp_path, train_kd, capsys):
+    cfg = tmp_path / 'c.yaml'
+    cfg.write_text('decay_milestones: 150\nlr: 1\nexperiment: 2024\nmodel_kwargs: {zero_init_last: false}\n')
+    args, _ = parse_args(['--config', str(cfg)])
+    assert (args.decay_milestones, args.lr, args.experiment) == ([150], 1.0, '2024')
+    assert args.model_kwargs == {'zero_init_last': False} and isinstance(args.lr, float)
+    with pytest.raises(SystemExit) as e:
+        train_kd.main(BASE + ['--model-kwargs', 'foo'])
+    assert e.value.code == 2 and 'expected key=value pairs' in capsys.readouterr().err
+    args, _ = parse_args(['--model-kwargs', 'a=1', 'b=x', 'c=[1, 2]'])
+    assert args.model_kwargs == {'a': 1, 'b': 'x', 'c': [1, 2]}
 
 
 # ------------------------------------------------------------------------------------------------ resume

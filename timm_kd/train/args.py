@@ -12,8 +12,9 @@ import argparse
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import ast
+
 import yaml
-from timm.utils import ParseKwargs
 
 __all__ = [
     'UsageError', 'build_parser', 'parse_args', 'validate_args', 'kd_view_modes', 'resolve_loss_weights',
@@ -31,6 +32,64 @@ LARGE_INPUT_AUG_FLAGS = ('scale', 'ratio', 'hflip', 'vflip', 'color_jitter', 'aa
 
 class UsageError(ValueError):
     """A user mistake (flags, files, incompatible models/data): one sentence, exit code 2, before training."""
+
+
+class _ParseKwargs(argparse.Action):
+    """``k=v`` pairs into a dict, values read as Python literals where they are (timm's ParseKwargs, but a
+    malformed pair is an argparse error rather than a traceback)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        kw = {}
+        for item in values:
+            key, sep, value = item.partition('=')
+            if not sep or not key:
+                raise argparse.ArgumentError(self, f'expected key=value pairs, got {item!r}')
+            try:
+                kw[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                kw[key] = str(value)
+        setattr(namespace, self.dest, kw)
+
+
+def _check_config_value(action: argparse.Action, key: str, value: Any, path: str) -> Any:
+    """A --config value as the command line would have accepted it (argparse only type-converts string
+    defaults): lists for nargs flags (a scalar becomes a one-element list), numbers of the flag's type,
+    choices, booleans for switches. Raises UsageError naming the key."""
+    where = f'Config file {path!r}: {key}: {value!r}'
+    if value is None:
+        return value
+    if isinstance(action, _ParseKwargs):
+        if not isinstance(value, dict):
+            raise UsageError(f'{where} must be a mapping of keyword arguments.')
+        return value
+    if action.nargs == 0:  # store_true / store_false
+        if not isinstance(value, bool):
+            raise UsageError(f'{where} must be true or false.')
+        return value
+    many = action.nargs in ('+', '*') or isinstance(action.nargs, int)
+    items = list(value) if many and isinstance(value, (list, tuple)) else [value]
+    if isinstance(action.nargs, int) and len(items) != action.nargs:
+        raise UsageError(f'{where} needs {action.nargs} values.')
+    if not many and isinstance(value, (list, tuple, dict)):
+        raise UsageError(f'{where} must be a single value, not a list.')
+    out = []
+    for v in items:
+        if action.type in (int, float):
+            if isinstance(v, str):
+                try:
+                    v = action.type(v)
+                except ValueError:
+                    raise UsageError(f'{where} is not a valid {action.type.__name__}.') from None
+            ok = isinstance(v, int) and not isinstance(v, bool) or (action.type is float and isinstance(v, float))
+            if not ok:
+                raise UsageError(f'{where} must be {"an integer" if action.type is int else "a number"}.')
+            v = action.type(v)
+        elif action.type in (None, str) and isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = str(v)  # e.g. `experiment: 2024`
+        if action.choices is not None and v not in action.choices:
+            raise UsageError(f'{where} is not one of {list(action.choices)}.')
+        out.append(v)
+    return out if many else out[0]
 
 
 def _add(group, *names, **kw):
@@ -80,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(g, '-vb', '--validation-batch-size', type=int, default=None, metavar='N', help='eval batch size')
     _add(g, '--channels-last', action='store_true', default=False, help='channels_last memory layout')
     _add(g, '--grad-checkpointing', action='store_true', default=False, help='gradient checkpointing')
-    _add(g, '--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='extra create_model kwargs k=v')
+    _add(g, '--model-kwargs', nargs='*', default={}, action=_ParseKwargs, help='extra create_model kwargs k=v')
     _add(g, '--torchcompile', nargs='?', type=str, default=None, const='inductor',
          help='torch.compile the student (and teacher) with this backend (default: inductor)')
     _add(g, '--drop', type=float, default=0.0, metavar='PCT', help='dropout rate')
@@ -99,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(g, '--clip-grad', type=float, default=None, metavar='NORM', help='clip gradient norm (default: off)')
     _add(g, '--clip-mode', type=str, default='norm', help='clip mode: norm, value, agc')
     _add(g, '--layer-decay', type=float, default=None, help='layer-wise lr decay')
-    _add(g, '--opt-kwargs', nargs='*', default={}, action=ParseKwargs, help='extra optimizer kwargs k=v')
+    _add(g, '--opt-kwargs', nargs='*', default={}, action=_ParseKwargs, help='extra optimizer kwargs k=v')
 
     g = p.add_argument_group('Learning rate schedule parameters')
     _add(g, '--sched', type=str, default='cosine', choices=SCHEDULERS, metavar='SCHEDULER',
@@ -139,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
          help='random-crop padding (default: dataset recipe, CIFAR 4, Tiny ImageNet 8)')
     _add(g, '--no-aug', action='store_true', default=False, help='disable train augmentation (= --std-aug none)')
     _add(g, '--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT', help='(inputs >= 128 px)')
-    _add(g, '--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO', help='(>= 128 px)')
+    _add(g, '--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO', help='(inputs >= 128 px)')
     _add(g, '--hflip', type=float, default=0.5, help='(inputs >= 128 px)')
     _add(g, '--vflip', type=float, default=0., help='(inputs >= 128 px)')
     _add(g, '--color-jitter', type=float, default=0.4, metavar='PCT', help='(inputs >= 128 px)')
@@ -262,6 +321,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
         if unknown:
             raise UsageError(f'Config file {first.config!r} has unknown keys {unknown}: keys are flag names with '
                              f'"_" for "-" (e.g. decay_milestones).')
+        actions = {a.dest: a for a in parser._actions}
+        cfg = {k: _check_config_value(actions[k], k, v, first.config) for k, v in cfg.items()}
         defaults.update(cfg)
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)

@@ -5,6 +5,7 @@ checkpoints that do not fit, missing data), so the script fails before its first
 """
 import argparse
 import logging
+import os
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -20,6 +21,7 @@ __all__ = ['first_line', 'data_config', 'create_student', 'create_teacher', 'cre
            'resolve_lr', 'load_weights', 'recipe_of']
 
 _logger = logging.getLogger('train_kd')
+_TORCH_NAMES = ('cifar10', 'cifar100', 'mnist', 'fashionmnist', 'kmnist', 'qmnist', 'svhn', 'stl10')
 
 
 def first_line(e: BaseException) -> str:
@@ -40,6 +42,12 @@ def data_config(args: argparse.Namespace, explicit: Dict[str, Any]) -> Dict[str,
     if args.num_classes and dd['num_classes'] and args.num_classes != dd['num_classes']:
         raise UsageError(f'--num-classes {args.num_classes} does not match dataset {args.dataset!r}, which has '
                          f'{dd["num_classes"]} classes.')
+    if not num_classes and '/' not in (args.dataset or '').strip('/') and not (
+            args.data_dir and os.path.isdir(args.data_dir)):
+        # timm reads a name without prefix as an image folder under --data-dir
+        hint = f' (did you mean torch/{args.dataset}?)' if args.dataset.lower() in _TORCH_NAMES else ''
+        where = f'--data-dir {args.data_dir!r} is not a directory' if args.data_dir else 'no --data-dir was given'
+        raise UsageError(f'Dataset {args.dataset!r} is read as an image folder, but {where}{hint}.')
     if not num_classes:
         raise UsageError(f'The number of classes of dataset {args.dataset!r} is not known: pass --num-classes N.')
     if args.input_size:
