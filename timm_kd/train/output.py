@@ -166,7 +166,8 @@ def choose_run_dir(args: argparse.Namespace, explicit: Dict[str, Any], resume_fi
     return new_run_dir(args.output or os.path.join('.', 'output', 'train'), name)
 
 
-def keep_best_checkpoints(run_dir: str, hist: List[List], epoch: int, metric: float, args: argparse.Namespace) -> List[List]:
+def keep_best_checkpoints(run_dir: str, hist: List[List], epoch: int, metric: float,
+                          args: argparse.Namespace) -> List[List]:
     """Keep the ``--checkpoint-hist`` best epochs as checkpoint-<epoch>.pth.tar (timm's CheckpointSaver)."""
     if not args.checkpoint_hist:
         return hist
