@@ -3,7 +3,8 @@
 The architectures keep RepDistiller's module attribute names so that its checkpoints load unchanged;
 this base class adds what timm expects on top: head reset, intermediates, pruning, grad checkpointing.
 A family sets ``stage_attrs`` (its stage attribute names) and implements ``forward_stem``,
-``forward_features`` (explicit, so it stays TorchScript/FX friendly) and, if it has one, the final norm.
+``forward_features`` (explicit, so it stays TorchScript/FX friendly), ``forward_classifier`` if its head
+is not ``fc`` (TorchScript needs the literal attribute) and, if it has one, the final norm or head conv.
 """
 import math
 from typing import List, Optional, Tuple, Union
@@ -47,13 +48,17 @@ class CifarNet(nn.Module):
     """
     stage_attrs: Tuple[str, ...] = ()
     head_attr: str = 'fc'  # RepDistiller's classifier attribute name, keeps state_dict keys equal
+    head_in_sequential: bool = False  # the Linear sits in a Sequential (RepDistiller key ``classifier.0``)
+    # the layer after the last stage is a head conv that changes the width (MobileNetV2, ShuffleNetV2),
+    # not a norm: ``forward_intermediates(norm=True)`` never applies it to an intermediate
+    final_conv: bool = False
 
     def _init_head(self, num_features: int, num_classes: int, global_pool: str, drop_rate: float, dd) -> None:
         self.num_classes = num_classes
         self.num_features = num_features
         self.drop_rate = drop_rate
         self.global_pool, head = create_classifier(num_features, num_classes, pool_type=global_pool, **dd)
-        setattr(self, self.head_attr, head)
+        setattr(self, self.head_attr, nn.Sequential(head) if self.head_in_sequential else head)
         self.head_hidden_size = num_features * self.global_pool.feat_mult()
 
     @torch.jit.ignore
@@ -76,11 +81,14 @@ class CifarNet(nn.Module):
         raise NotImplementedError
 
     def forward_norm(self, x: torch.Tensor) -> torch.Tensor:
-        """Final norm/activation after the last stage (pre-activation nets); identity by default."""
+        """Final norm/activation (pre-activation nets) or head conv after the last stage; identity by default."""
         return x
 
     def prune_norm(self) -> None:
-        """Drop the final norm (``prune_intermediate_layers``); nothing to do by default."""
+        """Drop the final norm / head conv (``prune_intermediate_layers``); nothing to do by default."""
+
+    def num_stages(self) -> int:
+        return len(self.stage_attrs)
 
     def _stage_blocks(self, idx: int) -> nn.Sequential:
         """The Sequential of blocks of stage ``idx`` (0-based)."""
@@ -115,7 +123,7 @@ class CifarNet(nn.Module):
             intermediates_only: Only return intermediate features.
         """
         assert output_fmt == 'NCHW', 'Output shape must be NCHW.'
-        num_stages = len(self.stage_attrs)
+        num_stages = self.num_stages()
         take_indices, max_index = feature_take_indices(num_stages + 1, indices)
         intermediates = []
         x = self.forward_stem(x)
@@ -125,7 +133,8 @@ class CifarNet(nn.Module):
         for i in range(1, last + 1):
             x = self.forward_stage(i - 1, x)
             if i in take_indices:
-                intermediates.append(self.forward_norm(x) if norm and i == num_stages else x)
+                last_norm = norm and i == num_stages and not self.final_conv
+                intermediates.append(self.forward_norm(x) if last_norm else x)
         if intermediates_only:
             return intermediates
         if last == num_stages:
@@ -139,7 +148,7 @@ class CifarNet(nn.Module):
             prune_head: bool = True,
     ) -> List[int]:
         """Prune the stages (and norm / head) not needed for the requested intermediates."""
-        num_stages = len(self.stage_attrs)
+        num_stages = self.num_stages()
         take_indices, max_index = feature_take_indices(num_stages + 1, indices)
         for idx in range(max_index, num_stages):
             # an empty Sequential, not Identity: forward_stage may still iterate it for checkpointing
@@ -147,10 +156,13 @@ class CifarNet(nn.Module):
         prune_end = max_index < num_stages
         if prune_norm or prune_end:
             self.prune_norm()
-        if prune_end:
-            # the features now end at the last kept level, the head was sized for the final features
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
+            num_chs = self.feature_info[max_index]['num_chs']
+            if prune_end or num_chs != self.num_features:
+                # the features now end at the last kept level (or lost the head conv's width),
+                # the head was sized for the final features
+                self.num_features = self.head_hidden_size = num_chs
+                prune_head = True
+        if prune_head:
             self.reset_classifier(0, '')
         return take_indices
 
@@ -158,7 +170,10 @@ class CifarNet(nn.Module):
         x = self.global_pool(x)
         if self.drop_rate > 0.:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
+        return x if pre_logits else self.forward_classifier(x)
+
+    def forward_classifier(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

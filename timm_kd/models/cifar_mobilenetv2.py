@@ -8,18 +8,14 @@ no dropout. Unlike torchvision / timm, the first block (t=1) keeps its 1x1 expan
 (``conv1.{0,1}, blocks.{s}.{i}.conv.{0-7}, conv2.{0,1}, classifier.0``), so its checkpoints load unchanged.
 Pooling is global instead of a fixed ``AvgPool2d(img_size // 16)``, so 32 and 64 px inputs both work.
 """
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-
-from timm.layers import create_classifier, get_device_dtype
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from ._builder import cifar_cfg
+from ._cifar_net import CifarNet
 from ._convert import clean_kd_state_dict
 
 __all__ = ['CifarMobileNetV2']
@@ -62,9 +58,12 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res else self.conv(x)
 
 
-class CifarMobileNetV2(nn.Module):
+class CifarMobileNetV2(CifarNet):
     """CIFAR MobileNetV2: feature levels stem (``conv1``) + after ``blocks.1``, ``blocks.2``, ``blocks.4``,
     ``blocks.6``; ``conv2`` (1x1 to 1280) is the last layer of ``forward_features``."""
+    head_attr = 'classifier'
+    head_in_sequential = True  # 'classifier.0', RepDistiller's key
+    final_conv = True
 
     def __init__(
             self,
@@ -88,9 +87,7 @@ class CifarMobileNetV2(nn.Module):
         """
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        self.num_classes = num_classes
         self.in_chans = in_chans
-        self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
         in_chs = int(32 * width_mult)
@@ -113,11 +110,9 @@ class CifarMobileNetV2(nn.Module):
         self.blocks = nn.Sequential(*blocks)
 
         # RepDistiller widens the head conv only for width_mult > 1, the half-width model keeps 1280
-        self.num_features = int(1280 * width_mult) if width_mult > 1.0 else 1280
-        self.conv2 = _conv_bn_relu(in_chs, self.num_features, 1, 1, dd)
-        self.global_pool, fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
-        self.classifier = nn.Sequential(fc)  # 'classifier.0', RepDistiller's key
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        num_features = int(1280 * width_mult) if width_mult > 1.0 else 1280
+        self.conv2 = _conv_bn_relu(in_chs, num_features, 1, 1, dd)
+        self._init_head(num_features, num_classes, global_pool, drop_rate, dd)
 
         # RepDistiller's init: N(0, sqrt(2 / (k * k * out_channels))) convs, N(0, 0.01) classifier
         for m in self.modules():
@@ -137,86 +132,30 @@ class CifarMobileNetV2(nn.Module):
             blocks=[(r'^blocks\.(\d+)' if coarse else r'^blocks\.(\d+)\.(\d+)', None), (r'^conv2\.', (99999,))],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        dd = get_device_dtype(self)
-        self.num_classes = num_classes
-        pool_type = self.global_pool.pool_type if global_pool is None else global_pool
-        self.global_pool, fc = create_classifier(self.num_features, num_classes, pool_type=pool_type, **dd)
-        self.classifier = nn.Sequential(fc)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.global_pool.train(self.training)
-        self.classifier.train(self.training)
+    def num_stages(self) -> int:
+        return len(_FEATURE_BLOCKS)
 
     def _level_ends(self) -> List[int]:
         """Number of block groups run when each feature level is reached (level 0: none)."""
         return [0] + [i + 1 for i in _FEATURE_BLOCKS]
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features and return the feature levels (0 = stem, 1..4 = after blocks 1, 2, 4, 6) in
-        ``indices``.
-
-        Args:
-            x: Input image tensor.
-            indices: Take last n levels if int, all if None, the listed levels if a sequence.
-            norm: Unused (``conv2`` changes the width, it is never applied to an intermediate).
-            stop_early: Stop after the last requested level.
-            output_fmt: Only 'NCHW'.
-            intermediates_only: Return only the intermediate features.
-        """
-        assert output_fmt == 'NCHW', 'Output shape must be NCHW.'
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+    def _stage_blocks(self, idx: int) -> nn.Sequential:
+        """Stage ``idx`` = the block groups up to feature level ``idx + 1``, flattened to the blocks."""
         ends = self._level_ends()
-        num_blocks = ends[max_index] if stop_early else len(self.blocks)
-        intermediates = []
-        x = self.conv1(x)
-        if 0 in take_indices:
-            intermediates.append(x)
-        for i in range(num_blocks):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(self.blocks[i], x)
-            else:
-                x = self.blocks[i](x)
-            if i + 1 in ends and ends.index(i + 1) in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        if num_blocks == len(self.blocks):
-            x = self.conv2(x)
-        return x, intermediates
+        return nn.Sequential(*[b for group in self.blocks[ends[idx]:ends[idx + 1]] for b in group])
 
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Remove the blocks after the last level in ``indices`` (then also ``conv2``, which only follows the
-        last level, and the classifier); returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        self.blocks = self.blocks[:self._level_ends()[max_index]]
-        prune_end = max_index < len(self.feature_info) - 1
-        if prune_norm or prune_end:
-            self.conv2 = nn.Identity()
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end or prune_norm:
-            self.reset_classifier(0, '')
-        return take_indices
+    def _set_stage_blocks(self, idx: int, blocks: nn.Sequential) -> None:
+        assert len(blocks) == 0, 'stages can only be pruned'
+        self.blocks = self.blocks[:self._level_ends()[idx]]  # RepDistiller's keys for the kept groups
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1(x)
+
+    def forward_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(x)
+
+    def prune_norm(self) -> None:
+        self.conv2 = nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
@@ -226,14 +165,8 @@ class CifarMobileNetV2(nn.Module):
             x = self.blocks(x)
         return self.conv2(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate > 0.:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward_classifier(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:

@@ -7,18 +7,14 @@ Module names equal RepDistiller's (``conv1, bn1, layer{1-4}.{i}.{conv,bn}{1-3}, 
 so RepDistiller checkpoints load unchanged. Pooling is global, so 32x32 (CIFAR) and 64x64 (Tiny ImageNet)
 inputs both work.
 """
-from typing import Any, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Dict, Tuple, Type
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-
-from timm.layers import create_classifier, get_device_dtype
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from ._builder import cifar_cfg
+from ._cifar_net import CifarNet
 from ._convert import clean_kd_state_dict
 
 __all__ = ['CifarResNetV2']
@@ -79,8 +75,10 @@ class Bottleneck(nn.Module):
         return self.act3(out + self.shortcut(x))
 
 
-class CifarResNetV2(nn.Module):
+class CifarResNetV2(CifarNet):
     """Four-stage CIFAR ResNet (RepDistiller ``resnetv2.ResNet``): feature levels stem + ``layer1..layer4``."""
+    stage_attrs = ('layer1', 'layer2', 'layer3', 'layer4')
+    head_attr = 'linear'
 
     def __init__(
             self,
@@ -104,9 +102,7 @@ class CifarResNetV2(nn.Module):
         """
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        self.num_classes = num_classes
         self.in_chans = in_chans
-        self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
         # registration order == execution order, FeatureListNet rebuilds the forward from the children
@@ -124,9 +120,7 @@ class CifarResNetV2(nn.Module):
             self.add_module(f'layer{i + 1}', nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=in_chs, reduction=2 ** i, module=f'layer{i + 1}'))
 
-        self.num_features = in_chs
-        self.global_pool, self.linear = create_classifier(in_chs, num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = in_chs * self.global_pool.feat_mult()
+        self._init_head(in_chs, num_classes, global_pool, drop_rate, dd)
 
         # RepDistiller's init; the Linear keeps PyTorch's default init as in RepDistiller
         for m in self.modules():
@@ -140,95 +134,17 @@ class CifarResNetV2(nn.Module):
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r'^conv1|^bn1', blocks=r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)')
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.linear
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        dd = get_device_dtype(self)
-        self.num_classes = num_classes
-        pool_type = self.global_pool.pool_type if global_pool is None else global_pool
-        self.global_pool, self.linear = create_classifier(self.num_features, num_classes, pool_type=pool_type, **dd)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.global_pool.train(self.training)
-        self.linear.train(self.training)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features and return the feature levels (0 = stem, 1..4 = layer1..layer4) in ``indices``.
-
-        Args:
-            x: Input image tensor.
-            indices: Take last n levels if int, all if None, the listed levels if a sequence.
-            norm: Unused (the network has no final norm).
-            stop_early: Stop after the last requested level.
-            output_fmt: Only 'NCHW'.
-            intermediates_only: Return only the intermediate features.
-        """
-        assert output_fmt == 'NCHW', 'Output shape must be NCHW.'
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        intermediates = []
-        x = self.act1(self.bn1(self.conv1(x)))
-        if 0 in take_indices:
-            intermediates.append(x)
-        stages = [self.layer1, self.layer2, self.layer3, self.layer4]
-        if stop_early:
-            stages = stages[:max_index]
-        for i, stage in enumerate(stages):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
-            else:
-                x = stage(x)
-            if i + 1 in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Remove the stages after the last level in ``indices`` (and the head); returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        for i in range(max_index + 1, len(self.feature_info)):
-            setattr(self, f'layer{i}', nn.Sequential())  # empty, so the flattened checkpoint_seq still works
-        prune_end = max_index < len(self.feature_info) - 1
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act1(self.bn1(self.conv1(x)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.forward_stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
-        else:
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return x
+            return checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate > 0.:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.linear(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward_classifier(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:

@@ -11,18 +11,14 @@ RepDistiller details kept on purpose (they differ from the ShuffleNet papers): V
 depthwise conv, its first block's 1x1 group conv uses 1 group on the 24-channel stem output, and the
 channel shuffle of that block then is a no-op; V2 has no max-pool and puts a ReLU on both 1x1 convs only.
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-
-from timm.layers import create_classifier, get_device_dtype
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from ._builder import cifar_cfg
+from ._cifar_net import CifarNet
 from ._convert import clean_kd_state_dict
 
 __all__ = ['CifarShuffleNetV1', 'CifarShuffleNetV2']
@@ -128,16 +124,16 @@ class ShuffleV2DownBlock(nn.Module):
         return channel_shuffle(torch.cat([left, right], 1), 2)
 
 
-class _CifarShuffleNet(nn.Module):
-    """Shared stem, stages and timm API: feature levels stem (``act1``) + ``layer1..layer3``, then an optional
-    head conv (``_head_conv``, ShuffleNetV2 only), global pooling and ``linear``."""
+class _CifarShuffleNet(CifarNet):
+    """Shared stem and stages: feature levels stem (``act1``) + ``layer1..layer3``, then an optional head
+    conv (ShuffleNetV2's ``conv2, bn2``, the ``final_conv`` of ``CifarNet``), global pooling and ``linear``."""
+    stage_attrs = ('layer1', 'layer2', 'layer3')
+    head_attr = 'linear'
 
-    def __init__(self, num_classes: int, in_chans: int, drop_rate: float, device=None, dtype=None):
+    def __init__(self, in_chans: int, device=None, dtype=None):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        self.num_classes = num_classes
         self.in_chans = in_chans
-        self.drop_rate = drop_rate
         self.grad_checkpointing = False
         # registration order == execution order, FeatureListNet rebuilds the forward from the children
         self.conv1 = nn.Conv2d(in_chans, 24, 1, bias=False, **dd)
@@ -150,18 +146,6 @@ class _CifarShuffleNet(nn.Module):
             self.add_module(f'layer{i + 1}', nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=chs, reduction=2 ** (i + 1), module=f'layer{i + 1}'))
 
-    def _add_head(self, num_features: int, global_pool: str, dd: Dict[str, Any]):
-        self.num_features = num_features
-        self.global_pool, self.linear = create_classifier(
-            num_features, self.num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = num_features * self.global_pool.feat_mult()
-
-    def _head_conv(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def _prune_head_conv(self):
-        pass
-
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(
@@ -169,101 +153,19 @@ class _CifarShuffleNet(nn.Module):
             blocks=[(r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)', None), (r'^conv2|^bn2', (99999,))],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.linear
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        dd = get_device_dtype(self)
-        self.num_classes = num_classes
-        pool_type = self.global_pool.pool_type if global_pool is None else global_pool
-        self.global_pool, self.linear = create_classifier(self.num_features, num_classes, pool_type=pool_type, **dd)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.global_pool.train(self.training)
-        self.linear.train(self.training)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features and return the feature levels (0 = stem, 1..3 = layer1..layer3) in ``indices``.
-
-        Args:
-            x: Input image tensor.
-            indices: Take last n levels if int, all if None, the listed levels if a sequence.
-            norm: Unused (the V2 head conv changes the width, it is never applied to an intermediate).
-            stop_early: Stop after the last requested level.
-            output_fmt: Only 'NCHW'.
-            intermediates_only: Return only the intermediate features.
-        """
-        assert output_fmt == 'NCHW', 'Output shape must be NCHW.'
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        intermediates = []
-        x = self.act1(self.bn1(self.conv1(x)))
-        if 0 in take_indices:
-            intermediates.append(x)
-        stages = [self.layer1, self.layer2, self.layer3]
-        if stop_early:
-            stages = stages[:max_index]
-        for i, stage in enumerate(stages):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
-            else:
-                x = stage(x)
-            if i + 1 in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        if len(stages) == 3:
-            x = self._head_conv(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Remove the stages after the last level in ``indices`` (then also the V2 head conv, which only
-        follows the last stage, and the classifier); returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        for i in range(max_index + 1, len(self.feature_info)):
-            setattr(self, f'layer{i}', nn.Sequential())  # empty, so the flattened checkpoint_seq still works
-        prune_end = max_index < len(self.feature_info) - 1
-        if prune_norm or prune_end:
-            if self.num_features != self.feature_info[max_index]['num_chs']:
-                self._prune_head_conv()
-                self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-                prune_end = True  # the classifier was sized for the head conv
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act1(self.bn1(self.conv1(x)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.forward_stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq([self.layer1, self.layer2, self.layer3], x, flatten=True)
         else:
             x = self.layer3(self.layer2(self.layer1(x)))
-        return self._head_conv(x)
+        return self.forward_norm(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate > 0.:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.linear(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward_classifier(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
 
 
 class CifarShuffleNetV1(_CifarShuffleNet):
@@ -292,7 +194,7 @@ class CifarShuffleNetV1(_CifarShuffleNet):
             drop_rate: Dropout before the classifier (RepDistiller has none: 0).
         """
         dd = {'device': device, 'dtype': dtype}
-        super().__init__(num_classes, in_chans, drop_rate, **dd)
+        super().__init__(in_chans, **dd)
         in_chs = 24
         stages = []
         for out_chs, depth in zip(out_planes, num_blocks):
@@ -301,12 +203,13 @@ class CifarShuffleNetV1(_CifarShuffleNet):
             stages.append(blocks)
             in_chs = out_chs
         self._add_stages(stages, out_planes)
-        self._add_head(in_chs, global_pool, dd)
+        self._init_head(in_chs, num_classes, global_pool, drop_rate, dd)
 
 
 class CifarShuffleNetV2(_CifarShuffleNet):
     """CIFAR ShuffleNetV2 (RepDistiller ``ShuffleNetV2``): a 1x1 conv + BN + ReLU (``conv2``, ``bn2``) widens the
     last stage to ``num_features`` before pooling; it is the last layer of ``forward_features``."""
+    final_conv = True
 
     def __init__(
             self,
@@ -329,7 +232,7 @@ class CifarShuffleNetV2(_CifarShuffleNet):
             drop_rate: Dropout before the classifier (RepDistiller has none: 0).
         """
         dd = {'device': device, 'dtype': dtype}
-        super().__init__(num_classes, in_chans, drop_rate, **dd)
+        super().__init__(in_chans, **dd)
         in_chs = 24
         stages = []
         for out_chs, depth in zip(out_channels[:3], num_blocks):
@@ -340,12 +243,12 @@ class CifarShuffleNetV2(_CifarShuffleNet):
         self.conv2 = nn.Conv2d(in_chs, out_channels[3], 1, bias=False, **dd)
         self.bn2 = nn.BatchNorm2d(out_channels[3], **dd)
         self.act2 = nn.ReLU(inplace=True)
-        self._add_head(out_channels[3], global_pool, dd)
+        self._init_head(out_channels[3], num_classes, global_pool, drop_rate, dd)
 
-    def _head_conv(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.act2(self.bn2(self.conv2(x)))
 
-    def _prune_head_conv(self):
+    def prune_norm(self) -> None:
         self.conv2, self.bn2, self.act2 = nn.Identity(), nn.Identity(), nn.Identity()
 
 

@@ -123,11 +123,8 @@ class CifarVGG(CifarNet):
         x = self.act3(self.block3(self.pool2(x)))
         return self.act4(self.block4(self.pool3(x)))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate > 0.:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.classifier(x)
+    def forward_classifier(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
