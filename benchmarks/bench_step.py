@@ -327,7 +327,7 @@ class Bench:
         sync(self.device)
         c0, t0 = time.process_time(), time.perf_counter()
         for _ in range(n):
-            fn(*self.batch())
+            self.last_out = fn(*self.batch())
         sync(self.device)
         self.last_cpu = (time.process_time() - c0) / max(n, 1)
         return (time.perf_counter() - t0) / max(n, 1)
@@ -495,6 +495,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     # timed, interleaved: the order flips every repeat (A B C, C B A, ...), ours/hand alternate too
     times: Dict[Tuple[str, str], List[float]] = {k: [] for k in bench.steps}
     cpu_times: Dict[Tuple[str, str], List[float]] = {k: [] for k in bench.steps}
+    last_loss: Dict[Tuple[str, str], torch.Tensor] = {}
     mix_times: Dict[str, List[float]] = {v: [] for v in bench.mixups}
     keys = list(bench.steps)
     t0 = time.perf_counter()
@@ -503,13 +504,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         for key in order:
             times[key].append(bench.run(bench.steps[key], args.steps))
             cpu_times[key].append(bench.last_cpu)
+            last_loss[key] = bench.last_out.detach()
             if key[0] in bench.mixups and key[1] == 'ours':
                 mix_times[key[0]].append(bench.run(mixup_call(bench.mixups[key[0]]), args.steps))
         log(f'  repeat {r + 1}/{args.repeats} done ({time.perf_counter() - t0:.0f}s)')
 
-    # final losses must be finite, else the timing measured NaN arithmetic
-    finite = {f'{v}/{impl}': bool(torch.isfinite(bench.steps[v, impl](*bench.batch())).item())
-              for v, impl in keys}
+    # the last timed losses must be finite, else the timing measured NaN arithmetic (synced after timing)
+    finite = {f'{v}/{impl}': bool(torch.isfinite(loss).item()) for (v, impl), loss in last_loss.items()}
 
     B = args.batch_size
     variants_out: Dict[str, Any] = {}
