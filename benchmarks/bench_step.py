@@ -298,12 +298,7 @@ class Bench:
                 self.steps[v, 'hand'] = HandStep(
                     s_run['hand'], t_run, self.opts['hand'], v, n_candidates=args.n_candidates,
                     pick_ratio=args.pick_ratio, amp_dtype=adt, seed=args.seed)
-                # BN buffers live on the uncompiled module (shared storage with the compiled one)
-                self.steps[v, 'hand'].bn_buffers = [
-                    b for m in self.students['hand'].modules()
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm) for b in m.buffers()]
             if 'ours' in impls:
-                import timm_kd
                 mix = make_mixup(v, nc, args.n_candidates, args.pick_ratio)
                 task = timm_kd.DistillationTask(
                     self.students['ours'], teacher, mixup=mix, temperature=4.0, task_loss_weight=0.1,

@@ -9,7 +9,7 @@ sync. Given the same offsets and flips the result equals torchvision's per-image
 Typical use: keep the uint8 training set on the device, draw batches by index and call
 ``DeviceAugment`` on them (or let the loader collate uint8 tensors without transforms).
 """
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
