@@ -8,13 +8,7 @@ import torch.nn.functional as F
 from timm_kd import DistillMixup, DistillationTask
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # tiny tensors: one thread is fastest, and two threads thrash when the 2 cores are shared
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 NUM_CLASSES, BATCH, STEPS = 5, 16, 40

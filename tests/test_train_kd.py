@@ -35,14 +35,7 @@ RESULT_KEYS = {'model', 'teacher', 'teacher_top1', 'best_top1', 'best_top5', 'be
                'num_classes', 'dataset', 'recipe'}
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """One intra-op thread, like the subprocesses (OMP_NUM_THREADS=1): tiny convs gain nothing from more, a
-    busy machine makes OpenMP barriers slow, and equal thread counts keep float sums identical across runs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')
