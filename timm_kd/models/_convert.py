@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Tuple, Union
 import torch
 import torch.nn as nn
 
-__all__ = ['KDCheckpointError', 'read_kd_checkpoint', 'load_kd_checkpoint', 'clean_kd_state_dict']
+__all__ = ['KDCheckpointError', 'read_kd_checkpoint', 'load_kd_checkpoint', 'clean_kd_state_dict', 'checkpoint_filter_fn']
 
 # wrapper keys that hold the weights, in order of preference
 _STATE_DICT_KEYS = ('state_dict', 'model', 'model_state_dict', 'net')
@@ -91,6 +91,12 @@ def clean_kd_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor
     if any(k.startswith('student.') for k in sd) and any(k.startswith('teacher.') for k in sd):
         sd = {k[len('student.'):]: v for k, v in sd.items() if k.startswith('student.')}
     return sd
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm's ``pretrained_filter_fn`` for every family: our modules keep RepDistiller's names, so RepDistiller /
+    CRD / mdistiller / Good-DA checkpoints only need unwrapping and ``module.`` prefixes stripped."""
+    return clean_kd_state_dict(state_dict)
 
 
 def _to_meta(value: Any) -> Any:

@@ -19,7 +19,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 
 from ._builder import cifar_cfg
 from ._cifar_net import CifarNet
-from ._convert import clean_kd_state_dict
+from ._convert import checkpoint_filter_fn
 
 __all__ = ['CifarShuffleNetV1', 'CifarShuffleNetV2']
 
@@ -251,11 +251,6 @@ class CifarShuffleNetV2(_CifarShuffleNet):
     def prune_norm(self) -> None:
         self.conv2, self.bn2, self.act2 = nn.Identity(), nn.Identity(), nn.Identity()
 
-
-def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """RepDistiller / CRD / mdistiller / Good-DA checkpoints already use our key names (the goal of keeping
-    RepDistiller's module names): only unwrap the checkpoint dict and strip ``module.`` prefixes."""
-    return clean_kd_state_dict(state_dict)
 
 
 def _cfg(arch: str, **kwargs: Any) -> Dict[str, Any]:

@@ -21,7 +21,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 
 from ._builder import cifar_cfg
 from ._cifar_net import CifarNet, init_weights_rd
-from ._convert import clean_kd_state_dict
+from ._convert import checkpoint_filter_fn
 
 __all__ = ['CifarVGG']
 
@@ -126,10 +126,6 @@ class CifarVGG(CifarNet):
     def forward_classifier(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x)
 
-
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """RepDistiller / CRD / mdistiller / Good-DA / timm checkpoints: same key names, unwrap only."""
-    return clean_kd_state_dict(state_dict)
 
 
 def _cfg(arch: str, **kwargs: Any) -> Dict[str, Any]:

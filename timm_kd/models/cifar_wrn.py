@@ -13,7 +13,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 
 from ._builder import cifar_cfg
 from ._cifar_net import CifarNet, init_weights_rd
-from ._convert import clean_kd_state_dict
+from ._convert import checkpoint_filter_fn
 
 __all__ = ['WideResNet']
 
@@ -134,10 +134,6 @@ class WideResNet(CifarNet):
             x = self.block3(self.block2(self.block1(x)))
         return self.forward_norm(x)
 
-
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """RepDistiller / CRD / mdistiller / Good-DA / timm checkpoints: same key names, unwrap only."""
-    return clean_kd_state_dict(state_dict)
 
 
 def _cfg(arch: str, **kwargs: Any) -> Dict[str, Any]:
