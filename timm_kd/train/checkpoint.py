@@ -16,7 +16,7 @@ RNG states are stored as tensors and plain Python values, nothing needs unpickli
 import os
 import random
 import shutil
-from typing import Any, Dict, Optional
+from typing import IO, Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -45,12 +45,13 @@ def _fsync_dir(d: str) -> None:
         os.close(fd)
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temp file, fsync, rename over ``path``."""
+def _atomic_write(path: str, data: Any, mode: str, write: Callable[[Any, IO], None]) -> None:
+    """Write to a temp file, fsync, rename over ``path`` and fsync the folder: a kill leaves the old file or
+    the new one, never a broken one."""
     tmp = _tmp_name(path)
     try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
+        with open(tmp, mode) as f:
+            write(data, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -60,17 +61,14 @@ def atomic_save(obj: Any, path: str) -> None:
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save to ``path`` atomically."""
+    _atomic_write(path, obj, 'wb', torch.save)
+
+
 def atomic_write_text(path: str, text: str) -> None:
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, 'w') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write text to ``path`` atomically."""
+    _atomic_write(path, text, 'w', lambda t, f: f.write(t))
 
 
 def atomic_link_or_copy(src: str, dst: str) -> None:
