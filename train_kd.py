@@ -26,10 +26,10 @@ from typing import Any, Dict, List, Optional
 import torch
 import yaml
 
+from timm_kd.messages import first_line
 from timm_kd.train.args import UsageError, parse_args, validate_args
 from timm_kd.train.build import (
-    create_datasets, create_student, create_task, create_teacher, data_config, first_line, load_weights, recipe_of,
-    resolve_lr)
+    build_teacher, create_datasets, create_student, create_task, data_config, load_weights, recipe_of, resolve_lr)
 from timm_kd.train.checkpoint import (
     atomic_link_or_copy, atomic_save, atomic_write_text, capture_rng_state, find_resume_checkpoint, load_checkpoint,
     restore_rng_state)
@@ -77,7 +77,7 @@ def _train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) -
     dc = data_config(args, explicit)
     train_ds, eval_ds = create_datasets(args, dc)
     student = create_student(args, dc)
-    teacher = create_teacher(args, dc) if args.teacher else None
+    teacher = build_teacher(args, dc) if args.teacher else None
     try:
         loader_train = create_train_loader(train_ds, args.batch_size, args.seed, rank, world, args.workers,
                                            args.pin_mem, rngs=dc['rngs'])
@@ -312,9 +312,10 @@ def _push(run_dir: str, args: argparse.Namespace) -> Dict[str, Any]:
     try:
         url = publish_student(run_dir, args.push_to_hub, private=args.hub_private)
     except Exception as e:  # noqa: BLE001 - report and keep the local run untouched
-        _logger.error(f'Publishing to {args.push_to_hub} failed: {first_line(e)}. The run folder is untouched; '
-                      f'retry with: python hfhub/publish.py {run_dir} --repo-id {args.push_to_hub}')
-        return {'hub_url': None, 'hub_error': first_line(e)}
+        reason = getattr(e, 'reason', None) or first_line(e)
+        _logger.error(f'Publishing to {args.push_to_hub} failed ({reason}); the run folder is complete and untouched, '
+                      f'retry with: timm-kd-publish {run_dir} --repo-id {args.push_to_hub}')
+        return {'hub_url': None, 'hub_error': reason}
     _logger.info(f'Published to {url}.')
     return {'hub_url': str(url)}
 

@@ -5,7 +5,6 @@ HF_ENDPOINT / HF_HUB_CACHE / HF_HUB_OFFLINE at import); subprocesses get environ
 which is also how the registered-name default (TIMM_KD_HUB_ORG, read when timm_kd is imported) is tested.
 """
 import hashlib
-import importlib.util
 import json
 import os
 import socket
@@ -22,19 +21,14 @@ from huggingface_hub import constants as hf_constants
 
 import timm_kd
 from timm_kd import hub
+from timm_kd.hub import io as hub_io
+from timm_kd.hub.cli import convert_main, publish_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_server import HubServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = 'hf_kdtest_SECRET_0123456789'  # must never show up in a file, a card or the output
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f'hfhub_{name}', ROOT / 'hfhub' / f'{name}.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _point_client(mp: pytest.MonkeyPatch, endpoint: str, cache: Path) -> None:
@@ -64,6 +58,7 @@ def server():
 @pytest.fixture
 def hf(server, tmp_path, monkeypatch):
     _point_client(monkeypatch, server.endpoint, tmp_path / 'hf_cache')
+    monkeypatch.setattr(hub_io, 'RETRY_WAIT', 0.05)
     server.clear_faults()
     return server
 
@@ -128,6 +123,11 @@ def _fake_run(run: Path) -> dict:
     return models
 
 
+def _visible(folder: Path) -> list:
+    """Names in a folder without hidden ones (an export's marker file is hidden and never uploaded)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith('.'))
+
+
 def _tree_digest(folder: Path) -> dict:
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob('*')) if p.is_file()}
@@ -159,7 +159,7 @@ def test_convert_push_then_hf_hub_load_in_fresh_cache(hf, tmp_path, monkeypatch)
     res = hub.convert_teacher(tmp_path / 'rd' / 'resnet8_vanilla' / 'ckpt_epoch_240.pth', tmp_path / 'out', org='kdconv')
     assert res['repo_id'] == 'kdconv/resnet8.cifar100' and res['accuracy'] == pytest.approx(71.25)
     folder = res['folder']
-    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert _visible(folder) == ['README.md', 'config.json', 'model.safetensors']
     cfg = json.loads((folder / 'config.json').read_text())
     assert cfg['architecture'] == 'resnet8' and cfg['num_classes'] == 100
     assert cfg['pretrained_cfg']['mean'] == [0.5071, 0.4867, 0.4408] and 'hf_hub_id' not in cfg['pretrained_cfg']
@@ -184,7 +184,6 @@ def test_convert_push_then_hf_hub_load_in_fresh_cache(hf, tmp_path, monkeypatch)
 
 
 def test_convert_teachers_cli_tar_and_dir(hf, tmp_path):
-    cli = _load_script('convert_teachers')
     src = tmp_path / 'cifar_teachers'
     refs = {'resnet8': _rd_checkpoint(src / 'resnet8_vanilla' / 'ckpt_epoch_240.pth', 'resnet8', seed=3, acc=70.5),
             'wrn_16_1': _rd_checkpoint(src / 'wrn_16_1_vanilla' / 'ckpt_epoch_240.pth', 'wrn_16_1', seed=4, acc=66.0)}
@@ -194,7 +193,7 @@ def test_convert_teachers_cli_tar_and_dir(hf, tmp_path):
         tf.add(src, arcname='cifar_teachers')
         tf.add(src / 'wrn_16_1_vanilla' / 'ckpt_epoch_240.pth', arcname='../../escape/x_vanilla/ckpt_epoch_240.pth')
 
-    assert cli.main([str(tar), '--out', str(tmp_path / 'out_tar'), '--org', 'kdtar', '--push']) == 1  # the x_ entry
+    assert convert_main([str(tar), '--out', str(tmp_path / 'out_tar'), '--org', 'kdtar', '--push']) == 1  # the x_ entry
     assert not (tmp_path / 'escape').exists() and not (tmp_path.parent / 'escape').exists()
     for arch, ref in refs.items():
         repo = f'kdtar/{arch}.cifar100'
@@ -205,8 +204,8 @@ def test_convert_teachers_cli_tar_and_dir(hf, tmp_path):
     assert 'cifar_teachers.tar:cifar_teachers/resnet8_vanilla/ckpt_epoch_240.pth' in card and '70.50' in card
 
     # the extracted folder gives the same result, without pushing
-    assert cli.main([str(src), '--out', str(tmp_path / 'out_dir'), '--dry-run', '--push']) == 0
-    assert sorted(p.name for p in (tmp_path / 'out_dir').iterdir()) == ['resnet8.cifar100', 'wrn_16_1.cifar100']
+    assert convert_main([str(src), '--out', str(tmp_path / 'out_dir'), '--dry-run', '--push']) == 0
+    assert _visible(tmp_path / 'out_dir') == ['resnet8.cifar100', 'wrn_16_1.cifar100']
     st = lambda p: (p / 'model.safetensors').read_bytes()  # noqa: E731
     assert st(tmp_path / 'out_dir' / 'resnet8.cifar100') == st(tmp_path / 'out_tar' / 'resnet8.cifar100')
 
@@ -257,7 +256,7 @@ def test_teacher_errors_are_one_clear_sentence(hf, tmp_path, monkeypatch):
         hub.create_teacher('hf-hub:kdnone/resnet8.cifar100')
     msg = str(e.value)
     assert "'kdnone/resnet8.cifar100'" in msg and 'does not exist' in msg
-    assert 'convert_teachers.py' in msg and '--teacher-checkpoint' in msg and '\n' not in msg
+    assert 'timm-kd-convert' in msg and '--teacher-checkpoint' in msg and '\n' not in msg
     # repo exists but holds no weights
     HfApi().create_repo('kdempty/resnet8.cifar100')
     with pytest.raises(hub.TeacherLoadError, match='does not contain the expected file'):
@@ -283,6 +282,8 @@ def test_teacher_errors_are_one_clear_sentence(hf, tmp_path, monkeypatch):
 _CHILD = r'''
 import json, sys, torch, timm, timm_kd
 from timm_kd import hub
+from timm_kd.hub import io as hub_io
+from timm_kd.hub.cli import convert_main, publish_main
 out = {'hf_hub_id': timm.models.get_pretrained_cfg('resnet8').hf_hub_id}
 ref = timm.create_model('resnet8')
 timm_kd.load_kd_checkpoint(ref, sys.argv[1])
@@ -365,7 +366,7 @@ def test_publish_student_roundtrip_and_republish_updates(hf, tmp_path, monkeypat
     card = files['README.md'].decode()
     assert card.split('```python\n', 1)[1].startswith('import timm_kd')
     meta = yaml.safe_load(card.split('---\n')[1])
-    assert 'transformers' not in meta['tags'] and meta['library_name'] == 'timm' and meta['datasets'] == ['cifar100']
+    assert 'transformers' not in meta['tags'] and meta['library_name'] == 'timm' and meta['datasets'] == ['uoft-cs/cifar100']
     metrics = {m['name']: m['value'] for m in meta['model-index'][0]['results'][0]['metrics']}
     assert metrics['Top-1 accuracy (best epoch)'] == 55.5 and metrics['Top-1 accuracy (last epoch)'] == 54.25
     assert metrics['Top-5 accuracy (best epoch)'] == 80.125
@@ -410,38 +411,37 @@ def test_publish_ema_run_publishes_the_evaluated_ema_weights(tmp_path):
 
 
 def test_publish_cli_dry_run_private_and_bad_input(hf, tmp_path, capsys):
-    cli = _load_script('publish')
     run = tmp_path / 'run'
     models = _fake_run(run)
     n = len(hf.log)
-    assert cli.main([str(run), '--repo-id', 'kduser/dry', '--dry-run', '--which', 'last',
+    assert publish_main([str(run), '--repo-id', 'kduser/dry', '--dry-run', '--which', 'last',
                      '--out', str(tmp_path / 'export')]) == 0
     assert len(hf.log) == n  # a dry run never talks to the Hub
     out = tmp_path / 'export'
-    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors', 'training']
+    assert _visible(out) == ['README.md', 'config.json', 'model.safetensors', 'training']
     assert _same_weights(timm.create_model(f'local-dir:{out}', pretrained=True), models['last.pth.tar'])
     assert 'last epoch (epoch 4)' in (out / 'README.md').read_text()
 
-    assert cli.main([str(run), '--repo-id', 'kduser/private-one', '--private']) == 0
+    assert publish_main([str(run), '--repo-id', 'kduser/private-one', '--private']) == 0
     assert hf.repos['kduser/private-one'].private
 
-    assert cli.main([str(tmp_path / 'missing'), '--repo-id', 'kduser/x']) == 2
+    assert publish_main([str(tmp_path / 'missing'), '--repo-id', 'kduser/x']) == 2
     (run / 'model_best.pth.tar').unlink()
-    assert cli.main([str(run), '--repo-id', 'kduser/x']) == 2
+    assert publish_main([str(run), '--repo-id', 'kduser/x']) == 2
     err = capsys.readouterr().err
     assert 'does not exist' in err and 'try --which last' in err and 'Traceback' not in err
 
 
 @pytest.mark.parametrize('fault', ['create-500', 'commit-500', 'create-403', 'commit-404'])
 def test_publish_hub_faults_leave_local_files_and_rerun_works(hf, tmp_path, fault, capsys):
-    cli = _load_script('publish')
     run = tmp_path / 'run'
     _fake_run(run)
     before = _tree_digest(run)
     repo = f'kdfault/{fault}'
     where, status = fault.split('-')
-    hf.add_fault('POST', '/api/repos/create' if where == 'create' else r'/commit/main$', int(status), count=1)
-    assert cli.main([str(run), '--repo-id', repo]) == 1
+    hf.add_fault('POST', '/api/repos/create' if where == 'create' else r'/commit/main$', int(status))
+    assert publish_main([str(run), '--repo-id', repo]) == 1
+    hf.clear_faults()
     err = capsys.readouterr().err
     assert err.count('error:') == 1 and 'nothing local was changed' in err and TOKEN not in err
     assert {'500': 'server error (HTTP 500)', '403': 'refused the write (HTTP 403)',
@@ -450,17 +450,17 @@ def test_publish_hub_faults_leave_local_files_and_rerun_works(hf, tmp_path, faul
     assert {k: v for k, v in after.items() if not k.startswith('hub/')} == before
     assert (run / 'hub' / fault / 'model.safetensors').is_file()  # the export is kept for the rerun
     # rerun once the Hub is back: one repo, with the model
-    assert cli.main([str(run), '--repo-id', repo]) == 0
+    assert publish_main([str(run), '--repo-id', repo]) == 0
     assert 'model.safetensors' in hf.files(repo) and sum(r == repo for r in hf.repos) == 1
 
 
 def test_publish_cli_server_down_exits_nonzero(tmp_path, monkeypatch, capsys):
-    cli = _load_script('publish')
     run = tmp_path / 'run'
     _fake_run(run)
     before = _tree_digest(run)
     _point_client(monkeypatch, f'http://127.0.0.1:{_free_port()}', tmp_path / 'cache')
-    assert cli.main([str(run), '--repo-id', 'kd/down']) == 1
+    monkeypatch.setattr(hub_io, 'RETRY_WAIT', 0.05)
+    assert publish_main([str(run), '--repo-id', 'kd/down']) == 1
     out, err = capsys.readouterr()
     assert err.count('error:') == 1 and 'could not be reached' in err and TOKEN not in out + err
     assert {k: v for k, v in _tree_digest(run).items() if not k.startswith('hub/')} == before
@@ -474,3 +474,36 @@ def test_hub_server_stops_by_itself():
     assert not srv._thread.is_alive()
     with pytest.raises(OSError):
         socket.create_connection(('127.0.0.1', port), timeout=2).close()
+
+
+def test_a_new_family_is_picked_up_by_the_name_table(monkeypatch):
+    """map_arch reads ORIGINAL_NAMES of every module that registers models in timm: a family file is enough."""
+    import types
+    from timm_kd.models import _names
+    family = types.ModuleType('timm_kd.models.cifar_toynet')
+    family.ORIGINAL_NAMES = {'ToyNet': 'toynet_cifar'}
+
+    def toynet_cifar(pretrained: bool = False, **kwargs):
+        return timm.create_model('resnet8', **kwargs)
+    toynet_cifar.__module__ = family.__name__
+    # what @register_model in a new family file does, seen through the two registry calls the table uses
+    monkeypatch.setitem(sys.modules, family.__name__, family)
+    real_list, real_entry = timm.list_models, _names.model_entrypoint
+    monkeypatch.setattr(timm, 'list_models', lambda *a, **kw: real_list(*a, **kw) + ['toynet_cifar'])
+    monkeypatch.setattr(_names, 'model_entrypoint', lambda n: toynet_cifar if n == 'toynet_cifar' else real_entry(n))
+    assert hub.map_arch('ToyNet') == hub.map_arch('toynet') == 'toynet_cifar'
+    assert hub.arch_from_path('teachers/ToyNet_vanilla/ckpt_epoch_240.pth') == 'ToyNet'
+    assert hub.arch_from_path('weights/toynet_cifar_best.pth') == 'toynet_cifar'
+
+
+def test_console_scripts_and_hfhub_wrappers_call_the_package_mains():
+    import tomllib
+    scripts = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['scripts']
+    assert scripts['timm-kd-publish'] == 'timm_kd.hub.cli:publish_main'
+    assert scripts['timm-kd-convert'] == 'timm_kd.hub.cli:convert_main'
+    for script, main in (('publish.py', 'publish_main'), ('convert_teachers.py', 'convert_main')):
+        text = (ROOT / 'hfhub' / script).read_text()
+        assert f'from timm_kd.hub.cli import {main}' in text and 'sys.path' not in text
+    p = subprocess.run([sys.executable, str(ROOT / 'hfhub' / 'publish.py'), '--help'], capture_output=True, text=True,
+                       env=_child_env(PYTHONPATH=str(ROOT)), timeout=120)
+    assert p.returncode == 0 and '--dataset-name' in p.stdout and '--timeout' in p.stdout, p.stderr[-2000:]

@@ -264,13 +264,13 @@ def test_bad_input_fails_fast_with_one_sentence(tmp_path, train_kd, teacher_ckpt
 
 def test_missing_dataset_is_reported_before_the_teacher_is_fetched(tmp_path, train_kd, capsys, monkeypatch):
     """A teacher without --teacher-checkpoint comes from the Hub; a missing dataset must be said first."""
-    import timm_kd.hub
     from huggingface_hub import constants as hf_constants
+    from timm_kd.distill import teacher as teacher_lib
     monkeypatch.setattr(hf_constants, 'ENDPOINT', 'http://127.0.0.1:9')  # unreachable, should it be tried
     monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
     calls = []
-    real = timm_kd.hub.create_teacher
-    monkeypatch.setattr(timm_kd.hub, 'create_teacher', lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    real = teacher_lib.create_teacher
+    monkeypatch.setattr(teacher_lib, 'create_teacher', lambda *a, **kw: calls.append(a) or real(*a, **kw))
     argv = ['--model', 'resnet8', '--teacher', 'resnet8', '--dataset', 'torch/cifar100', '--data-dir',
             str(tmp_path / 'nodata'), '--epochs', '1', '--output', str(tmp_path / 'out')]
     with pytest.raises(SystemExit) as e:
@@ -399,7 +399,7 @@ def test_push_to_hub_after_training_and_a_failed_push_keeps_the_run(tmp_path, tr
 def test_teacher_lineage_reaches_results_and_the_model_card(tmp_path, train_kd):
     """results.json names where the teacher came from (file name only, no local path), and so does the card."""
     from timm_kd.hub import publish_student
-    from timm_kd.train.output import public_ref
+    from timm_kd.messages import public_ref
     torch.manual_seed(0)
     ckpt = tmp_path / 'private' / 'dir' / 'rd_teacher.pth'  # RepDistiller format with its reported accuracy
     ckpt.parent.mkdir(parents=True)

@@ -13,12 +13,13 @@ import os
 import pickle
 import sys
 import tarfile
-from typing import Any, Dict, List, Mapping, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ['KDCheckpointError', 'read_kd_checkpoint', 'load_kd_checkpoint', 'clean_kd_state_dict', 'checkpoint_filter_fn']
+__all__ = ['KDCheckpointError', 'read_kd_checkpoint', 'load_kd_checkpoint', 'clean_kd_state_dict', 'checkpoint_filter_fn',
+           'checkpoint_num_classes', 'checkpoint_accuracy']
 
 # wrapper keys that hold the weights, in order of preference
 _STATE_DICT_KEYS = ('state_dict', 'model', 'model_state_dict', 'net')
@@ -142,12 +143,17 @@ def _torch_load(path: str) -> Any:
             'with torch.load(weights_only=False) yourself and save its state_dict.') from e
 
 
-def read_kd_checkpoint(path: Union[str, os.PathLike]) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def read_kd_checkpoint(
+        path: Union[str, os.PathLike],
+        entry: Optional[str] = None,
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """Read a checkpoint file safely.
 
     Args:
         path: A RepDistiller / CRD / mdistiller / Good-DA / timm checkpoint, a raw state dict or a
             ``.safetensors`` file.
+        entry: read the weights from this entry of a checkpoint dict (e.g. timm's ``state_dict_ema``)
+            instead of the usual one; a missing or empty entry raises :class:`KDCheckpointError`.
 
     Returns:
         ``(state_dict, meta)``: the weights with ``module.`` prefixes removed, and the remaining small
@@ -164,7 +170,39 @@ def read_kd_checkpoint(path: Union[str, os.PathLike]) -> Tuple[Dict[str, torch.T
         meta['format'] = 'safetensors'
         return clean_kd_state_dict(safetensors.torch.load_file(path, device='cpu')), meta
     checkpoint = _torch_load(path)
+    if entry is not None:
+        weights = checkpoint.get(entry) if isinstance(checkpoint, Mapping) else None
+        if not isinstance(weights, Mapping) or not weights:
+            raise KDCheckpointError(f'{path} has no {entry!r} entry')
+        return clean_kd_state_dict(weights), _checkpoint_meta(checkpoint)
     return clean_kd_state_dict(checkpoint), _checkpoint_meta(checkpoint)
+
+
+def checkpoint_num_classes(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Optional[int]:
+    """Output classes of a checkpoint for ``model``'s family, read from its classifier weight (the model's
+    ``pretrained_cfg['classifier']`` or a common name); None when no classifier weight is found."""
+    filter_fn = getattr(sys.modules.get(type(model).__module__), 'checkpoint_filter_fn', None)
+    if filter_fn is not None:
+        try:
+            state_dict = filter_fn(dict(state_dict), model)
+        except Exception:  # a checkpoint of another family: loading it reports that properly
+            pass
+    names = [getattr(model, 'pretrained_cfg', {}).get('classifier'), 'fc', 'linear', 'classifier', 'classifier.0',
+             'head.fc']
+    for name in filter(None, names):
+        w = state_dict.get(f'{name}.weight')
+        if isinstance(w, torch.Tensor) and w.ndim == 2:
+            return int(w.shape[0])
+    return None
+
+
+def checkpoint_accuracy(meta: Mapping[str, Any]) -> Optional[float]:
+    """The top-1 accuracy a checkpoint reports about itself (RepDistiller ``accuracy``, others ``best_acc``)."""
+    value = meta.get('accuracy', meta.get('best_acc'))
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _listed(keys: List[str]) -> str:

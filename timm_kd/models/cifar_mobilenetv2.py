@@ -174,6 +174,8 @@ default_cfgs = generate_default_cfgs({
     'mobilenetv2_cifar.cifar100': cifar_cfg(
         'mobilenetv2_cifar', first_conv='conv1.0', classifier='classifier.0', pool_size=(2, 2)),
 })
+# RepDistiller's name (read by timm_kd.models.map_arch when converting teachers)
+ORIGINAL_NAMES = {'MobileNetV2': 'mobilenetv2_cifar'}
 
 
 @register_model

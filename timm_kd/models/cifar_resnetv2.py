@@ -156,6 +156,8 @@ default_cfgs = generate_default_cfgs({
     'resnet18_cifar.cifar100': _cfg('resnet18_cifar'),
     'resnet50_cifar.cifar100': _cfg('resnet50_cifar'),
 })
+# RepDistiller's names (read by timm_kd.models.map_arch when converting teachers)
+ORIGINAL_NAMES = {'ResNet18': 'resnet18_cifar', 'ResNet50': 'resnet50_cifar'}
 
 
 def _create_resnetv2(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNetV2:

@@ -261,6 +261,8 @@ default_cfgs = generate_default_cfgs({
     'shufflenetv1_cifar.cifar100': _cfg('shufflenetv1_cifar'),
     'shufflenetv2_cifar.cifar100': _cfg('shufflenetv2_cifar'),
 })
+# RepDistiller's names (read by timm_kd.models.map_arch when converting teachers)
+ORIGINAL_NAMES = {'ShuffleV1': 'shufflenetv1_cifar', 'ShuffleV2': 'shufflenetv2_cifar'}
 
 
 def _create(cls, variant: str, pretrained: bool, **kwargs: Any) -> nn.Module:

@@ -144,6 +144,8 @@ _ARCHS = {  # RepDistiller's cfg 'S', 'A', 'B', 'D', 'E': conv widths per block
 }
 
 default_cfgs = generate_default_cfgs({f'{name}.cifar100': _cfg(name) for name in _ARCHS})
+# RepDistiller calls them vgg8 / vgg8_bn ... (read by timm_kd.models.map_arch when converting teachers)
+ORIGINAL_NAMES = {name.replace('_cifar', bn): name for name in _ARCHS for bn in ('', '_bn')}
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarVGG:

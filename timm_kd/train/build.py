@@ -14,22 +14,16 @@ import timm
 import timm_kd
 from timm_kd.data.datasets import DatasetNotFoundError, create_kd_dataset, dataset_defaults
 from timm_kd.data.transforms import SMALL_INPUT_LIMIT, create_kd_transform
+from timm_kd.distill import teacher as teacher_lib
+from timm_kd.messages import first_line
 from .args import LARGE_INPUT_AUG_FLAGS, UsageError, build_parser, kd_view_modes, resolve_loss_weights
 from .schedule import schedule_lengths
 
-__all__ = ['first_line', 'data_config', 'create_student', 'create_teacher', 'create_datasets', 'create_task',
+__all__ = ['data_config', 'create_student', 'build_teacher', 'create_datasets', 'create_task',
            'resolve_lr', 'load_weights', 'recipe_of']
 
 _logger = logging.getLogger('train_kd')
 _TORCH_NAMES = ('cifar10', 'cifar100', 'mnist', 'fashionmnist', 'kmnist', 'qmnist', 'svhn', 'stl10')
-
-
-def first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    for line in s.splitlines():
-        if 'size mismatch' in line:
-            return line.strip().rstrip('.')
-    return (s.splitlines()[0] if s else type(e).__name__).rstrip('.')
 
 
 def data_config(args: argparse.Namespace, explicit: Dict[str, Any]) -> Dict[str, Any]:
@@ -141,11 +135,12 @@ def create_student(args: argparse.Namespace, dc: Dict[str, Any]) -> torch.nn.Mod
     return model
 
 
-def create_teacher(args: argparse.Namespace, dc: Dict[str, Any]) -> torch.nn.Module:
-    from timm_kd.hub import TeacherLoadError, create_teacher
+def build_teacher(args: argparse.Namespace, dc: Dict[str, Any]) -> torch.nn.Module:
+    """``timm_kd.distill.teacher.create_teacher`` for ``--teacher``: its load errors become usage errors."""
     try:
-        teacher = create_teacher(args.teacher, checkpoint=args.teacher_checkpoint, num_classes=dc['num_classes'])
-    except TeacherLoadError as e:
+        teacher = teacher_lib.create_teacher(args.teacher, checkpoint=args.teacher_checkpoint,
+                                             num_classes=dc['num_classes'])
+    except teacher_lib.TeacherLoadError as e:
         raise UsageError(str(e).rstrip('.') + '.') from e
     t_classes = getattr(teacher, 'num_classes', None)
     if isinstance(t_classes, int) and t_classes != dc['num_classes']:

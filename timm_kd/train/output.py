@@ -14,14 +14,14 @@ import os
 import sys
 from datetime import datetime
 from typing import Any, Dict, List, Optional
-from urllib.parse import urlsplit, urlunsplit
 
 import timm
 
+from timm_kd.messages import public_ref
 from .checkpoint import atomic_link_or_copy, atomic_write_text
 
 __all__ = ['new_run_dir', 'choose_run_dir', 'keep_best_checkpoints', 'LogFiles', 'write_summary_row', 'write_results',
-           'public_ref', 'teacher_lineage']
+           'teacher_lineage']
 
 
 class _Buffer(logging.Handler):
@@ -119,24 +119,8 @@ def write_summary_row(path: str, row: Dict[str, Any]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def public_ref(ref: Optional[Any]) -> Optional[str]:
-    """A weight reference fit for a public results.json / model card: Hub references as they are, URLs without
-    credentials, query or fragment (where signed links carry tokens), local files and folders by name only."""
-    if not ref:
-        return None
-    ref = str(ref)
-    if ref.startswith(('hf-hub:', 'hf_hub:')):
-        return ref
-    if ref.startswith(('http://', 'https://')):
-        u = urlsplit(ref)
-        return urlunsplit((u.scheme, (u.hostname or '') + (f':{u.port}' if u.port else ''), u.path, '', ''))
-    prefix = 'local-dir:' if ref.startswith('local-dir:') else ''
-    path = ref[len(prefix):].replace('\\', '/').rstrip('/')  # a Windows path read on another system too
-    return prefix + (path.rsplit('/', 1)[-1] or ref[len(prefix):])
-
-
 def teacher_lineage(teacher: Any) -> Dict[str, Any]:
-    """Where the teacher's weights came from, for results.json (timm_kd.hub.publish_student puts it on the card):
+    """Where the teacher's weights came from, for results.json (``timm_kd.hub.publish_student`` puts it on the card):
     ``teacher_source`` (Hub repo, URL or checkpoint file name), ``teacher_checkpoint`` (file name or Hub
     reference) and the accuracy the checkpoint itself reports, if any."""
     info = getattr(teacher, 'kd_teacher_info', None) or {}
