@@ -23,6 +23,7 @@ import yaml
 import timm_kd
 from timm_kd.train.args import parse_args, validate_args
 from timm_kd.train.schedule import create_kd_scheduler
+from timm_kd.train.state import TrainState
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'train_kd.py'
@@ -215,9 +216,11 @@ def test_nonfinite_loss_stops_with_the_step(tmp_path, train_kd, capsys):
 def _bad(tmp_path, teacher_ckpt):
     five = tmp_path / 'five.pth'
     torch.save(timm.create_model('resnet8', num_classes=5).state_dict(), five)
-    wrong = tmp_path / 'wrong.pth.tar'
-    torch.save({'arch': 'resnet8', 'state_dict': timm.create_model('resnet8', num_classes=5).state_dict(),
-                'next_epoch': 0, 'next_step': 0}, wrong)
+    wrong = tmp_path / 'wrong.pth.tar'  # a valid checkpoint of a 5-class resnet8
+    torch.save(TrainState(
+        arch='resnet8', args={}, epoch=0, metric=None, state_dict=timm.create_model('resnet8', num_classes=5).state_dict(),
+        next_epoch=1, next_step=0, optimizer={}, scheduler=None, scaler=None, world_size=1, rank_states=[],
+        num_classes=5, data_config={}, best={}, last={}, teacher_metrics=None, checkpoint_hist=[]).to_dict(), wrong)
     cfg = tmp_path / 'typo.yaml'
     cfg.write_text('modle: resnet8\n')
     bad_cfgs = []  # values the command line would refuse are refused in a config file too

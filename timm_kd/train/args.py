@@ -18,7 +18,7 @@ import yaml
 
 __all__ = [
     'UsageError', 'build_parser', 'parse_args', 'validate_args', 'kd_view_modes', 'resolve_loss_weights',
-    'STD_AUG_MODES', 'PICK_CHOICES', 'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS',
+    'resume_flag_changes', 'RESUME_SCHEDULE_FLAGS', 'RESUME_RUN_FLAGS', 'STD_AUG_MODES', 'PICK_CHOICES', 'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS',
 ]
 
 STD_AUG_MODES = ('none', 'flip', 'crop', 'crop_flip')
@@ -28,6 +28,19 @@ SCHEDULERS = ('cosine', 'tanh', 'step', 'multistep', 'multistep_torch', 'poly', 
 # timm's ImageNet train-transform flags: only meaningful for inputs >= 128 px (timm create_transform).
 LARGE_INPUT_AUG_FLAGS = ('scale', 'ratio', 'hflip', 'vflip', 'color_jitter', 'aa', 'reprob', 'remode', 'recount',
                          'train_interpolation')
+
+
+# Flags that may differ from the run's own on --resume (docs/training.md). Schedule flags apply from the resumed
+# position on (the lr schedule is rebuilt there); run flags change how the run is carried out and recorded, not
+# what it computes. Every other flag would change the model, the data or the step and is refused.
+RESUME_SCHEDULE_FLAGS = (
+    'epochs', 'epoch_scale', 'lr', 'min_lr', 'sched', 'sched_on_updates', 'decay_milestones', 'decay_epochs',
+    'decay_rate', 'warmup_epochs', 'warmup_lr', 'warmup_prefix', 'cooldown_epochs', 'lr_cycle_mul',
+    'lr_cycle_decay', 'lr_cycle_limit', 'lr_k_decay', 'lr_noise', 'lr_noise_pct', 'lr_noise_std')
+RESUME_RUN_FLAGS = (
+    'config', 'resume', 'no_resume_opt', 'data_dir', 'dataset_download', 'workers', 'pin_mem', 'log_interval',
+    'checkpoint_every', 'checkpoint_hist', 'output', 'experiment', 'push_to_hub', 'hub_private',
+    'validation_batch_size', 'torchcompile')
 
 
 class UsageError(ValueError):
@@ -337,6 +350,30 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
 
 class _Unset:
     """Sentinel default: marks flags absent from the command line."""
+
+
+def _same(a: Any, b: Any) -> bool:
+    norm = (lambda v: list(v) if isinstance(v, tuple) else v)
+    return norm(a) == norm(b)
+
+
+def resume_flag_changes(args: argparse.Namespace, explicit: Dict[str, Any], saved: Dict[str, Any]) -> List[str]:
+    """Reconcile ``args`` with the resumed run's ``saved`` flags (its checkpoint's): flags not given take the
+    run's values; given schedule flags that differ are applied and returned (as ``--flag value (was old)``);
+    any other given flag that differs raises UsageError listing them."""
+    changed = [k for k in explicit if k in saved and k not in RESUME_RUN_FLAGS and not _same(explicit[k], saved[k])]
+    refused = [k for k in changed if k not in RESUME_SCHEDULE_FLAGS]
+    if 'plateau' in (args.sched, saved.get('sched')):
+        refused = changed  # the plateau schedule keeps state of its own that a new schedule would lose
+    if refused:
+        flags = ', '.join(f'--{k.replace("_", "-")} {explicit[k]} (run: {saved[k]})' for k in refused)
+        raise UsageError(f'--resume continues a run with its own settings; {flags} would change what it trains: drop '
+                         f'{"it" if len(refused) == 1 else "them"}, or start a new run from its weights with '
+                         f'--initial-checkpoint.')
+    for k, v in saved.items():
+        if hasattr(args, k) and k not in explicit and k not in RESUME_RUN_FLAGS:
+            setattr(args, k, v)
+    return [f'--{k.replace("_", "-")} {explicit[k]} (was {saved[k]})' for k in changed]
 
 
 def kd_view_modes(args: argparse.Namespace) -> List[str]:

@@ -1,35 +1,43 @@
-"""Checkpoints of ``train_kd.py``: atomic writes, RNG capture, and finding what to resume from.
+"""Files of ``train_kd.py``: atomic, symlink-safe writes, stale temp-file cleanup, RNG capture.
 
-A checkpoint is one dict (timm's keys plus resume state)::
+Every file a run writes (checkpoints, args.yaml, summary.csv, results.json) goes to a temporary file
+created in the target's folder with an unpredictable name (``tempfile.mkstemp``: ``O_CREAT | O_EXCL |
+O_NOFOLLOW``, so a planted file or symlink is never opened), is fsynced and renamed over the target
+(``rename`` replaces a symlink at the target instead of writing through it) and the folder is fsynced:
+a kill at any moment leaves either the old file or the new one. Temp files carry ``TEMP_PREFIX``; the
+ones a killed run left behind are removed by ``remove_stale_temp_files`` when a run starts in the folder.
+A write that fails (read-only or full disk) raises ``OutputError`` with one sentence, the target unchanged.
 
-    arch, args, epoch, metric, state_dict[, state_dict_ema], optimizer, scheduler, scaler,
-    next_epoch, next_step       # where training continues (next_step > 0: inside an epoch)
-    best_metric, best_epoch, best_top1, best_top5, teacher_top1, teacher_top5, world_size,
-    rank_states                 # per process: RNG states (torch, cuda, numpy, python) and epoch meters
-
-Files: ``last.pth.tar`` (end of every epoch), ``recovery.pth.tar`` (every ``--checkpoint-every`` steps),
-``model_best.pth.tar`` and ``checkpoint-<epoch>.pth.tar`` (hard links or copies of an epoch's last).
-Everything is written to a temporary file in the same directory, fsynced and renamed over the target,
-so a kill at any moment leaves either the old or the new file. Loading uses ``weights_only=True``:
-RNG states are stored as tensors and plain Python values, nothing needs unpickling of code.
+What a checkpoint holds is ``timm_kd.train.state.TrainState``.
 """
+import errno
 import os
 import random
 import shutil
-from typing import IO, Any, Callable, Dict, Optional
+import tempfile
+from typing import IO, Any, Callable, Dict, List
 
 import numpy as np
 import torch
 
-__all__ = ['atomic_save', 'atomic_write_text', 'atomic_link_or_copy', 'capture_rng_state', 'restore_rng_state',
-           'load_checkpoint', 'find_resume_checkpoint', 'CHECKPOINT_NAMES']
+from .args import UsageError
 
-CHECKPOINT_NAMES = ('recovery.pth.tar', 'last.pth.tar')
+__all__ = ['TEMP_PREFIX', 'OutputError', 'atomic_save', 'atomic_write_text', 'atomic_copy', 'remove_stale_temp_files',
+           'capture_rng_state', 'restore_rng_state']
+
+TEMP_PREFIX = '.timm-kd-tmp-'
 
 
-def _tmp_name(path: str) -> str:
-    d, b = os.path.split(os.path.abspath(path))
-    return os.path.join(d, f'.{b}.tmp-{os.getpid()}')
+class OutputError(UsageError):
+    """A file of the run could not be written (read-only or full disk, a file where a folder should be)."""
+
+
+def output_error(path: str, e: OSError) -> OutputError:
+    reason = e.strerror or str(e)
+    hint = {errno.ENOSPC: 'free some space', errno.EDQUOT: 'free some space', errno.EROFS: 'use a writable --output',
+            errno.EACCES: 'use a writable --output', errno.EPERM: 'use a writable --output'}.get(e.errno, 'check --output')
+    return OutputError(f'Cannot write {path}: {reason} ({errno.errorcode.get(e.errno, e.errno)}); {hint} and resume '
+                       f'the run (files already there are unchanged).')
 
 
 def _fsync_dir(d: str) -> None:
@@ -45,20 +53,34 @@ def _fsync_dir(d: str) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: str, data: Any, mode: str, write: Callable[[Any, IO], None]) -> None:
-    """Write to a temp file, fsync, rename over ``path`` and fsync the folder: a kill leaves the old file or
-    the new one, never a broken one."""
-    tmp = _tmp_name(path)
+    """Write to a fresh temp file beside ``path``, fsync, rename over ``path`` and fsync the folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = None
     try:
-        with open(tmp, mode) as f:
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would have
+        with os.fdopen(fd, mode) as f:
             write(data, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        tmp = None
+    except (OSError, RuntimeError) as e:
+        cause = e if isinstance(e, OSError) else e.__context__  # torch.save reports a failed write as RuntimeError
+        if not isinstance(cause, OSError):
+            raise
+        raise output_error(path, cause) from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.lexists(tmp):
             os.remove(tmp)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    _fsync_dir(folder)
 
 
 def atomic_save(obj: Any, path: str) -> None:
@@ -71,16 +93,22 @@ def atomic_write_text(path: str, text: str) -> None:
     _atomic_write(path, text, 'w', lambda t, f: f.write(t))
 
 
-def atomic_link_or_copy(src: str, dst: str) -> None:
-    """Make ``dst`` the same content as ``src`` (hard link when possible), atomically."""
-    tmp = _tmp_name(dst)
-    if os.path.exists(tmp):
-        os.remove(tmp)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+def atomic_copy(src: str, dst: str) -> None:
+    """Make ``dst`` a separate copy of ``src`` (not a hard link: damage to one must not reach the other)."""
+    with open(src, 'rb') as f:
+        _atomic_write(dst, f, 'wb', shutil.copyfileobj)
+
+
+def remove_stale_temp_files(folder: str) -> List[str]:
+    """Remove the temp files (``TEMP_PREFIX``) killed runs left in ``folder``; returns their names. Call it only
+    where no other process writes (the main process of the run that owns the folder)."""
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        p = os.path.join(folder, name)
+        if name.startswith(TEMP_PREFIX) and (os.path.islink(p) or os.path.isfile(p)):
+            os.remove(p)
+            removed.append(name)
+    return removed
 
 
 def capture_rng_state() -> Dict[str, Any]:
@@ -105,33 +133,3 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state['cuda'])
-
-
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    """Read a train_kd checkpoint (weights_only). Raises ValueError with a reason when it is not one."""
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling / IO failure means "not a usable checkpoint"
-        raise ValueError(f'{path} cannot be read as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})') from e
-    if not isinstance(ckpt, dict) or 'state_dict' not in ckpt:
-        raise ValueError(f'{path} is not a training checkpoint (no state_dict)')
-    return ckpt
-
-
-def _progress(path: str) -> Optional[tuple]:
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-        return int(ckpt['next_epoch']), int(ckpt['next_step'])
-    except Exception:  # noqa: BLE001 - unreadable or foreign files are not candidates
-        return None
-
-
-def find_resume_checkpoint(path: str) -> str:
-    """``path`` itself for a file; for a run directory the most advanced of recovery.pth.tar / last.pth.tar."""
-    if not os.path.isdir(path):
-        return path
-    found = [(p, _progress(p)) for p in (os.path.join(path, n) for n in CHECKPOINT_NAMES) if os.path.isfile(p)]
-    found = [(p, prog) for p, prog in found if prog is not None]
-    if not found:
-        raise ValueError(f'{path} holds no readable recovery.pth.tar or last.pth.tar')
-    return max(found, key=lambda x: x[1])[0]

@@ -3,17 +3,19 @@
 The task (``timm.task.ClassificationTask`` or ``timm_kd.DistillationTask``) does the forward and the
 loss; this loop only moves data, steps the optimizer / schedule / EMA, accumulates the task's scalar
 outputs on the device (no host sync per step), checks for non-finite losses, logs and asks for
-mid-epoch checkpoints. Nothing here knows about distillation.
+mid-epoch checkpoints. Loader batches are ``(input, target)`` or ``(input, target, extras)``, ``extras`` a
+dict of task keyword arguments (``view_input``, ``index``) moved to the device with the batch. Nothing here
+knows about distillation.
 """
 import logging
 import math
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ['NonFiniteLossError', 'EpochMeters', 'train_one_epoch', 'evaluate', 'distribute_bn', 'unwrap_ddp']
+__all__ = ['NonFiniteLossError', 'EpochMeters', 'train_one_epoch', 'evaluate']
 
 _logger = logging.getLogger('train_kd')
 
@@ -58,6 +60,19 @@ def _lr(optimizer) -> float:
     return sum(lrs) / len(lrs)
 
 
+def _to_device(batch, device: torch.device, channels_last: bool) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
+    """(input, target, extras) of a loader batch ``(input, target)`` or ``(input, target, extras)`` on ``device``;
+    ``extras`` are keyword arguments of the task (e.g. ``view_input``, ``index``)."""
+    x, y, extras = batch if len(batch) == 3 else (*batch, {})
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    extras = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in extras.items()}
+    if channels_last and torch.is_tensor(extras.get('view_input')):
+        extras['view_input'] = extras['view_input'].contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True), extras
+
+
 def train_one_epoch(
         epoch: int,
         task: torch.nn.Module,
@@ -69,28 +84,37 @@ def train_one_epoch(
         start_step: int = 0,
         lr_scheduler=None,
         mixup_fn: Optional[Callable] = None,
-        save_recovery: Optional[Callable[[int, int, int], None]] = None,
+        save_recovery: Optional[Callable[[int, int], None]] = None,
         num_updates: int = 0,
 ) -> int:
-    """Train ``loader`` (already positioned at ``start_step``) for one epoch. Returns the update count."""
+    """Train ``loader`` (already positioned at ``start_step``) for one epoch. Returns the update count.
+
+    ``save_recovery(epoch, next_step)`` is called (on every process) every ``--checkpoint-every`` steps, after
+    the losses so far were checked finite."""
     device = accelerator.device
     steps = start_step + len(loader)
-    # A host sync per step is free on CPU; on accelerators check (and log) only at log intervals.
+    # A host sync per step is free on CPU; on accelerators check (and log) only at log intervals and before
+    # a recovery checkpoint, which must never hold the state after a non-finite loss.
     check_every = 1 if device.type == 'cpu' else args.log_interval
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    # the distiller's own parameters (if any) are not in the DDP-wrapped student: average their gradients here
+    distiller = getattr(task, 'distiller', None)
+    synced = [p for p in distiller.parameters() if p.requires_grad] \
+        if distiller is not None and accelerator.num_processes > 1 else []
     task.get_trainable_module().train()
     t_log, n_log = time.time(), 0
-    for step, (x, y) in enumerate(loader, start=start_step):
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    for step, batch in enumerate(loader, start=start_step):
+        x, y, extras = _to_device(batch, device, args.channels_last)
         if mixup_fn is not None:
             x, y = mixup_fn(x, y)
         with accelerator.autocast():
-            out = task(x, y)
+            out = task(x, y, **extras)
         loss = out['loss']
         accelerator.backward(loss)
+        for p in synced:
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad.div_(accelerator.num_processes)
         if args.clip_grad is not None:
             params = task.get_clip_parameters(exclude_head='agc' in args.clip_mode)
             if args.clip_mode == 'norm':
@@ -111,7 +135,9 @@ def train_one_epoch(
         n_log += 1
 
         last = step + 1 == steps
-        if (step + 1) % check_every == 0 or last:
+        recovery_due = save_recovery is not None and args.checkpoint_every and \
+            (step + 1) % args.checkpoint_every == 0 and not last
+        if (step + 1) % check_every == 0 or last or recovery_due:
             bad = first_bad.clone()
             if accelerator.num_processes > 1:  # every rank must stop at the same step, or the others hang
                 torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
@@ -128,9 +154,8 @@ def train_one_epoch(
                 f'Loss: {float(loss.detach()):#.4g} ({avg.get("loss", math.nan):#.4g})  {parts}  '
                 f'LR: {_lr(optimizer):.3e}  {n_log * x.shape[0] * accelerator.num_processes / dt:>7.1f} img/s')
             t_log, n_log = time.time(), 0
-        if save_recovery is not None and args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 \
-                and not last:
-            save_recovery(epoch, step + 1, num_updates)
+        if recovery_due:
+            save_recovery(epoch, step + 1)
     return num_updates
 
 
@@ -139,11 +164,8 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], loader, accelerato
              ) -> Dict[str, float]:
     """Loss / top-1 / top-5 of ``forward`` over an accelerate-prepared loader, gathered over all processes."""
     tot = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss sum, top1, top5, n
-    for x, y in loader:
-        x = x.to(accelerator.device)
-        y = y.to(accelerator.device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    for batch in loader:
+        x, y, _ = _to_device(batch, accelerator.device, channels_last)
         with accelerator.autocast():
             logits = forward(x)
         logits = logits.float()
@@ -155,20 +177,3 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], loader, accelerato
                            ).to(tot)
     n = max(float(tot[3]), 1.0)
     return {'loss': float(tot[0]) / n, 'top1': 100. * float(tot[1]) / n, 'top5': 100. * float(tot[2]) / n}
-
-
-def distribute_bn(model: torch.nn.Module, accelerator, mode: str) -> None:
-    """timm's --dist-bn: average (reduce) or broadcast BatchNorm running statistics over processes."""
-    import torch.distributed as dist
-    world = accelerator.num_processes
-    for name, buf in model.named_buffers():
-        if 'running_mean' in name or 'running_var' in name:
-            if mode == 'reduce':
-                dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-                buf.div_(world)
-            else:
-                dist.broadcast(buf, 0)
-
-
-def unwrap_ddp(m):
-    return m.module if isinstance(m, torch.nn.parallel.DistributedDataParallel) else m

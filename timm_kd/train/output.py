@@ -18,9 +18,9 @@ from typing import Any, Dict, List, Optional
 import timm
 
 from timm_kd.messages import public_ref
-from .checkpoint import atomic_link_or_copy, atomic_write_text
+from .checkpoint import atomic_write_text
 
-__all__ = ['new_run_dir', 'choose_run_dir', 'keep_best_checkpoints', 'LogFiles', 'write_summary_row', 'write_results',
+__all__ = ['new_run_dir', 'choose_run_dir', 'LogFiles', 'write_summary_row', 'write_results',
            'teacher_lineage']
 
 
@@ -148,20 +148,3 @@ def choose_run_dir(args: argparse.Namespace, explicit: Dict[str, Any], resume_fi
         + ([timm.models.safe_model_name(args.teacher.split(':')[-1].split('/')[-1])] if args.teacher else [])
         + [str(dc['size'])])
     return new_run_dir(args.output or os.path.join('.', 'output', 'train'), name)
-
-
-def keep_best_checkpoints(run_dir: str, hist: List[List], epoch: int, metric: float,
-                          args: argparse.Namespace) -> List[List]:
-    """Keep the ``--checkpoint-hist`` best epochs as checkpoint-<epoch>.pth.tar (timm's CheckpointSaver)."""
-    if not args.checkpoint_hist:
-        return hist
-    hist = [h for h in hist if h[0] != epoch] + [[epoch, metric]]
-    hist.sort(key=lambda h: h[1], reverse=args.eval_metric != 'loss')
-    path = os.path.join(run_dir, f'checkpoint-{epoch}.pth.tar')
-    if [epoch, metric] in hist[:args.checkpoint_hist]:
-        atomic_link_or_copy(os.path.join(run_dir, 'last.pth.tar'), path)
-    for e, _ in hist[args.checkpoint_hist:]:
-        p = os.path.join(run_dir, f'checkpoint-{e}.pth.tar')
-        if os.path.exists(p):
-            os.remove(p)
-    return hist[:args.checkpoint_hist]
