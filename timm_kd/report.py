@@ -143,7 +143,8 @@ def load_run(path: str) -> RunRecord:
         raise SkippedRun('results.json is not a mapping')
     version = results.get('version', 1)
     if version not in RESULTS_VERSIONS:
-        raise SkippedRun(f'results.json has the unknown version {version!r} (this report reads {RESULTS_VERSIONS})')
+        raise SkippedRun(f'results.json has the unknown version {version!r} (this report reads '
+                         f'version {", ".join(map(str, RESULTS_VERSIONS))})')
     missing = [k for k in REQUIRED_RESULTS if k not in results]
     if missing:
         raise SkippedRun(f'results.json of an unknown layout: no {", ".join(missing)}')
@@ -352,7 +353,7 @@ def format_table(rows: Sequence[Dict[str, Any]], keys: Sequence[str], fmt: str =
 
 
 def _sort_groups(groups: List[Group], keys: Sequence[str], runs: Sequence[RunRecord]) -> List[Group]:
-    """Sweep labels in the grid's order, numbers by value, the rest by text."""
+    """Unset / off values first, then sweep labels in the grid's order, numbers by value, the rest by text."""
     orders: Dict[str, List[str]] = {}
     for r in runs:
         for axis, labels in _sweep_labels(r.path)[1].items():
@@ -362,12 +363,14 @@ def _sort_groups(groups: List[Group], keys: Sequence[str], runs: Sequence[RunRec
         out = []
         for k in keys:
             v = g.settings.get(k)
-            if k in orders and v in orders[k]:
-                out.append((0, orders[k].index(v), ''))
+            if v in OFF_VALUES:
+                out.append((0, 0.0, _key(v)))
+            elif k in orders and v in orders[k]:
+                out.append((1, orders[k].index(v), ''))
             elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                out.append((1, float(v), ''))
+                out.append((2, float(v), ''))
             else:
-                out.append((2, 0.0, _key(v)))
+                out.append((3, 0.0, _key(v)))
         return out
     return sorted(groups, key=key)
 
@@ -420,6 +423,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     print(text, end='')
     if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         atomic_write_text(args.output, text)
     if args.figures:
         from .figures import write_figures

@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import yaml
 
@@ -266,9 +266,10 @@ def print_plan(runs: List[Run], sweep_dir: str, script: str, jobs: int, rate: Op
 class Progress:
     """Status lines plus one progress bar (redrawn in place on a terminal, printed after each run otherwise)."""
 
-    def __init__(self, runs: List[Run], sweep_dir: str, stream=sys.stdout, width: int = 30):
-        self.runs, self.sweep_dir, self.stream, self.width = runs, sweep_dir, stream, width
-        self.tty = stream.isatty()
+    def __init__(self, runs: List[Run], sweep_dir: str, stream: Optional[TextIO] = None, width: int = 30):
+        self.runs, self.sweep_dir, self.width = runs, sweep_dir, width
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
         self.t0 = time.time()
         self.finished = self.failed = self.running = 0
 

@@ -1,0 +1,196 @@
+"""timm_kd.report and timm_kd.figures on hand-made run folders with known numbers (no training)."""
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+
+import pytest
+import yaml
+
+from timm_kd import report
+from timm_kd.figures import read_da_score, write_figures
+
+ARGS = dict(model='resnet8', teacher='resnet14', dataset='sklearn/digits', epochs=3, epoch_scale=1.0, lr=0.05,
+            tl_cutmix=None, pick='none', workers=0, output='/somewhere', data_dir='', resume='')
+
+
+def fake_run(root, name, best, last, finished=True, version=None, summary=True, kl=None, **args):
+    """A run folder as train_kd.py writes it: args.yaml, summary.csv (3 epochs), results.json."""
+    d = root / name
+    d.mkdir(parents=True)
+    settings = dict(ARGS, experiment=name, **args)
+    (d / 'args.yaml').write_text(yaml.safe_dump(settings))
+    curve = [best - 5.0, best, last]
+    if summary:
+        with open(d / 'summary.csv', 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(['epoch', 'train_loss', 'train_kl_ratio', 'eval_top1', 'lr'])
+            for e, acc in enumerate(curve):
+                w.writerow([e, 1.0, '' if kl is None else kl + 0.1 * e, acc, 0.05])
+    results = dict(model='resnet8', best_top1=best, best_epoch=1, last_top1=last, last_epoch=2, finished=finished)
+    if version is not None:
+        results['version'] = version
+    (d / 'results.json').write_text(json.dumps(results))
+    return d
+
+
+def mean_sd(xs):
+    """Independent reference: arithmetic mean and the n-1 sample standard deviation."""
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / 'runs'
+    kd = {0: (71.0, 70.0), 1: (72.0, 71.5), 2: (74.0, 73.0)}
+    cm = {0: (73.0, 72.0), 1: (75.5, 74.0)}  # seed 2 missing
+    for s, (b, l) in kd.items():
+        fake_run(root / 'kd', f'kd-s{s}', b, l, seed=s)
+    for s, (b, l) in cm.items():
+        fake_run(root / 'deeper' / 'tlcutmix', f'tlcm-s{s}', b, l, seed=s, tl_cutmix=1.0, pick='kld', kl=1.2)
+    return root, kd, cm
+
+
+def _tree_state(root):
+    """(mtime_ns, sha256) of every file below root."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            with open(p, 'rb') as fh:
+                out[p] = (os.stat(p).st_mtime_ns, hashlib.sha256(fh.read()).hexdigest())
+    return out
+
+
+def test_known_numbers_give_the_known_table(runs, capsys):
+    root, kd, cm = runs
+    assert report.main([str(root), '--baseline', 'tl_cutmix=none,pick=none', '--format', 'csv']) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert list(rows[0])[:2] == ['pick', 'tl_cutmix']  # the settings that differ, in args.yaml order
+    assert [r['tl_cutmix'] for r in rows] == ['', '1.0'] and [r['pick'] for r in rows] == ['none', 'kld']
+    by = {r['pick']: r for r in rows}
+    for name, runs_ in (('none', kd), ('kld', cm)):
+        r = by[name]
+        assert int(r['n']) == len(runs_) and r['seeds'] == ' '.join(map(str, sorted(runs_)))
+        for i, metric in enumerate(('best_top1', 'last_top1')):
+            m, sd = mean_sd([v[i] for v in runs_.values()])
+            assert float(r[f'{metric}_mean']) == pytest.approx(m, abs=1e-9)
+            assert float(r[f'{metric}_std']) == pytest.approx(sd, abs=1e-9)
+            base = sum(v[i] for v in kd.values()) / 3
+            assert float(r[f'{metric}_delta']) == pytest.approx(m - base, abs=1e-9)
+    assert by['none']['note'] == ''
+    assert by['kld']['note'] == 'n<3; missing seed 2'
+
+    # the Markdown table: mean (std) of best and last, n, deltas, the flag
+    assert report.main([str(root), '--baseline', 'pick=none']) == 0
+    md = capsys.readouterr().out.splitlines()
+    m_best, sd_best = mean_sd([v[0] for v in cm.values()])
+    m_last, sd_last = mean_sd([v[1] for v in cm.values()])
+    base_last = sum(v[1] for v in kd.values()) / 3
+    assert md[0] == '| pick | tl_cutmix | n | best top-1 | last top-1 | Δ best | Δ last | note |'
+    row = [c.strip() for c in md[3].strip('|').split('|')]
+    assert row[:5] == ['kld', '1', '2', f'{m_best:.2f} ({sd_best:.2f})', f'{m_last:.2f} ({sd_last:.2f})']
+    assert row[6] == f'{m_last - base_last:+.2f}' and row[7] == 'n<3; missing seed 2'
+
+
+def test_single_seed_has_no_std_and_latex_escapes(tmp_path, capsys):
+    fake_run(tmp_path, 'only', 80.0, 79.0, seed=0)
+    fake_run(tmp_path, 'other', 81.0, 78.0, seed=0, lr=0.1)
+    assert report.main([str(tmp_path), '--format', 'latex']) == 0
+    tex = capsys.readouterr().out
+    assert r'0.05 & 1 & 80.00 (--) & 79.00 (--) & n<3 \\' in tex and tex.startswith(r'\begin{tabular}{lrrrl}')
+
+
+def test_broken_folders_are_named_and_skipped_and_nothing_is_modified(runs, tmp_path, capsys):
+    root, kd, cm = runs
+    bad = root / 'bad'
+    fake_run(bad, 'unfinished', 50.0, 49.0, finished=False, seed=0)
+    fake_run(bad, 'future', 50.0, 49.0, version=99, seed=0)
+    fake_run(bad, 'nosummary', 50.0, 49.0, summary=False, seed=0)
+    (bad / 'garbage').mkdir()
+    (bad / 'garbage' / 'args.yaml').write_text('- just\n- a list\n')
+    (bad / 'noresults').mkdir()
+    (bad / 'noresults' / 'args.yaml').write_text(yaml.safe_dump(ARGS))
+    trunc = fake_run(bad, 'truncated', 50.0, 49.0, seed=0)
+    (trunc / 'results.json').write_text('{"best_top1": 5')
+    # a run's own sub-folders (a published copy) are not runs of their own
+    copy = root / 'kd' / 'kd-s0' / 'hub' / 'x' / 'training'
+    copy.mkdir(parents=True)
+    for f in ('args.yaml', 'results.json', 'summary.csv'):
+        copy.joinpath(f).write_bytes((root / 'kd' / 'kd-s0' / f).read_bytes())
+    before = _tree_state(root)
+    out = tmp_path / 'out'
+    paper = tmp_path / 'paper.yaml'
+    paper.write_text(yaml.safe_dump([dict(source='Tab. 3', match=dict(model='resnet8', pick='kld'), top1=74.78,
+                                          std=0.35)]))
+    assert report.main([str(root), '--output', str(out / 't.md'), '--figures', str(out / 'fig'), '--paper',
+                        str(paper)]) == 0
+    captured = capsys.readouterr()
+    reasons = {line.split(':', 1)[0].rsplit('/', 1)[-1]: line for line in captured.err.splitlines()
+               if line.startswith('skipped')}
+    assert set(reasons) == {'unfinished', 'future', 'nosummary', 'garbage', 'noresults', 'truncated'}
+    assert 'unknown version 99' in reasons['future'] and 'unfinished' in reasons['unfinished']
+    assert 'no summary.csv' in reasons['nosummary'] and 'not a mapping' in reasons['garbage']
+    assert '| 3 |' in captured.out and '| 74.78 (0.35) |' in captured.out  # kd-s0's copy was not counted
+    assert _tree_state(root) == before  # mtimes and contents of every file unchanged
+    assert (out / 't.md').read_text() == captured.out
+    assert (out / 'fig' / 'accuracy.png').read_bytes()[:4] == b'\x89PNG'
+    assert (out / 'fig' / 'pick_diagnostics.svg').read_text().lstrip().startswith('<?xml')
+
+
+def test_user_mistakes_exit_2_with_one_sentence(runs, tmp_path, capsys):
+    root, _, _ = runs
+    assert report.main([str(tmp_path / 'nope')]) == 2
+    assert report.main([str(root), '--baseline', 'pick=random']) == 2
+    assert report.main([str(root), '--baseline', 'lr=0.05']) == 2  # both groups match
+    assert report.main([str(root), '--baseline', 'pick']) == 2
+    bad = tmp_path / 'p.yaml'
+    bad.write_text('top1: 3\n')
+    assert report.main([str(root), '--paper', str(bad)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 5 and all(e.startswith('timm_kd.report: error: ') for e in err)
+    assert 'matches no group' in err[1] and 'matches 2 groups' in err[2]
+
+
+def test_sweep_labels_replace_the_flags_they_determine(tmp_path, capsys):
+    sweep = tmp_path / 'sweep'
+    labels = {}
+    for view, flags in (('kd', {}), ('tlcutmix', dict(tl_cutmix=1.0, pick='kld'))):
+        for scale in (1.0, 2.0):
+            for s in (0, 1):
+                name = f'view-{view}__epoch_scale-{scale:g}__seed-{s}'
+                acc = 60.0 + 5 * scale + (3 if view == 'kd' else 4 * scale) + s
+                fake_run(sweep, name, acc + 1, acc, seed=s, epoch_scale=scale, **flags)
+                labels[name] = {'labels': {'view': view, 'epoch_scale': f'{scale:g}', 'seed': str(s)}}
+    (sweep / 'sweep.json').write_text(json.dumps({'runs': labels}))
+    assert report.main([str(sweep), '--baseline', 'view=kd,epoch_scale=1', '--figures', str(tmp_path / 'f')]) == 0
+    md = capsys.readouterr().out.splitlines()
+    assert md[0].startswith('| view | epoch_scale | n |')  # tl_cutmix / pick follow from the view label
+    assert [ln.split('|')[1].strip() for ln in md[2:]] == ['kd', 'kd', 'tlcutmix', 'tlcutmix']
+    for ext in ('png', 'svg'):
+        assert (tmp_path / 'f' / f'epoch_scaling.{ext}').stat().st_size > 1000
+
+
+def test_da_score_json_shapes(tmp_path):
+    shapes = [[{'view': 'cutmix', 't_stddev': 0.2}, {'view': 'flip', 't_stddev': 0.1}],
+              {'results': {'cutmix': {'t_stddev': 0.2}, 'flip': {'t_stddev': 0.1}}},
+              {'cutmix': 0.2, 'flip': 0.1}]
+    for i, data in enumerate(shapes):
+        p = tmp_path / f'{i}.json'
+        p.write_text(json.dumps(data))
+        assert sorted(read_da_score(str(p))) == [('cutmix', 0.2), ('flip', 0.1)]
+    p.write_text(json.dumps({'something': 'else'}))
+    assert read_da_score(str(p)) is None
+    runs, _ = report.load_runs([str(fake_run(tmp_path / 'r', 'a', 50.0, 49.0, seed=0).parent)])
+    paths = write_figures(report.group_runs(runs), [], str(tmp_path / 'f'), da_score=str(tmp_path / '0.json'))
+    assert sorted(os.path.basename(p) for p in paths) == ['accuracy.png', 'accuracy.svg', 't_stddev.png',
+                                                         't_stddev.svg']
+
+
+def test_same_setting_rules():
+    assert report.same_setting(None, 'none') and report.same_setting(0, False) and report.same_setting(1, 1.0)
+    assert not report.same_setting('kld', 'none') and not report.same_setting(0.5, 0.25)
+    assert report.same_setting('torch/cifar100', 'torch/cifar100') and not report.same_setting(1, 'kd')

@@ -1,0 +1,132 @@
+"""timm_kd.sweep: grid expansion, the dry run, and a real tiny sweep that is killed with SIGKILL, resumed
+(bit-exact against an uninterrupted run) and then skipped as finished."""
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import timm
+from timm_kd import sweep
+from timm_kd.train.args import parse_args
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
+
+def _grid(tmp_path, axes, base=None, **extra):
+    path = tmp_path / 'grid.yaml'
+    path.write_text(yaml.safe_dump(dict(output=str(tmp_path / 'sweep'), base=base or {}, axes=axes, **extra)))
+    return str(path)
+
+
+def test_expand_grid_names_flags_and_order():
+    grid = dict(base=dict(model='resnet8', amp=False, decay_milestones=[2, 3], wd_all_params=True, lr=0.1),
+                axes=dict(view={'kd': {'tl_cutmix': 0}, 'tl cutmix': {'tl_cutmix': 1.0, 'lr': 0.2}},
+                          method=['kd', 'dkd'], seed=[0, 1]))
+    runs = sweep.expand_grid(grid)
+    assert [r.name for r in runs][:3] == ['view-kd__method-kd__seed-0', 'view-kd__method-kd__seed-1',
+                                          'view-kd__method-dkd__seed-0']
+    last = runs[-1]
+    assert last.name == 'view-tl_cutmix__method-dkd__seed-1'
+    assert last.labels == {'view': 'tl_cutmix', 'method': 'dkd', 'seed': '1'}
+    # base flags, then each axis's flags (later wins in argparse); True -> switch, False -> nothing
+    assert last.argv == ['--model', 'resnet8', '--decay-milestones', '2', '3', '--wd-all-params', '--lr', '0.2',
+                         '--tl-cutmix', '1.0', '--distill', 'dkd', '--seed', '1']
+    with pytest.raises(sweep.UsageError, match='same folder name|get the folder name'):
+        sweep.expand_grid(dict(axes=dict(view={'a b': {}, 'a_b': {}})))
+    with pytest.raises(sweep.UsageError, match='no values'):
+        sweep.expand_grid(dict(axes=dict(seed=[])))
+
+
+def test_step_cost_follows_the_flop_model():
+    def cost(*argv):
+        return sweep.step_cost(parse_args(['--model', 'resnet8', *argv])[0])
+    t = ('--teacher', 'resnet8')
+    assert cost() == 3 and cost(*t) == 4 and cost(*t, '--tl-cutmix') == 8 and cost(*t, '--tl-mixup') == 8
+    assert cost(*t, '--tl-cutmix', '--pick', 'kld') == 11 and cost(*t, '--tl-cutmix', '--pick', 't_ent') == 9
+
+
+def test_user_mistakes_exit_2_before_any_run(tmp_path, capsys):
+    assert sweep.main([str(tmp_path / 'missing.yaml')]) == 2
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('axes: {seed: [0]}\nbase: {model: resnet8}\nextra: 1\n')
+    assert sweep.main([str(bad)]) == 2
+    flagged = _grid(tmp_path, dict(seed=[0]), base=dict(model='resnet8', no_such_flag=3))
+    assert sweep.main([flagged, '--dry-run']) == 2
+    assert sweep.main([flagged, '--jobs', '0']) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4 and all(e.startswith('timm_kd.sweep: error: ') for e in err)
+    assert "unknown keys ['extra']" in err[1] and "Run 'seed-0'" in err[2] and '--no-such-flag' in err[2]
+    assert not (tmp_path / 'sweep').exists()
+
+
+def _rows(run_dir):
+    with open(Path(run_dir) / 'summary.csv', newline='') as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope='module')
+def teacher_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('teacher') / 'resnet8_t.pth'
+    torch.save(timm.create_model('resnet8', num_classes=10).state_dict(), path)
+    return str(path)
+
+
+def test_sweep_resumes_a_killed_run_and_skips_finished_ones(tmp_path, teacher_ckpt, capsys, monkeypatch):
+    base = dict(model='resnet8', dataset='synthetic/10x16', train_num_samples=64, val_num_samples=16, batch_size=16,
+                workers=0, lr=0.05, warmup_epochs=0, epochs=2, log_interval=100, checkpoint_every=2,
+                teacher='resnet8', teacher_checkpoint=teacher_ckpt, tl_cutmix=1.0, pick='kld')
+    grid = _grid(tmp_path, dict(seed=[3, 4]), base=base)
+    out = tmp_path / 'sweep'
+    killed = out / 'seed-3'
+
+    assert sweep.main([grid, '--dry-run']) == 0
+    plan = capsys.readouterr().out
+    assert plan.count('new      seed-') == 2 and '(2 epochs, 0.00141M units)' in plan  # 2 x 64 x 11
+    assert not out.exists()
+
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT), PYTHONUNBUFFERED='1')
+    p = subprocess.Popen([sys.executable, '-m', 'timm_kd.sweep', grid, '--jobs', '1'], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not (killed / 'recovery.pth.tar').exists():
+        assert p.poll() is None, f'the sweep ended early: {p.stdout.read()}'
+        assert time.time() < deadline, 'no recovery checkpoint after 300 s'
+        time.sleep(0.01)
+    os.killpg(p.pid, signal.SIGKILL)  # the sweep and its train_kd.py child
+    p.wait()
+    assert sweep.run_state(str(killed)) == 'resume' and sweep.run_state(str(out / 'seed-4')) == 'new'
+
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    assert sweep.main([grid, '--jobs', '2']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any('seed-3: started (resumed' in ln for ln in lines) and any('seed-4: started (new' in ln for ln in lines)
+    assert sum('finished in' in ln for ln in lines) == 2 and lines[-2].startswith('[' + '#' * 30 + '] 4/4 epochs')
+
+    # the resumed run equals an uninterrupted one with the same flags
+    spec = importlib.util.spec_from_file_location('train_kd', ROOT / 'train_kd.py')
+    train_kd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_kd)
+    argv = json.loads((out / 'sweep.json').read_text())['runs']['seed-3']['argv']
+    train_kd.main(argv + ['--output', str(tmp_path), '--experiment', 'uninterrupted'])
+    assert _rows(killed) == _rows(tmp_path / 'uninterrupted')
+    assert 'train_kl_ratio' in _rows(killed)[0]
+
+    stamp = (killed / 'results.json').stat().st_mtime_ns
+    t0 = time.time()
+    assert sweep.main([grid, '--jobs', '2']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum('skipped (finished: best top-1' in ln for ln in lines) == 2 and time.time() - t0 < 5
+    assert (killed / 'results.json').stat().st_mtime_ns == stamp
+    timed = json.loads((out / 'sweep.json').read_text())['runs']
+    assert all(timed[n]['wall_seconds'] > 0 and timed[n]['labels']['seed'] == n[-1] for n in ('seed-3', 'seed-4'))
