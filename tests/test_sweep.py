@@ -74,15 +74,9 @@ def _rows(run_dir):
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope='module')
-def teacher_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('teacher') / 'resnet8_t.pth'
-    torch.save(timm.create_model('resnet8', num_classes=10).state_dict(), path)
-    return str(path)
-
-
-def test_sweep_resumes_a_killed_run_and_skips_finished_ones(tmp_path, teacher_ckpt, capsys, monkeypatch):
+def test_sweep_resumes_a_killed_run_and_skips_finished_ones(tmp_path, capsys, monkeypatch):
+    teacher_ckpt = str(tmp_path / 'teacher.pth')  # a random resnet8 teacher
+    torch.save(timm.create_model('resnet8', num_classes=10).state_dict(), teacher_ckpt)
     base = dict(model='resnet8', dataset='synthetic/10x16', train_num_samples=64, val_num_samples=16, batch_size=16,
                 workers=0, lr=0.05, warmup_epochs=0, epochs=2, log_interval=100, checkpoint_every=2,
                 teacher='resnet8', teacher_checkpoint=teacher_ckpt, tl_cutmix=1.0, pick='kld')
