@@ -34,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ['HubServer']
+__all__ = ['HubServer', 'point_client']
 
 _API_REPO = re.compile(r'^/api/models/([^/]+)/([^/]+)(?:/(.*))?$')
 _RESOLVE = re.compile(r'^/([^/]+)/([^/]+)/resolve/([^/]+)/(.+)$')
@@ -363,6 +363,18 @@ class HubServer(ThreadingHTTPServer):
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def point_client(monkeypatch, endpoint: str, cache, token: str) -> None:
+    """Point this process's huggingface_hub client at ``endpoint`` (it reads HF_ENDPOINT, HF_HUB_CACHE and
+    HF_HUB_OFFLINE at import, so the constants are patched; subprocesses get environment variables instead)."""
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, 'ENDPOINT', endpoint)
+    monkeypatch.setattr(constants, 'HUGGINGFACE_CO_URL_TEMPLATE', endpoint + '/{repo_id}/resolve/{revision}/{filename}')
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache))
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(constants, 'HF_HUB_DISABLE_XET', True)
+    monkeypatch.setenv('HF_TOKEN', token)
 
 
 def main() -> None:

@@ -25,19 +25,14 @@ from timm_kd.hub import io as hub_io
 from timm_kd.hub.cli import convert_main, publish_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hub_server import HubServer  # noqa: E402
+from hub_server import HubServer, point_client  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = 'hf_kdtest_SECRET_0123456789'  # must never show up in a file, a card or the output
 
 
 def _point_client(mp: pytest.MonkeyPatch, endpoint: str, cache: Path) -> None:
-    mp.setattr(hf_constants, 'ENDPOINT', endpoint)
-    mp.setattr(hf_constants, 'HUGGINGFACE_CO_URL_TEMPLATE', endpoint + '/{repo_id}/resolve/{revision}/{filename}')
-    mp.setattr(hf_constants, 'HF_HUB_CACHE', str(cache))
-    mp.setattr(hf_constants, 'HF_HUB_OFFLINE', False)
-    mp.setattr(hf_constants, 'HF_HUB_DISABLE_XET', True)
-    mp.setenv('HF_TOKEN', TOKEN)
+    point_client(mp, endpoint, cache, TOKEN)
 
 
 def _free_port() -> int:

@@ -54,8 +54,20 @@ class DatasetInfo:
     name: str  # the data set as the card text names it
     hub_id: Optional[str]  # Hub dataset id, None when the data set is not identified on the Hub
     eval_split: Optional[str]  # the standard split evaluated in full (model-index); None: no split claim
-    text: str  # the data set with its class and image counts, for the card text
+    counts: str  # classes and image counts as recorded, e.g. '10 classes, 50000 training / 10000 test-split images'
     eval_text: str  # what the results were measured on
+
+    @property
+    def label(self) -> str:
+        """The name, with the Hub id when there is one."""
+        return self.name + (f' (`{self.hub_id}` on the Hub)' if self.hub_id and self.hub_id != self.name else '')
+
+    @property
+    def text(self) -> str:
+        """The name with the counts, for the model details."""
+        if not self.counts:
+            return self.label
+        return f'{self.label} ({self.counts})' if self.label.startswith('a custom') else f'{self.label}, {self.counts}'
 
 
 def _key(name: str) -> str:
@@ -118,25 +130,24 @@ def identify_dataset(
     elif prefix not in ('', 'folder'):
         kind = f'custom {prefix}'
 
-    hub_id = dataset_id or known_id
     label = name or known_name or dataset_id
     if label is None:  # a data set nobody named: describe it, claim nothing
-        counts = _counts(num_classes, n_train, n_eval)
-        text = f'a {kind} data set' + (f' ({counts})' if counts else '')
-        eval_text = f'the evaluation images of that data set' + (f' ({n_eval} images)' if n_eval else '')
-        return DatasetInfo(name=f'a {kind} data set', hub_id=None, eval_split=None, text=text, eval_text=eval_text)
-    shown = label + (f' (`{hub_id}` on the Hub)' if hub_id and hub_id != label else '')
+        return DatasetInfo(name=f'a {kind} data set', hub_id=None, eval_split=None,
+                           counts=_counts(num_classes, n_train, n_eval),
+                           eval_text='the evaluation images of that data set' + (f' ({n_eval} images)' if n_eval else ''))
+    hub_id = dataset_id or known_id
     if hub_id and split is None:
         split = val_split
-    eval_word = f'{split}-split' if split and not subset else 'evaluation'
-    counts = _counts(num_classes, n_train, n_eval, eval_word)
-    text = shown + (f', {counts}' if counts else '')
-    if split and not subset:
-        eval_text = f'{label}, {split} split' + (f', {n_eval} images' if n_eval else '')
+    full_split = bool(split) and not subset
+    counts = _counts(num_classes, n_train, n_eval, f'{split}-split' if full_split else 'evaluation')
+    n = f'{n_eval} ' if n_eval else ''
+    if full_split:
+        eval_text = f'the {split} split of {label}' + (f' ({n_eval} images)' if n_eval else '')
+    elif split:
+        eval_text = f'{n}evaluation images of {label}, a subset of its {split} split (--val-num-samples)'
     else:
-        eval_text = f'{label}, ' + (f'{n_eval} ' if n_eval else '') + 'evaluation images' + (
-            f' (a subset of the {split} split, --val-num-samples)' if split and subset else '')
-    return DatasetInfo(name=label, hub_id=hub_id, eval_split=split if hub_id and not subset else None, text=text,
+        eval_text = f'{n}evaluation images of {label}'
+    return DatasetInfo(name=label, hub_id=hub_id, eval_split=split if hub_id and full_split else None, counts=counts,
                        eval_text=eval_text)
 
 
@@ -215,7 +226,7 @@ def teacher_card(
     the accuracy is the one the checkpoint reports about itself on that data set's test split.
     """
     ds_name, ds_id = KNOWN_DATASETS.get(_key(dataset), (dataset, None))
-    info = DatasetInfo(name=ds_name, hub_id=ds_id, eval_split='test', text=ds_name, eval_text=f'{ds_name}, test split')
+    info = DatasetInfo(name=ds_name, hub_id=ds_id, eval_split='test', counts='', eval_text=f'the test split of {ds_name}')
     org = repo_id.split('/')[0]
     default_org = ' (it is the default organisation)' if org == 'timm-kd' else ''
     at_epoch = f' (epoch {epoch})' if epoch is not None else ''
@@ -327,7 +338,7 @@ def student_card(
         if teacher else ''
     text += f'''# Model card for {repo_id.split('/')[-1]}
 
-A **{arch}** image classifier trained on {info.text} {how}, using timm-kd (`pip install timm-kd`).
+A **{arch}** image classifier trained {how} on {info.label}, using timm-kd (`pip install timm-kd`).
 
 ## Model details
 - **Architecture:** `{arch}`, {_params(model)} parameters, registered by `timm_kd`
@@ -336,7 +347,9 @@ A **{arch}** image classifier trained on {info.text} {how}, using timm-kd (`pip 
 - **Published weights:** {published}; `model.safetensors` only
 - **Exported with:** {_software()}
 
-## Results ({info.eval_text})
+## Results
+Measured on {info.eval_text}.
+
 | weights | top-1 (%) | top-5 (%) |
 |---|---|---|
 | best epoch{best_at} | {_fmt(r['best_top1'])} | {_fmt(r['best_top5'])} |

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(g, '--val-num-samples', type=int, default=None, metavar='N', help='use only the first N eval samples')
     _add(g, '--input-key', default=None, help='image key of hfds/ datasets (e.g. img)')
     _add(g, '--target-key', default=None, help='label key of hfds/ datasets (e.g. fine_label)')
+    # how a published model card names the data (recorded in results.json; timm-kd-publish can change them)
+    _add(g, '--dataset-name', default=None, metavar='NAME', help='name of the data set on model cards')
+    _add(g, '--dataset-id', default=None, metavar='ID', help='Hub dataset id of the data, e.g. me/flowers')
 
     g = p.add_argument_group('Model parameters')
     _add(g, '--model', default='resnet50', metavar='MODEL', help='student model name (default: resnet50)')
@@ -505,6 +508,12 @@ def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] =
                                                      'or --cutmix-hard.')
     if args.amp_dtype not in ('float16', 'bfloat16'):
         raise UsageError(f'--amp-dtype must be float16 or bfloat16, got {args.amp_dtype!r}.')
+    if args.dataset_id is not None:
+        from timm_kd.hub.io import check_repo_id
+        try:
+            check_repo_id(args.dataset_id, what='--dataset-id', owner=False)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
     if args.push_to_hub is not None:
         need(args.push_to_hub.count('/') == 1 and all(args.push_to_hub.split('/')),
              f'--push-to-hub needs a repo id "owner/name", got {args.push_to_hub!r}.')

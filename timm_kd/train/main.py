@@ -184,6 +184,8 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
         teacher_top1=tm.get('top1'), teacher_top5=tm.get('top5'),
         best_top1=None, best_top5=None, best_epoch=None, last_top1=None, last_top5=None, last_epoch=None,
         num_classes=dc['num_classes'], dataset=args.dataset, eval_metric=args.eval_metric,
+        dataset_name=args.dataset_name, dataset_id=args.dataset_id, val_split=args.val_split,  # for model cards
+        train_images=len(train_ds), eval_images=len(eval_ds),
         recipe=recipe_of(args, dc, world, accelerator.mixed_precision), data_config=training.export_data_config(),
         world_size=world, run_dir=run_dir, finished=False)
 
