@@ -42,9 +42,11 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 import yaml
 
 from .train.args import UsageError, kd_view_modes, parse_args
-from .train.checkpoint import CHECKPOINT_NAMES, atomic_write_text
+from .train.checkpoint import atomic_write_text
+from .train.state import checkpoint_candidates
 
-__all__ = ['Run', 'load_grid', 'expand_grid', 'flags_to_argv', 'run_state', 'step_cost', 'main', 'AXIS_FLAGS']
+__all__ = ['Run', 'load_grid', 'parse_overrides', 'parse_train_argv', 'expand_grid', 'flags_to_argv', 'run_state', 'step_cost', 'main',
+           'AXIS_FLAGS']
 
 # list axes whose name is not the train_kd flag they set
 AXIS_FLAGS = {'method': 'distill', 'view': 'tl_aug'}
@@ -110,6 +112,17 @@ def load_grid(path: str) -> Dict[str, Any]:
     return grid
 
 
+def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
+    """``--set flag=value`` items as a flag mapping (values read as YAML: numbers, lists, true/false)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition('=')
+        if not sep or not key.strip():
+            raise UsageError(f'--set expects FLAG=VALUE, got {item!r}.')
+        out[key.strip().lstrip('-').replace('-', '_')] = yaml.safe_load(value) if value else ''
+    return out
+
+
 def _axis_values(axis: str, values: Any) -> List[Tuple[str, Dict[str, Any]]]:
     """(label, flags) of every value of an axis."""
     if isinstance(values, dict):
@@ -156,7 +169,7 @@ def run_state(run_dir: str) -> str:
                 return 'done'
     except (OSError, ValueError, AttributeError):
         pass
-    if any(os.path.isfile(os.path.join(run_dir, n)) for n in CHECKPOINT_NAMES):
+    if checkpoint_candidates(run_dir):
         return 'resume'
     return 'restart'
 
@@ -179,17 +192,17 @@ def step_cost(args: argparse.Namespace) -> float:
     return 8.0
 
 
-def _parse_run(run: Run) -> argparse.Namespace:
-    """train_kd's reading of the run's flags; its argparse error becomes a UsageError naming the run."""
+def parse_train_argv(argv: Sequence[str], what: str) -> argparse.Namespace:
+    """train_kd's reading of ``argv``; its argparse error becomes a UsageError that starts with ``what``."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            args, _ = parse_args(run.argv)
+            args, _ = parse_args(list(argv))
     except SystemExit:
         last = (err.getvalue().strip().splitlines() or ['invalid flags'])[-1]
-        raise UsageError(f'Run {run.name!r}: train_kd.py rejects its flags: {last}.') from None
+        raise UsageError(f'{what}: train_kd.py rejects the flags: {last}.') from None
     except UsageError as e:
-        raise UsageError(f'Run {run.name!r}: {e}') from None
+        raise UsageError(f'{what}: {e}') from None
     return args
 
 
@@ -197,7 +210,7 @@ def _plan(runs: List[Run], sweep_dir: str) -> None:
     """Fill in every run's state, total epochs and cost (checking its flags the way train_kd.py reads them)."""
     for run in runs:
         run.state = run_state(os.path.join(sweep_dir, run.name))
-        args = _parse_run(run)
+        args = parse_train_argv(run.argv, f'Run {run.name!r}')
         run.epochs = int(args.epochs * float(args.epoch_scale))
         images = args.train_num_samples or TRAIN_IMAGES.get((args.dataset or '').lower())
         if images is None and (args.dataset or '').lower().startswith('synthetic/'):
@@ -403,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=__doc__.split('\n\n', 1)[1], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument('grid', help='grid YAML file (see configs/sweeps/)')
     p.add_argument('--output', default='', help='sweep folder (overrides the grid file\'s output)')
+    p.add_argument('--set', action='append', default=[], metavar='FLAG=VALUE',
+                   help='override or add a base flag of the grid (YAML value), e.g. teacher_checkpoint=t.pth; '
+                        'repeatable')
     p.add_argument('--jobs', '-j', type=int, default=1, help='runs at a time (default 1)')
     p.add_argument('--launcher', choices=('python', 'accelerate'), default='python',
                    help='start each run as a plain process (default) or with accelerate launch')
@@ -424,6 +440,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not os.path.isfile(script):
             raise UsageError(f'train_kd.py was not found at {script!r}: pass --script PATH.')
         grid = load_grid(args.grid)
+        grid['base'] = dict(grid.get('base') or {}, **parse_overrides(args.set))
         sweep_dir = os.path.abspath(args.output or grid['output'])
         runs = expand_grid(grid)
         _plan(runs, sweep_dir)
