@@ -4,9 +4,9 @@ In this process the client is pointed at the server by patching ``huggingface_hu
 HF_ENDPOINT / HF_HUB_CACHE / HF_HUB_OFFLINE at import); subprocesses get environment variables instead,
 which is also how the registered-name default (TIMM_KD_HUB_ORG, read when timm_kd is imported) is tested.
 """
-import hashlib
 import json
 import os
+import runpy
 import socket
 import subprocess
 import sys
@@ -26,9 +26,9 @@ from timm_kd.hub.cli import convert_main, publish_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_server import HubServer, point_client  # noqa: E402
+from hub_runs import TOKEN, fake_run, random_model, rd_checkpoint, tree_digest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = 'hf_kdtest_SECRET_0123456789'  # must never show up in a file, a card or the output
 
 
 def _point_client(mp: pytest.MonkeyPatch, endpoint: str, cache: Path) -> None:
@@ -62,26 +62,6 @@ def _fresh_cache(monkeypatch, path: Path) -> None:
     monkeypatch.setattr(hf_constants, 'HF_HUB_CACHE', str(path))
 
 
-def _random_model(arch: str = 'resnet8', seed: int = 0, **kwargs) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    m = timm.create_model(arch, **kwargs)
-    with torch.no_grad():  # non-trivial BN statistics, so buffers are checked too
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 1.5)
-    return m.eval()
-
-
-def _rd_checkpoint(path: Path, arch: str = 'resnet8', seed: int = 0, acc: float = 71.25, epoch: int = 240):
-    """A RepDistiller teacher file: {'epoch', 'model', 'accuracy' (0-d tensor), 'optimizer'}."""
-    m = _random_model(arch, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({'epoch': epoch, 'model': m.state_dict(), 'accuracy': torch.tensor(acc),
-                'optimizer': {'state': {}, 'param_groups': []}}, path)
-    return m
-
-
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -93,39 +73,9 @@ def _same_logits(a: torch.nn.Module, b: torch.nn.Module) -> bool:
         return torch.equal(a.eval()(x), b.eval()(x))
 
 
-def _fake_run(run: Path) -> dict:
-    """A train_kd.py output folder (contract layout) holding tiny real resnet8 checkpoints."""
-    run.mkdir(parents=True)
-    args = {'model': 'resnet8', 'teacher': 'resnet32x4', 'teacher_checkpoint': str(run.parent / 'rd' / 'resnet32x4.pth'),
-            'dataset': 'torch/cifar100', 'data_dir': str(run.parent / 'data'), 'push_to_hub': 'kduser/again',
-            'num_classes': 100, 'tl_cutmix': True, 'pick': 'kld', 'kd_temperature': 4.0, 'epochs': 4, 'lr': 0.05,
-            'batch_size': 64, 'hub_token': TOKEN}  # a secret that slipped into the args must not be republished
-    models = {}
-    for name, seed, epoch, top1 in (('model_best.pth.tar', 1, 3, 55.5), ('last.pth.tar', 2, 4, 54.25)):
-        models[name] = _random_model('resnet8', seed)
-        torch.save({'arch': 'resnet8', 'args': args, 'epoch': epoch, 'metric': top1,
-                    'state_dict': models[name].state_dict(), 'optimizer': {'state': {}, 'param_groups': []}}, run / name)
-    (run / 'args.yaml').write_text(yaml.safe_dump(args))
-    (run / 'summary.csv').write_text('epoch,train_loss,eval_loss,eval_top1,eval_top5\n' + ''.join(
-        f'{e},{4.5 - e * 0.3:.4f},{4.0 - e * 0.2:.4f},{40 + e * 4.1:.3f},{70 + e * 2.2:.3f}\n' for e in range(5)))
-    results = {'model': 'resnet8', 'teacher': 'resnet32x4', 'teacher_top1': 79.42, 'best_top1': 55.5,
-               'best_top5': 80.125, 'best_epoch': 3, 'last_top1': 54.25, 'last_top5': 79.875, 'num_classes': 100,
-               'dataset': 'torch/cifar100', 'recipe': {'mode': 'tl_cutmix', 'pick': 'kld', 'temperature': 4.0},
-               'data_config': {'input_size': [3, 32, 32], 'mean': [0.5, 0.5, 0.5], 'std': [0.25, 0.25, 0.25],
-                               'crop_pct': 1.0, 'interpolation': 'bilinear', 'num_classes': 100},
-               'run_dir': str(run), 'teacher_checkpoint': args['teacher_checkpoint']}
-    (run / 'results.json').write_text(json.dumps(results))
-    return models
-
-
 def _visible(folder: Path) -> list:
     """Names in a folder without hidden ones (an export's marker file is hidden and never uploaded)."""
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith('.'))
-
-
-def _tree_digest(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob('*')) if p.is_file()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -150,7 +100,7 @@ def test_rd_arch_names_map_to_registered_models():
 
 
 def test_convert_push_then_hf_hub_load_in_fresh_cache(hf, tmp_path, monkeypatch):
-    ref = _rd_checkpoint(tmp_path / 'rd' / 'resnet8_vanilla' / 'ckpt_epoch_240.pth')
+    ref = rd_checkpoint(tmp_path / 'rd' / 'resnet8_vanilla' / 'ckpt_epoch_240.pth')
     res = hub.convert_teacher(tmp_path / 'rd' / 'resnet8_vanilla' / 'ckpt_epoch_240.pth', tmp_path / 'out', org='kdconv')
     assert res['repo_id'] == 'kdconv/resnet8.cifar100' and res['accuracy'] == pytest.approx(71.25)
     folder = res['folder']
@@ -180,9 +130,9 @@ def test_convert_push_then_hf_hub_load_in_fresh_cache(hf, tmp_path, monkeypatch)
 
 def test_convert_teachers_cli_tar_and_dir(hf, tmp_path):
     src = tmp_path / 'cifar_teachers'
-    refs = {'resnet8': _rd_checkpoint(src / 'resnet8_vanilla' / 'ckpt_epoch_240.pth', 'resnet8', seed=3, acc=70.5),
-            'wrn_16_1': _rd_checkpoint(src / 'wrn_16_1_vanilla' / 'ckpt_epoch_240.pth', 'wrn_16_1', seed=4, acc=66.0)}
-    _rd_checkpoint(src / 'resnet8_vanilla' / 'ckpt_epoch_200.pth', 'resnet8', seed=5, epoch=200)  # not the final one
+    refs = {'resnet8': rd_checkpoint(src / 'resnet8_vanilla' / 'ckpt_epoch_240.pth', 'resnet8', seed=3, acc=70.5),
+            'wrn_16_1': rd_checkpoint(src / 'wrn_16_1_vanilla' / 'ckpt_epoch_240.pth', 'wrn_16_1', seed=4, acc=66.0)}
+    rd_checkpoint(src / 'resnet8_vanilla' / 'ckpt_epoch_200.pth', 'resnet8', seed=5, epoch=200)  # not the final one
     tar = tmp_path / 'cifar_teachers.tar'
     with tarfile.open(tar, 'w') as tf:
         tf.add(src, arcname='cifar_teachers')
@@ -206,7 +156,7 @@ def test_convert_teachers_cli_tar_and_dir(hf, tmp_path):
 
 
 def test_convert_tinyimagenet_teacher_keeps_its_preprocessing(tmp_path):
-    ref = _rd_checkpoint(tmp_path / 'resnet8_vanilla' / 'ckpt_epoch_240.pth')
+    ref = rd_checkpoint(tmp_path / 'resnet8_vanilla' / 'ckpt_epoch_240.pth')
     res = hub.convert_teacher(tmp_path / 'resnet8_vanilla' / 'ckpt_epoch_240.pth', tmp_path / 'out',
                               dataset='tinyimagenet', num_classes=100, org='kd')
     cfg = json.loads((res['folder'] / 'config.json').read_text())
@@ -216,7 +166,7 @@ def test_convert_tinyimagenet_teacher_keeps_its_preprocessing(tmp_path):
 
 
 def test_create_teacher_checkpoint_formats_and_mismatches(tmp_path):
-    ref = _rd_checkpoint(tmp_path / 'resnet8_vanilla' / 'ckpt_epoch_240.pth')
+    ref = rd_checkpoint(tmp_path / 'resnet8_vanilla' / 'ckpt_epoch_240.pth')
     rd = tmp_path / 'resnet8_vanilla' / 'ckpt_epoch_240.pth'
     gda = tmp_path / 'resnet8_best.pth'  # Good-DA: DataParallel 'module.' prefix
     torch.save({'epoch': 1, 'model': {f'module.{k}': v for k, v in ref.state_dict().items()}, 'accuracy': 70.0}, gda)
@@ -238,7 +188,7 @@ def test_create_teacher_checkpoint_formats_and_mismatches(tmp_path):
     with pytest.raises(hub.TeacherLoadError, match="'coatnet_0_224' has no pretrained weights registered"):
         hub.create_teacher('coatnet_0_224')  # a timm model without weights: never a random teacher
     # a 10-class checkpoint builds a 10-class teacher, not a 100-class one with a random head
-    small = _random_model('resnet8', 7, num_classes=10)
+    small = random_model('resnet8', 7, num_classes=10)
     torch.save({'model': small.state_dict()}, tmp_path / 'c10.pth')
     t10 = hub.create_teacher('resnet8', checkpoint=tmp_path / 'c10.pth', num_classes=10)
     assert t10.num_classes == 10 and _same_weights(t10, small)
@@ -277,8 +227,6 @@ def test_teacher_errors_are_one_clear_sentence(hf, tmp_path, monkeypatch):
 _CHILD = r'''
 import json, sys, torch, timm, timm_kd
 from timm_kd import hub
-from timm_kd.hub import io as hub_io
-from timm_kd.hub.cli import convert_main, publish_main
 out = {'hf_hub_id': timm.models.get_pretrained_cfg('resnet8').hf_hub_id}
 ref = timm.create_model('resnet8')
 timm_kd.load_kd_checkpoint(ref, sys.argv[1])
@@ -305,7 +253,7 @@ def _child_env(**env) -> dict:
 def test_registered_name_resolves_org_from_env(hf, tmp_path):
     # TIMM_KD_HUB_ORG and HF_ENDPOINT are read at import: a fresh interpreter with environment variables
     ckpt = tmp_path / 'resnet8_vanilla' / 'ckpt_epoch_240.pth'
-    _rd_checkpoint(ckpt, seed=11)
+    rd_checkpoint(ckpt, seed=11)
     res = hub.convert_teacher(ckpt, tmp_path / 'out', org='kdorg')
     hub.push_folder(res['folder'], res['repo_id'])
     script = tmp_path / 'child.py'
@@ -322,7 +270,7 @@ def test_registered_name_resolves_org_from_env(hf, tmp_path):
 
 def test_offline_mode_loads_from_cache_or_explains(hf, tmp_path, monkeypatch):
     ckpt = tmp_path / 'resnet8_vanilla' / 'ckpt_epoch_240.pth'
-    ref = _rd_checkpoint(ckpt, seed=12)
+    ref = rd_checkpoint(ckpt, seed=12)
     res = hub.convert_teacher(ckpt, tmp_path / 'out', org='kdoff')
     hub.push_folder(res['folder'], res['repo_id'])
     overlay = dict(hf_hub_id='kdoff/resnet8.cifar100')  # the registered-name path, org given explicitly
@@ -343,8 +291,8 @@ def test_offline_mode_loads_from_cache_or_explains(hf, tmp_path, monkeypatch):
 
 def test_publish_student_roundtrip_and_republish_updates(hf, tmp_path, monkeypatch, capsys):
     run = tmp_path / 'output' / 'train' / 'kd-run'
-    models = _fake_run(run)
-    before = _tree_digest(run)
+    models = fake_run(run)
+    before = tree_digest(run)
     repo = 'kduser/resnet8.tlcutmix_pick_test'
 
     url = hub.publish_student(run, repo)
@@ -386,18 +334,18 @@ def test_publish_student_roundtrip_and_republish_updates(hf, tmp_path, monkeypat
     hub.publish_student(run, repo, which='last')
     assert hf.n_commits(repo) == n_commits + 1
     # the run's own files were never touched (the export lives in <run>/hub/)
-    after = _tree_digest(run)
+    after = tree_digest(run)
     assert {k: v for k, v in after.items() if not k.startswith('hub/')} == before
 
 
 def test_publish_ema_run_publishes_the_evaluated_ema_weights(tmp_path):
     run = tmp_path / 'run'
-    _fake_run(run)
+    fake_run(run)
     args = yaml.safe_load((run / 'args.yaml').read_text())
     args['model_ema'] = True
     (run / 'args.yaml').write_text(yaml.safe_dump(args))
     ck = torch.load(run / 'model_best.pth.tar', weights_only=True)
-    ema = _random_model('resnet8', 21)
+    ema = random_model('resnet8', 21)
     ck['state_dict_ema'] = ema.state_dict()
     torch.save(ck, run / 'model_best.pth.tar')
     folder = hub.publish_student(run, 'kduser/ema', dry_run=True)
@@ -407,7 +355,7 @@ def test_publish_ema_run_publishes_the_evaluated_ema_weights(tmp_path):
 
 def test_publish_cli_dry_run_private_and_bad_input(hf, tmp_path, capsys):
     run = tmp_path / 'run'
-    models = _fake_run(run)
+    models = fake_run(run)
     n = len(hf.log)
     assert publish_main([str(run), '--repo-id', 'kduser/dry', '--dry-run', '--which', 'last',
                      '--out', str(tmp_path / 'export')]) == 0
@@ -430,8 +378,8 @@ def test_publish_cli_dry_run_private_and_bad_input(hf, tmp_path, capsys):
 @pytest.mark.parametrize('fault', ['create-500', 'commit-500', 'create-403', 'commit-404'])
 def test_publish_hub_faults_leave_local_files_and_rerun_works(hf, tmp_path, fault, capsys):
     run = tmp_path / 'run'
-    _fake_run(run)
-    before = _tree_digest(run)
+    fake_run(run)
+    before = tree_digest(run)
     repo = f'kdfault/{fault}'
     where, status = fault.split('-')
     hf.add_fault('POST', '/api/repos/create' if where == 'create' else r'/commit/main$', int(status))
@@ -441,7 +389,7 @@ def test_publish_hub_faults_leave_local_files_and_rerun_works(hf, tmp_path, faul
     assert err.count('error:') == 1 and 'nothing local was changed' in err and TOKEN not in err
     assert {'500': 'server error (HTTP 500)', '403': 'refused the write (HTTP 403)',
             '404': 'answered 404'}[status] in err
-    after = _tree_digest(run)
+    after = tree_digest(run)
     assert {k: v for k, v in after.items() if not k.startswith('hub/')} == before
     assert (run / 'hub' / fault / 'model.safetensors').is_file()  # the export is kept for the rerun
     # rerun once the Hub is back: one repo, with the model
@@ -451,14 +399,14 @@ def test_publish_hub_faults_leave_local_files_and_rerun_works(hf, tmp_path, faul
 
 def test_publish_cli_server_down_exits_nonzero(tmp_path, monkeypatch, capsys):
     run = tmp_path / 'run'
-    _fake_run(run)
-    before = _tree_digest(run)
+    fake_run(run)
+    before = tree_digest(run)
     _point_client(monkeypatch, f'http://127.0.0.1:{_free_port()}', tmp_path / 'cache')
     monkeypatch.setattr(hub_io, 'RETRY_WAIT', 0.05)
     assert publish_main([str(run), '--repo-id', 'kd/down']) == 1
     out, err = capsys.readouterr()
     assert err.count('error:') == 1 and 'could not be reached' in err and TOKEN not in out + err
-    assert {k: v for k, v in _tree_digest(run).items() if not k.startswith('hub/')} == before
+    assert {k: v for k, v in tree_digest(run).items() if not k.startswith('hub/')} == before
 
 
 def test_hub_server_stops_by_itself():
@@ -491,7 +439,7 @@ def test_a_new_family_is_picked_up_by_the_name_table(monkeypatch):
     assert hub.arch_from_path('weights/toynet_cifar_best.pth') == 'toynet_cifar'
 
 
-def test_console_scripts_and_hfhub_wrappers_call_the_package_mains():
+def test_console_scripts_and_hfhub_wrappers_call_the_package_mains(monkeypatch, capsys):
     import tomllib
     scripts = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['scripts']
     assert scripts['timm-kd-publish'] == 'timm_kd.hub.cli:publish_main'
@@ -499,6 +447,7 @@ def test_console_scripts_and_hfhub_wrappers_call_the_package_mains():
     for script, main in (('publish.py', 'publish_main'), ('convert_teachers.py', 'convert_main')):
         text = (ROOT / 'hfhub' / script).read_text()
         assert f'from timm_kd.hub.cli import {main}' in text and 'sys.path' not in text
-    p = subprocess.run([sys.executable, str(ROOT / 'hfhub' / 'publish.py'), '--help'], capture_output=True, text=True,
-                       env=_child_env(PYTHONPATH=str(ROOT)), timeout=120)
-    assert p.returncode == 0 and '--dataset-name' in p.stdout and '--timeout' in p.stdout, p.stderr[-2000:]
+        monkeypatch.setattr(sys, 'argv', [script, '--help'])  # the script as `python hfhub/<script> --help` runs it
+        with pytest.raises(SystemExit) as e:
+            runpy.run_path(str(ROOT / 'hfhub' / script), run_name='__main__')
+        assert e.value.code == 0 and '--timeout' in capsys.readouterr().out

@@ -171,8 +171,8 @@ def _probe_hub(hub_id: str, filename: str) -> None:
     """Fail fast when a Hub file is neither cached nor reachable.
 
     ``hf_hub_download`` retries unreachable / 5xx servers with back-off for about 25 s per file (and timm
-    tries two weight files), so a missing network would look like a hang. One HEAD without retries tells
-    the same story at once. Offline mode and cached files skip the probe: the download then uses the cache.
+    tries two weight files), so a missing network would look like a hang. One HEAD without retries, with
+    huggingface_hub's metadata timeout, tells the same story at once. Offline mode and cached files skip the probe: the download then uses the cache.
     """
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
     from huggingface_hub import errors as hf_errors
@@ -180,8 +180,8 @@ def _probe_hub(hub_id: str, filename: str) -> None:
     revision = revision or None
     if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str):
         return
-    try:
-        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision))
+    try:  # HF_HUB_ETAG_TIMEOUT (default 10 s) bounds a server that never answers
+        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except hf_errors.EntryNotFoundError:
         pass  # the repo is there; timm may still find another weight file (pytorch_model.bin)
 

@@ -85,14 +85,14 @@ def publish_parser() -> argparse.ArgumentParser:
 
 def publish_main(argv: Optional[List[str]] = None) -> int:
     """``timm-kd-publish``: export a run folder and upload it; see ``timm-kd-publish --help``."""
-    ap = publish_parser()
-    args = ap.parse_args(argv)
+    args = publish_parser().parse_args(argv)
     try:
         check_repo_id(args.repo_id)
         if args.dataset_id is not None:
             check_repo_id(args.dataset_id, what='--dataset-id', owner=False)
     except ValueError as e:
-        ap.error(str(e))
+        print(f'timm-kd-publish: error: {e}', file=sys.stderr)
+        return 2
     try:
         res = publish_student(args.run_dir, args.repo_id, private=args.private, dry_run=args.dry_run,
                               which=args.which, out_dir=args.out, dataset_name=args.dataset_name,
