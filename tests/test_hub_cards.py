@@ -30,8 +30,8 @@ from hub_server import HubServer, point_client  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = 'hf_kdcards_SECRET_42'
-COVERS = ('--dataset-name', '--dataset-id', 'timm-kd-publish --dataset-name', 'timm-kd-publish --dataset-id',
-          'timm-kd-publish --dry-run')
+COVERS = ('--dataset-name', '--dataset-id', 'publish.py --dataset-name', 'publish.py --dataset-id',
+          'publish.py --dry-run', 'publish.py run_dir', 'publish.py --repo-id')
 TRAIN = ['--model', 'resnet8', '-b', '4', '--workers', '0', '--lr', '0.05', '--warmup-epochs', '0', '--epochs', '1',
          '--log-interval', '50', '--seed', '0']
 

@@ -26,8 +26,8 @@ from hub_server import HubServer, point_client  # noqa: E402
 from hub_runs import TOKEN, fake_run, rd_checkpoint, tree_digest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-COVERS = ('timm-kd-publish --timeout', 'timm-kd-publish --out', 'timm-kd-publish --repo-id',
-          'timm-kd-convert --timeout', '--push-to-hub')
+COVERS = ('publish.py --timeout', 'publish.py --out', 'publish.py --repo-id', 'publish.py --dataset-id',
+          'convert_teachers.py --timeout', 'convert_teachers.py --push', '--push-to-hub')
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
