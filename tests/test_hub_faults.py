@@ -271,3 +271,15 @@ def test_convert_refuses_a_malicious_pickle(tmp_path, capsys):
     err = capsys.readouterr().err
     assert _one_error(err).count('refusing to load') == 1 and 'system' in err
     assert not marker.exists() and not (tmp_path / 'out' / 'resnet8.cifar100').exists()
+
+
+@pytest.mark.parametrize('argv,phrase', [
+    (['--push-to-hub', 'noslash'], '--push-to-hub needs a Hub id "owner/name"'),
+    (['--push-to-hub', 'me/bad name'], '--push-to-hub needs a Hub id "owner/name"'),
+    (['--dataset-id', 'me/bad name'], '--dataset-id needs a Hub id "owner/name" or "name"'),
+])
+def test_train_kd_hub_ids_are_checked_before_training(argv, phrase):
+    from timm_kd.train.args import UsageError, parse_args, validate_args
+    args, explicit = parse_args(['--model', 'resnet8', '--dataset', 'synthetic/4x16', *argv])
+    with pytest.raises(UsageError, match=phrase.replace('"', '.')):
+        validate_args(args, explicit)

@@ -118,7 +118,8 @@ def identify_dataset(
     known_name, known_id, split, kind = None, None, None, 'custom image-folder'
     if prefix == 'torch':
         known_name, known_id = KNOWN_DATASETS.get(_key(rest), (f'torchvision {rest}', None))
-        split, kind = 'test', None  # timm reads every non-train split of a torchvision data set as its test set
+        # timm reads a torchvision data set's 'train'/'training' split as its train set, any other as its test set
+        split, kind = ('train' if str(val_split).lower() in ('train', 'training') else 'test'), None
     elif prefix in ('hfds', 'hfids'):
         known_id = _hub_dataset_id(rest)
         known_name = KNOWN_DATASETS.get(_key(rest.split('/')[-1]), (rest, None))[0] if known_id else None
@@ -126,7 +127,7 @@ def identify_dataset(
     elif prefix == 'synthetic':
         known_name, kind = f'synthetic random images ({dataset})', None
     elif prefix == 'sklearn':
-        known_name, kind, split = f'scikit-learn digits ({dataset})', None, None
+        known_name, kind = f'scikit-learn digits ({dataset})', None
     elif prefix not in ('', 'folder'):
         kind = f'custom {prefix}'
 

@@ -508,12 +508,10 @@ def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] =
                                                      'or --cutmix-hard.')
     if args.amp_dtype not in ('float16', 'bfloat16'):
         raise UsageError(f'--amp-dtype must be float16 or bfloat16, got {args.amp_dtype!r}.')
-    if args.dataset_id is not None:
-        from timm_kd.hub.io import check_repo_id
-        try:
-            check_repo_id(args.dataset_id, what='--dataset-id', owner=False)
-        except ValueError as e:
-            raise UsageError(str(e)) from e
-    if args.push_to_hub is not None:
-        need(args.push_to_hub.count('/') == 1 and all(args.push_to_hub.split('/')),
-             f'--push-to-hub needs a repo id "owner/name", got {args.push_to_hub!r}.')
+    from timm_kd.hub.io import check_repo_id  # the Hub's own id rules, checked before training, not after
+    for flag, repo_id, owner in (('--push-to-hub', args.push_to_hub, True), ('--dataset-id', args.dataset_id, False)):
+        if repo_id is not None:
+            try:
+                check_repo_id(repo_id, what=flag, owner=owner)
+            except ValueError as e:
+                raise UsageError(str(e)) from e
