@@ -360,7 +360,8 @@ Measured on {info.eval_text}.
         text += f'\n## Training recipe (from `training/results.json`)\n{recipe}\n'
     text += f'''
 The full arguments are below and in `training/args.yaml`; `training/summary.csv` has the per-epoch log.
-Reproduce with `accelerate launch train_kd.py --config training/args.yaml --data-dir <your data>`.
+Reproduce with `timm-kd-train --config training/args.yaml --data-dir <your data>` (several GPUs:
+`accelerate launch train_kd.py` with the same flags).
 
 ## Usage
 {usage_snippet('hf-hub:' + repo_id)}
