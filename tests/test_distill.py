@@ -340,10 +340,11 @@ def test_diagnostics_are_tensors_without_grad():
     x, y = _data()
     out = DistillationTask(tiny_net(), tiny_net(16, seed=1), mixup=DistillMixup(pick='kld', seed=0))(x, y)
     assert set(out) == {'loss', 'output', 'task_loss', 'kd_loss', 'mixed_loss', 'kl_ratio', 'picked_share',
-                        'pick_coverage', 'label_disagreement'}
+                        'pick_coverage', 'label_disagreement', 'teacher_output', 'teacher_view_output'}
     for k, v in out.items():
         assert isinstance(v, torch.Tensor), k
-    for k in ('kl_ratio', 'picked_share', 'pick_coverage', 'label_disagreement'):
+    for k in ('kl_ratio', 'picked_share', 'pick_coverage', 'label_disagreement', 'teacher_output',
+              'teacher_view_output'):
         assert not out[k].requires_grad
 
 
@@ -351,7 +352,8 @@ def test_diagnostics_off_same_loss():
     x, y = _data()
     outs = [DistillationTask(tiny_net(), tiny_net(16, seed=1), mixup=DistillMixup(pick='kld', seed=0),
                              diagnostics=d)(x, y) for d in (True, False)]
-    assert set(outs[1]) == {'loss', 'output', 'task_loss', 'kd_loss', 'mixed_loss'}
+    assert set(outs[1]) == {'loss', 'output', 'task_loss', 'kd_loss', 'mixed_loss', 'teacher_output',
+                            'teacher_view_output'}
     assert torch.equal(outs[0]['loss'], outs[1]['loss'])
 
 
@@ -402,3 +404,94 @@ def test_teacher_by_name_uses_timm_distillation_teacher(tmp_path):
     x = torch.randn(4, 3, 32, 32)
     torch.testing.assert_close(task.teacher_logits(x), teacher.eval()(x))
     assert not task.teacher.training and not any(p.requires_grad for p in task.teacher.parameters())
+
+
+# ---------------------------------------------------------------- order of the passes, outputs, extras
+
+def _old_order_step(student, teacher, x, y, views, temp=4.0, g=0.1, a=0.9, w=1.0):
+    """The step as it was before the teacher moved first: student on x, then the teacher, then the views."""
+    output = student(x)
+    loss = g * F.cross_entropy(output, y)
+    if views is None:
+        with torch.no_grad():
+            t_x = teacher(x)
+        return loss + a * kd_loss(output, t_x, temp)
+    with torch.no_grad():
+        t_all = teacher(torch.cat([x, views.x_mix]))
+    t_x, t_view = t_all[:x.shape[0]], t_all[x.shape[0]:]
+    x_view = views.x_mix
+    if views.pick is not None:
+        with torch.no_grad(), frozen_bn_stats([m for m in student.modules() if isinstance(m, nn.BatchNorm2d)]):
+            s_pool = student(views.x_mix)
+        rows = torch.topk(per_sample_kl(s_pool, t_view, temp), views.num_pick, sorted=False).indices
+        x_view, t_view = x_view[rows], t_view[rows]
+    return loss + a * kd_loss(output, t_x, temp) + a * w * kd_loss(student(x_view), t_view, temp)
+
+
+@pytest.mark.parametrize('mix', [None, dict(), dict(pick='kld')])
+def test_teacher_first_leaves_loss_gradients_and_bn_stats_unchanged(mix):
+    x, y = _data()
+    views = DistillMixup(seed=0, **mix)(x, y) if mix is not None else None
+    ours, old = tiny_net(), tiny_net()
+    teacher = tiny_net(16, seed=1).eval()
+    t_rec = Recorder(teacher)
+    s_rec = Recorder(ours)
+    task = DistillationTask(ours, teacher)
+    task.train()
+    order = []
+    teacher.register_forward_pre_hook(lambda m, i: order.append('teacher'))
+    ours.register_forward_pre_hook(lambda m, i: order.append('student'))
+    loss = task(x, y, views=views)['loss']
+    assert order[0] == 'teacher' and order.count('teacher') == 1 and len(t_rec.inputs) == 1
+    assert torch.equal(s_rec.inputs[0], x)
+    ref = _old_order_step(old.train(), teacher, x, y, views)
+    assert torch.equal(loss, ref)
+    loss.backward()
+    ref.backward()
+    for (name, p), q in zip(ours.named_parameters(), old.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+    for (name, b), c in zip(ours.named_buffers(), old.buffers()):
+        assert torch.equal(b, c), name
+
+
+def test_teacher_outputs_and_view_input_as_a_pool_of_views():
+    student, teacher = tiny_net(), tiny_net(16, seed=1)
+    x, y = _data()
+    x2 = torch.flip(x, dims=(3,))  # a per-sample augmented second view
+    rec = Recorder(student)
+    out = DistillationTask(student, teacher)(x, y, view_input=x2)
+    with torch.no_grad():
+        t_x, t_2 = teacher.eval()(x), teacher(x2)
+    torch.testing.assert_close(out['teacher_output'], t_x)
+    torch.testing.assert_close(out['teacher_view_output'], t_2)
+    assert torch.equal(rec.inputs[-1], x2)
+    torch.testing.assert_close(out['mixed_loss'], kd_loss(student(x2), t_2, 4.))
+    assert out['label_disagreement'].item() == 0  # nothing mixed
+    # with a mixer, the second view is what gets mixed (and picked)
+    mixed = DistillationTask(student, teacher, mixup=DistillMixup(pick='kld', seed=4))(x, y, view_input=x2)
+    pool = DistillMixup(pick='kld', seed=4)(x2, y).x_mix
+    assert set(_row_ids(rec.inputs[-1], pool)) and mixed['teacher_view_output'].shape[0] == 8
+
+
+def test_method_sees_both_models_index_and_epoch():
+    from timm_kd.distill import Distiller
+
+    class Probe(Distiller):
+        def forward(self, student, teacher, target, index=None):
+            self.seen = (student.logits, teacher.logits, target, index)
+            return {'probe_loss': student.logits.sum() * 0 + 1.5}
+
+    student, teacher = tiny_net(), tiny_net(16, seed=1)
+    probe = Probe(student, teacher, num_classes=5, temperature=4.)
+    task = DistillationTask(student, teacher, method=probe)
+    x, y = _data()
+    index = torch.arange(8) + 100
+    task.set_epoch(3)
+    out = task(x, y, index=index)
+    assert probe.epoch == 3 and task.distiller is probe
+    s, t, tgt, idx = probe.seen
+    assert torch.equal(s, out['output']) and torch.equal(t, out['teacher_output'])
+    assert torch.equal(tgt, y) and torch.equal(idx, index)
+    assert out['probe_loss'].item() == 1.5
+    base = DistillationTask(student, teacher)(x, y)
+    torch.testing.assert_close(out['loss'], base['loss'] + 1.5)

@@ -46,6 +46,21 @@ def teacher(data):
     return net.eval()
 
 
+def train_steps(task, data, steps, lr=0.05):
+    """Train ``task``'s student with SGD for ``steps`` batches of ``data``; the task's outputs of every step."""
+    task.train()
+    opt = torch.optim.SGD(task.trainable_module.parameters(), lr=lr, momentum=0.9)
+    outs = []
+    for step in range(steps):
+        x, y = data[step % len(data)]
+        out = task(x, y)
+        opt.zero_grad()
+        out['loss'].backward()
+        opt.step()
+        outs.append(out)
+    return outs
+
+
 MODES = {
     'kd': None,
     'tl_mixup': dict(mixup_alpha=1.0, cutmix_alpha=0.),
@@ -67,18 +82,10 @@ def test_loss_goes_down(mode, data, teacher):
     mix = DistillMixup(seed=0, **kw) if kw is not None else None
     student = tiny_net(8, seed=2)
     task = DistillationTask(student, teacher, mixup=mix)
-    task.train()
-    opt = torch.optim.SGD(task.trainable_module.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for step in range(STEPS):
-        x, y = data[step % len(data)]
-        out = task(x, y)
-        opt.zero_grad()
-        out['loss'].backward()
-        opt.step()
-        losses.append(out['loss'].item())
-        if kw is not None:
-            assert out['mixed_loss'].item() > 0
+    outs = train_steps(task, data, STEPS)
+    losses = [out['loss'].item() for out in outs]
+    if kw is not None:
+        assert all(out['mixed_loss'].item() > 0 for out in outs)
     assert all(torch.isfinite(torch.tensor(losses)))
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert last < 0.5 * first, (mode, first, last)

@@ -24,9 +24,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from timm_kd.distill.pick import PICK_CRITERIA
+
 __all__ = ['DistillMixup', 'MixedViews', 'PICK_CRITERIA', 'PAIRINGS', 'MIX_MODES', 'LABEL_MODES']
 
-PICK_CRITERIA = ('kld', 't_ent', 's_ent', 'random')
 PAIRINGS = ('derangement', 'random', 'flip')
 MIX_MODES = ('batch', 'pair', 'elem')
 LABEL_MODES = ('teacher', 'hard')
@@ -117,8 +118,9 @@ class DistillMixup:
         n_candidates: candidate sets per batch; the pool has ``n_candidates * B`` views, each set with
             its own lambda, box and pairing. None: 2 when picking (the paper), else 1.
         pick: None (train on the whole pool), or the criterion to keep the top ``pick_ratio`` of the
-            pool: 'kld' (per-sample KL(teacher || student) at T, the paper's best), 't_ent' / 's_ent'
-            (teacher / student entropy at T=1) or 'random' (the control).
+            pool, a name of ``timm_kd.distill.pick.PICK_CRITERIA``: 'kld' (per-sample KL(teacher ||
+            student) at T, the paper's best), 't_ent' / 's_ent' (teacher / student entropy at T=1) or
+            'random' (the control, drawn here up front).
         pick_ratio: share of the pool kept when picking, in (0, 1]. Paper: 0.5 (64 of 128).
         seed: seed a private numpy RNG (reproducible batches); None uses numpy's global RNG, like timm,
             so global seeding and RNG checkpointing cover it.
@@ -156,7 +158,7 @@ class DistillMixup:
             raise ValueError(f'mixup_alpha and cutmix_alpha must be >= 0, got {mixup_alpha}, {cutmix_alpha}.')
         mixing = mixup_alpha > 0 or cutmix_alpha > 0
         if pick is not None and pick not in PICK_CRITERIA:
-            raise ValueError(f"Unknown pick criterion '{pick}', expected one of {PICK_CRITERIA} or None.")
+            raise ValueError(f"Unknown pick criterion '{pick}', expected one of {list(PICK_CRITERIA)} or None.")
         if cutout_side and mixing:
             raise ValueError(
                 'cutout makes its own view and does not combine with mixup/CutMix: '
@@ -392,7 +394,8 @@ class DistillMixup:
             soft_target=soft_target, pick=self.pick, num_pick=self.num_pick(batch_size), pick_index=pick_t)
 
     def _pick_random(self, pool: int, batch_size: int) -> Optional[np.ndarray]:
-        if self.pick != 'random':
+        """Rows of a criterion without a score (the 'random' control), drawn with the views."""
+        if self.pick is None or PICK_CRITERIA[self.pick].score is not None:
             return None
         return self._rng.choice(pool, self.num_pick(batch_size), replace=False).astype(np.int64)
 

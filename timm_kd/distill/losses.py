@@ -1,11 +1,12 @@
-""" Distillation losses (DESIGN.md §4)
+""" Distillation losses shared by the task, the pick criteria and the logit methods
 
 All functions take raw logits and compute in float32 (logits may come out of autocast in bf16/fp16).
+The exact formulas are written out in docs/methods.md.
 """
 import torch
 import torch.nn.functional as F
 
-__all__ = ['kd_loss', 'per_sample_kl', 'entropy', 'soft_target_cross_entropy']
+__all__ = ['kd_loss', 'per_sample_kl', 'entropy', 'soft_target_cross_entropy', 'standardize_logits']
 
 
 def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
@@ -44,3 +45,13 @@ def soft_target_cross_entropy(logits: torch.Tensor, soft_target: torch.Tensor) -
     """Mean over samples of -Σ_c q_c log p_c. With CutMix soft targets q = λ·onehot(y) + (1−λ)·onehot(y[perm])
     this is λ·CE(y) + (1−λ)·CE(y[perm]) per sample (the KD+CutMix baseline)."""
     return -(soft_target.float() * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+
+
+def standardize_logits(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Z-score of every row: (z − mean(z)) / (std(z) + eps), std with Bessel's correction.
+
+    The pre-process of logit standardization (Sun et al., CVPR 2024), applied to student and teacher
+    logits before the temperature softmax; eps as in the authors' KD/DKD code.
+    """
+    logits = logits.float()
+    return (logits - logits.mean(-1, keepdim=True)) / (logits.std(-1, keepdim=True) + eps)

@@ -1,15 +1,54 @@
-""" Picking the most informative mixed views (TLCutMix+pick) and the BatchNorm guard for scoring
+""" Picking the most informative views (TLCutMix+pick): the criteria table and the BatchNorm guard
+
+``PICK_CRITERIA`` is the one table of pick criteria: ``DistillMixup(pick=...)``, ``train_kd.py --pick``
+and the task read it. Adding a criterion = one entry here (a score function, whether it needs the
+student's no-grad scoring pass over the pool, a one-line description).
 """
 from contextlib import contextmanager
-from typing import Iterable, Iterator, List, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 
-from timm_kd.data.mixup import PICK_CRITERIA
 from .losses import entropy, per_sample_kl
 
-__all__ = ['PICK_CRITERIA', 'pick_scores', 'pick_topk', 'batchnorm_modules', 'frozen_bn_stats']
+__all__ = ['PickCriterion', 'PICK_CRITERIA', 'pick_scores', 'pick_topk', 'batchnorm_modules', 'frozen_bn_stats']
+
+ScoreFn = Callable[[Optional[torch.Tensor], torch.Tensor, float], torch.Tensor]
+
+
+class PickCriterion(NamedTuple):
+    """One pick criterion.
+
+    Attributes:
+        score: (student logits or None, teacher logits, T) -> (N,) score per pool row, the largest are
+            picked; None: the rows are drawn at random up front by ``DistillMixup`` (no scoring).
+        needs_student: the task runs a no-grad student pass over the pool for the score.
+        description: for ``--help`` and the docs.
+    """
+    score: Optional[ScoreFn]
+    needs_student: bool
+    description: str
+
+
+def _kld(student_logits, teacher_logits, temperature):
+    return per_sample_kl(student_logits, teacher_logits, temperature)
+
+
+def _teacher_entropy(student_logits, teacher_logits, temperature):
+    return entropy(teacher_logits)
+
+
+def _student_entropy(student_logits, teacher_logits, temperature):
+    return entropy(student_logits)
+
+
+PICK_CRITERIA: Dict[str, PickCriterion] = {
+    'kld': PickCriterion(_kld, True, 'per-sample KL(teacher || student) at T (paper Eq. 3, the best)'),
+    't_ent': PickCriterion(_teacher_entropy, False, 'entropy of the teacher at T=1'),
+    's_ent': PickCriterion(_student_entropy, True, 'entropy of the student at T=1'),
+    'random': PickCriterion(None, False, 'random rows (the control)'),
+}
 
 
 def pick_scores(
@@ -18,18 +57,13 @@ def pick_scores(
         teacher_logits: Optional[torch.Tensor],
         temperature: float = 4.0,
 ) -> torch.Tensor:
-    """Score of every candidate; the largest are picked (the authors sort ascending and keep the tail).
-
-    'kld': per-sample KL(p_t || p_s) at T (paper Eq. 3), 't_ent' / 's_ent': entropy of the teacher /
-    student at T=1.
-    """
-    if criterion == 'kld':
-        return per_sample_kl(student_logits, teacher_logits, temperature)
-    if criterion == 't_ent':
-        return entropy(teacher_logits)
-    if criterion == 's_ent':
-        return entropy(student_logits)
-    raise ValueError(f"No score for pick criterion '{criterion}' (expected 'kld', 't_ent' or 's_ent').")
+    """Score of every candidate under ``criterion``; the largest are picked (the authors sort ascending
+    and keep the tail)."""
+    crit = PICK_CRITERIA.get(criterion)
+    if crit is None or crit.score is None:
+        scored = [k for k, c in PICK_CRITERIA.items() if c.score is not None]
+        raise ValueError(f"No score for pick criterion '{criterion}' (expected one of {scored}).")
+    return crit.score(student_logits, teacher_logits, temperature)
 
 
 def pick_topk(scores: torch.Tensor, k: int) -> torch.Tensor:

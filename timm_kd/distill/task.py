@@ -1,22 +1,29 @@
-""" The distillation step: KD + teacher-labelled mixed views (+ pick), as a timm TrainingTask
+""" The distillation step: a method's loss + teacher-labelled views (+ pick), as a timm TrainingTask
 
-loss = γ·CE(s(x), y) + α·KL(s(x), t(x)) + α·w·L_mix, with
+loss = γ·CE(s(x), y) + α·L_logit(x) + α·w·L_view + Σ terms of the method, with
 
-* L_mix = KL(s(x'), t(x')) for the teacher-labelled views (TLmixup, TLCutMix, Cutout, PMU), on the whole
-  pool or on the picked rows (TLCutMix+pick),
-* L_mix = λ·CE(s(x'), y) + (1−λ)·CE(s(x'), y[perm]) for the hard-label KD+CutMix baseline,
+* L_logit = the method's logit term (``Distiller.logit_loss``): Hinton's KL at T by default (KD and
+  every feature method), DKD's or DIST's loss for those logit methods;
+* L_view = KL(s(x'), t(x')) on the teacher-labelled views (TLmixup, TLCutMix, Cutout, PMU, per-sample
+  augmented views), on the whole pool or on the picked rows (TLCutMix+pick); with
+  ``view_loss='method'`` the logit method's own loss instead of the KL;
+* L_view = λ·CE(s(x'), y) + (1−λ)·CE(s(x'), y[perm]) for the hard-label KD+CutMix baseline;
+* the method's terms (feature / relation methods) are computed on the original batch x only;
 
 KL = T²·batchmean KL(p_t || p_s) at temperature T; γ = task_loss_weight, α = distill_loss_weight,
-w = mixed_kd_weight (paper: 0.1, 0.9, 1).
+w = mixed_kd_weight (paper: 0.1, 0.9, 1). The per-method rules are tabled in docs/methods.md.
 
-Forward passes per step (B images, pool N = n_candidates·B, k picked):
+Forward passes per step (B images, pool N = n_candidates·B, k picked), in this order:
 
-* teacher: one eval-mode, no-grad forward over cat(x, pool) (or cat(x, picked) for pick='random');
-  the pool's logits are reused for the picked rows (the authors recompute them);
-* student: x with grad; for 'kld' / 's_ent' a no-grad scoring pass over the pool in train-mode
-  BatchNorm (batch statistics, as the authors) that leaves the running statistics untouched (the
-  authors' pass updates them); then the picked rows (or the pool) with grad, a separate forward so
-  each view gets its own BatchNorm batch statistics, as the authors.
+* teacher first: one eval-mode, no-grad forward over cat(x, pool) (or cat(x, picked) for a criterion
+  without score, 'random'); the pool's logits are reused for the picked rows (the authors recompute
+  them). Running it before the student's grad pass is cheaper (the student's saved activations are not
+  yet resident) and changes no number: the teacher is in eval mode and draws no random numbers;
+* student: x with grad (with intermediates only for a method that needs features); for a criterion
+  that needs the student ('kld', 's_ent') a no-grad scoring pass over the pool in train-mode BatchNorm
+  (batch statistics, as the authors) that leaves the running statistics untouched (the authors' pass
+  updates them); then the picked rows (or the pool) with grad, a separate forward so each view gets its
+  own BatchNorm batch statistics, as the authors.
 """
 import logging
 from typing import Any, Dict, Optional, Tuple, Union
@@ -30,11 +37,32 @@ from timm.utils import unwrap_model
 
 from timm_kd.data.mixup import DistillMixup, MixedViews
 from .losses import kd_loss, per_sample_kl, soft_target_cross_entropy
-from .pick import batchnorm_modules, frozen_bn_stats, pick_scores, pick_topk
+from .methods import Distiller, ModelOutputs, create_method
+from .pick import PICK_CRITERIA, batchnorm_modules, frozen_bn_stats, pick_topk
 
-__all__ = ['DistillationTask']
+__all__ = ['DistillationTask', 'VIEW_LOSSES']
 
 _logger = logging.getLogger(__name__)
+
+VIEW_LOSSES = ('kl', 'method')
+
+
+def model_outputs(model: nn.Module, x: torch.Tensor, needs_features: bool) -> ModelOutputs:
+    """The outputs of ``model`` on ``x`` that a method sees: logits only on the fast path, else also the
+    intermediates and pre-logits (``timm_kd.distill.features``)."""
+    if not needs_features:
+        return ModelOutputs(logits=model(x))
+    from .features import model_outputs as with_features
+    return with_features(model, x, needs_features)
+
+
+def _unmixed_views(view_input: torch.Tensor, target: Optional[torch.Tensor]) -> MixedViews:
+    """A per-sample augmented second view of the batch as a pool of B teacher-labelled views."""
+    batch_size = view_input.shape[0]
+    rows = torch.arange(batch_size, device=view_input.device)
+    return MixedViews(
+        x=view_input, target=target, x_mix=view_input, source=rows, partner=rows,
+        lam=torch.ones(batch_size, device=view_input.device), mixed=torch.zeros_like(rows, dtype=torch.bool))
 
 
 def _norm_cfg(model: nn.Module) -> Optional[Tuple[tuple, tuple]]:
@@ -55,7 +83,13 @@ class DistillationTask(LogitDistillationTask):
         student: the model to train.
         teacher: an ``nn.Module``, a ``timm.task.DistillationTeacher`` or a timm model name (built with
             pretrained weights by timm's ``DistillationTeacher``, with the student's num_classes).
-        mixup: a ``DistillMixup`` (None: plain KD). The task calls it on every batch.
+        mixup: a ``DistillMixup`` (None: no mixed view). The task calls it on every batch (on
+            ``view_input`` when the loader gives one).
+        method: a name of ``timm_kd.distill.methods.METHODS`` ('kd', 'dkd', 'dist', ...) or a built
+            ``Distiller``; ``task.distiller`` is the method. Default 'kd': Hinton KD, as before.
+        method_kwargs: hyper-parameters of the method given by name (e.g. ``dict(beta=8.0)`` for DKD).
+        view_loss: loss on the teacher-labelled views: 'kl' (the KL at T, the authors' rule for every
+            method) or 'method' (a logit method's own loss, e.g. DKD on the views).
         temperature: KD temperature T (also for the 'kld' pick score and the KL ratio).
         task_loss_weight: γ, weight of CE(s(x), y).
         distill_loss_weight: α, weight of KL(s(x), t(x)).
@@ -72,7 +106,10 @@ class DistillationTask(LogitDistillationTask):
     with mean/std and these differ; decided once here, so the step has no host/device sync.
 
     ``task(x, y)`` returns a dict of tensors: ``loss``, ``output`` (student logits on x), ``task_loss``,
-    ``kd_loss``, ``mixed_loss`` (unweighted, 0 without a mixed view) and, when meaningful,
+    ``kd_loss`` (the unweighted logit term L_logit: the KL for KD, DKD's loss for DKD, ...), ``mixed_loss``
+    (unweighted L_view, 0 without a view), ``teacher_output`` (detached teacher logits on x), the
+    method's weighted terms by name (detached copies), and, when views are trained,
+    ``teacher_view_output`` (detached teacher logits on the trained views) and, when meaningful,
     ``label_disagreement`` (share of the trained mixed views whose teacher argmax differs from the
     larger-area source label), ``kl_ratio`` (r = mean KL of picked / mean KL of pool, paper Eq. 4; picks
     by 'kld' / 's_ent'), ``picked_share`` (picked / pool) and ``pick_coverage`` (share of the batch's
@@ -84,6 +121,9 @@ class DistillationTask(LogitDistillationTask):
             student: nn.Module,
             teacher: Union[str, nn.Module, DistillationTeacher],
             mixup: Optional[DistillMixup] = None,
+            method: Union[str, Distiller] = 'kd',
+            method_kwargs: Optional[Dict[str, Any]] = None,
+            view_loss: str = 'kl',
             temperature: float = 4.0,
             task_loss_weight: float = 0.1,
             distill_loss_weight: float = 0.9,
@@ -140,8 +180,24 @@ class DistillationTask(LogitDistillationTask):
                 f"DistillMixup(num_classes={mixup.num_classes}) builds hard labels for a student with "
                 f'{s_classes} classes: pass num_classes={s_classes}.')
 
+        if isinstance(method, Distiller):
+            if method_kwargs:
+                raise ValueError('method_kwargs only apply to a method given by name, not to a built Distiller.')
+            distiller = method
+        else:
+            distiller = create_method(
+                method, student_unwrapped, unwrap_model(teacher.model), num_classes=s_classes,
+                temperature=temperature, **(method_kwargs or {}))
+        if view_loss not in VIEW_LOSSES:
+            raise ValueError(f"Unknown view_loss '{view_loss}', expected one of {VIEW_LOSSES}.")
+        if view_loss == 'method' and not distiller.logit_method:
+            raise ValueError(f"view_loss='method' applies a logit method's loss to the views; "
+                             f"{type(distiller).__name__} is not a logit method: use view_loss='kl'.")
+
         self.trainable_module = student
         self.teacher = teacher
+        self.distiller = distiller
+        self.view_loss = view_loss
         self.mixup = mixup
         self.criterion = resolve_classification_loss(criterion, self.device, criterion_kwargs=criterion_kwargs)
         self.loss_type = 'kl'
@@ -167,98 +223,150 @@ class DistillationTask(LogitDistillationTask):
             teacher.mean_kd.copy_(torch.tensor(t_norm[0]).view(1, -1, 1, 1))
             teacher.std_kd.copy_(torch.tensor(t_norm[1]).view(1, -1, 1, 1))
         if self.verbose:
-            _logger.info(f'DistillationTask: T={self.temperature}, task={self.task_loss_weight}, '
-                         f'distill={self.distill_loss_weight}, mixed={self.mixed_kd_weight}, mixup={mixup}, '
-                         f'teacher re-normalization={self._renormalize}')
+            _logger.info(f'DistillationTask: {self.extra_repr()}, teacher re-normalization={self._renormalize}')
 
     def extra_repr(self) -> str:
-        return (f'temperature={self.temperature}, task_loss_weight={self.task_loss_weight}, '
+        return (f'method={getattr(self.distiller, "method_name", type(self.distiller).__name__)}, '
+                f'temperature={self.temperature}, task_loss_weight={self.task_loss_weight}, '
                 f'distill_loss_weight={self.distill_loss_weight}, mixed_kd_weight={self.mixed_kd_weight}, '
-                f'mixup={self.mixup}')
+                f'view_loss={self.view_loss}, mixup={self.mixup}')
+
+    def set_epoch(self, epoch: int) -> None:
+        """The training epoch (0-based) about to run: the method's warm-up reads it (DKD)."""
+        self.distiller.set_epoch(epoch)
+
+    def _teacher_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self._renormalize:
+            x = (x * self.student_std + self.student_mean - self.teacher.mean_kd) / self.teacher.std_kd
+        return x
 
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Teacher logits for a student-normalized batch (eval mode, no grad)."""
-        if self._renormalize:
-            x = (x * self.student_std + self.student_mean - self.teacher.mean_kd) / self.teacher.std_kd
-        return self.teacher(x)
+        return self.teacher(self._teacher_input(x))
+
+    @torch.no_grad()
+    def _teacher_outputs(self, x: torch.Tensor) -> ModelOutputs:
+        needs_features = self.distiller.needs_features
+        if not needs_features:
+            return ModelOutputs(logits=self.teacher_logits(x))
+        return model_outputs(self.teacher.model, self._teacher_input(x), needs_features)
+
+    def _views(self, input: torch.Tensor, target: torch.Tensor, views: Optional[MixedViews],
+               view_input: Optional[torch.Tensor]) -> Optional[MixedViews]:
+        """The teacher-labelled views of this batch: given, made by the mixer (from the batch, or from the
+        loader's second view when there is one), or the second view itself."""
+        if views is not None:
+            return views
+        if view_input is None:
+            return self.mixup(input, target) if self.mixup is not None else None
+        if self.mixup is not None:
+            return self.mixup(view_input, target)
+        return _unmixed_views(view_input, target)
 
     def forward(
             self,
             input: torch.Tensor,
             target: torch.Tensor,
             views: Optional[MixedViews] = None,
+            view_input: Optional[torch.Tensor] = None,
+            index: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
         """One distillation step on batch ``input`` with labels ``target``.
 
-        ``views``: the pool made by a DistillMixup for this batch; by default the task's ``mixup`` makes it.
+        Args:
+            views: the views of this batch (a ``MixedViews``); by default the task's ``mixup`` makes them.
+            view_input: a per-sample augmented second view of the batch (B, C, H, W) from the loader: a
+                pool of B teacher-labelled views (mixed by the task's ``mixup`` when it has one).
+            index: (B,) int64 sample indices, for methods with ``needs_index`` (CRD).
         """
         if self.teacher.training or self.teacher.model.training:
             self.teacher.eval()  # a user's teacher.train() elsewhere must not put teacher BN in train mode
-        if views is None and self.mixup is not None:
-            views = self.mixup(input, target)
+        views = self._views(input, target, views, view_input)
         student = self.trainable_module
+        method = self.distiller
         temp = self.temperature
         batch_size = input.shape[0]
-
-        output = student(input)
-        task_loss = self.criterion(output, target)
         result: Dict[str, torch.Tensor] = {}
 
-        if views is None:
-            t_out = self.teacher_logits(input)
-            kd = kd_loss(output, t_out, temp)
-            mixed_loss = kd.new_zeros(())
-        elif views.soft_target is not None:
-            # KD+CutMix baseline: hard CutMix labels on x', the teacher only sees x
-            t_out = self.teacher_logits(input)
-            kd = kd_loss(output, t_out, temp)
-            mixed_loss = soft_target_cross_entropy(student(views.x_mix), views.soft_target)
+        # 1. the teacher first, one no-grad pass over x and the views it labels
+        x_view = t_view = rows = crit = None
+        if views is None or views.soft_target is not None:  # KD+CutMix baseline: the teacher only sees x
+            t_x = self._teacher_outputs(input)
         else:
-            pool, rows = views.x_mix, None
-            if views.pick == 'random':
+            pool = views.x_mix
+            crit = PICK_CRITERIA[views.pick] if views.pick is not None else None
+            if crit is not None and crit.score is None:  # rows drawn up front: label only those
                 rows = views.pick_index
                 x_view = pool.index_select(0, rows)
-                t_all = self.teacher_logits(torch.cat([input, x_view]))
-                t_out, t_view = t_all[:batch_size], t_all[batch_size:]
             else:
-                t_all = self.teacher_logits(torch.cat([input, pool]))
-                t_out, t_view = t_all[:batch_size], t_all[batch_size:]
                 x_view = pool
-                if views.pick is not None:
-                    s_pool = kl_pool = None
-                    if views.pick in ('kld', 's_ent'):
-                        with torch.no_grad(), frozen_bn_stats(batchnorm_modules(unwrap_model(student))):
-                            s_pool = student(pool)
-                        kl_pool = per_sample_kl(s_pool, t_view, temp)
-                    scores = kl_pool if views.pick == 'kld' else pick_scores(views.pick, s_pool, t_view, temp)
-                    rows = pick_topk(scores, views.num_pick)
-                    x_view, t_view = pool.index_select(0, rows), t_view.index_select(0, rows)
-                    if kl_pool is not None and self.diagnostics:
-                        result['kl_ratio'] = kl_pool[rows].mean() / kl_pool.mean()
+            t_x, t_view = self._split_teacher(self._teacher_outputs(torch.cat([input, x_view])), batch_size)
+
+        # 2. the student on x, the method's loss on x
+        s_x = model_outputs(student, input, method.needs_features)
+        output = s_x.logits
+        task_loss = self.criterion(output, target)
+        kd = method.logit_loss(output, t_x.logits, target)
+        terms = method(s_x, t_x, target, index=index)
+
+        # 3. the views: score and pick (no grad), then the student on the trained rows
+        if views is None:
+            mixed_loss = kd.new_zeros(())
+        elif views.soft_target is not None:
+            mixed_loss = soft_target_cross_entropy(student(views.x_mix), views.soft_target)
+        else:
+            if crit is not None and crit.score is not None:
+                s_pool = None
+                if crit.needs_student:
+                    with torch.no_grad(), frozen_bn_stats(batchnorm_modules(unwrap_model(student))):
+                        s_pool = student(pool)
+                rows = pick_topk(crit.score(s_pool, t_view, temp), views.num_pick)
+                if s_pool is not None and self.diagnostics:
+                    kl_pool = per_sample_kl(s_pool, t_view, temp)
+                    result['kl_ratio'] = kl_pool[rows].mean() / kl_pool.mean()
+                x_view, t_view = pool.index_select(0, rows), t_view.index_select(0, rows)
             s_view = student(x_view)
-            kd = kd_loss(output, t_out, temp)
-            mixed_loss = kd_loss(s_view, t_view, temp)
+            major = views.major_target() if target is not None and target.ndim == 1 else None
+            if rows is not None and major is not None:
+                major = major.index_select(0, rows)
+            if self.view_loss == 'method':
+                mixed_loss = method.logit_loss(s_view, t_view, major)
+            else:
+                mixed_loss = kd_loss(s_view, t_view, temp)
+            result['teacher_view_output'] = t_view
             if rows is not None and self.diagnostics:
                 result['picked_share'] = kd.new_full((), rows.shape[0] / pool.shape[0])
                 covered = torch.zeros(batch_size, dtype=torch.bool, device=input.device)
                 covered[views.source.index_select(0, rows)] = True
                 result['pick_coverage'] = covered.float().mean()
-            if self.diagnostics and target is not None and target.ndim == 1:
-                major, mixed = views.major_target(), views.mixed
-                if rows is not None:
-                    major, mixed = major.index_select(0, rows), mixed.index_select(0, rows)
+            if self.diagnostics and major is not None:
+                mixed = views.mixed if rows is None else views.mixed.index_select(0, rows)
                 disagree = (t_view.argmax(-1) != major) & mixed
                 result['label_disagreement'] = disagree.sum() / mixed.sum().clamp(min=1)
 
         loss = (self.task_loss_weight * task_loss + self.distill_loss_weight * kd
                 + self.distill_loss_weight * self.mixed_kd_weight * mixed_loss)
+        for term in terms.values():
+            loss = loss + term
         out = {
             'loss': loss,
             'output': output,
             'task_loss': task_loss,
             'kd_loss': kd,
             'mixed_loss': mixed_loss,
+            'teacher_output': t_x.logits,
         }
+        out.update({k: v.detach() for k, v in terms.items()})
         out.update({k: v.detach() for k, v in result.items()})
         return out
+
+    @staticmethod
+    def _split_teacher(outputs: ModelOutputs, batch_size: int) -> Tuple[ModelOutputs, torch.Tensor]:
+        """(the teacher's outputs on x, its logits on the views) from one pass over cat(x, views)."""
+        def head(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if t is None else t[:batch_size]
+        on_x = ModelOutputs(
+            logits=outputs.logits[:batch_size], pre_logits=head(outputs.pre_logits),
+            features=None if outputs.features is None else [f[:batch_size] for f in outputs.features])
+        return on_x, outputs.logits[batch_size:]

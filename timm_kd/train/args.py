@@ -9,12 +9,17 @@ parser defaults < the resumed run's ``args.yaml`` (``--resume``) < ``--config`` 
 a wrong flag fails in a second with one sentence, before any long work starts.
 """
 import argparse
+import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import ast
 
 import yaml
+
+from timm_kd.distill.methods import METHODS
+from timm_kd.distill.pick import PICK_CRITERIA
+from timm_kd.distill.task import VIEW_LOSSES
 
 __all__ = [
     'UsageError', 'build_parser', 'parse_args', 'validate_args', 'kd_view_modes', 'resolve_loss_weights',
@@ -22,7 +27,7 @@ __all__ = [
 ]
 
 STD_AUG_MODES = ('none', 'flip', 'crop', 'crop_flip')
-PICK_CHOICES = ('none', 'kld', 't_ent', 's_ent', 'random')
+PICK_CHOICES = ('none',) + tuple(PICK_CRITERIA)
 SCHEDULERS = ('cosine', 'tanh', 'step', 'multistep', 'multistep_torch', 'poly', 'wsd', 'rsqrt', 'constant',
               'plateau', 'none')
 # timm's ImageNet train-transform flags: only meaningful for inputs >= 128 px (timm create_transform).
@@ -247,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(g, '--cutout', type=int, nargs='?', const=-1, default=0, metavar='SIZE',
          help='add a teacher-labelled Cutout view (hole side SIZE px; no value = the mixer default)')
     _add(g, '--pick', default='none', choices=PICK_CHOICES,
-         help='pick the most informative mixed views: kld (paper), t_ent, s_ent, random (control)')
+         help='pick the most informative mixed views: ' + '; '.join(
+             f'{name}: {c.description}' for name, c in PICK_CRITERIA.items()))
     _add(g, '--pick-candidates', type=int, default=2, metavar='N', help='candidate pool = N x batch (default 2)')
     _add(g, '--pick-ratio', type=float, default=0.5, metavar='R', help='share of the pool kept (default 0.5)')
     _add(g, '--mix-pairing', default='derangement', choices=('derangement', 'random', 'flip'),
@@ -264,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
          help='CE weight gamma (alone: KL weight = 1 - gamma, as timm)')
     _add(g, '--mixed-kd-weight', type=float, default=1.0, metavar='W',
          help='weight w of the mixed-view KL relative to the KL on x (default 1)')
+    _add_method_args(p)
 
     g = p.add_argument_group('Distributed, batch norm and EMA parameters')
     _add(g, '--dist-bn', type=str, default='reduce', choices=('reduce', 'broadcast', ''),
@@ -292,6 +299,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add(g, '--push-to-hub', default=None, metavar='REPO', help='publish the student to this Hub repo after training')
     _add(g, '--hub-private', action='store_true', default=False, help='create the Hub repo private')
     return p
+
+
+# dests of each method's own flags, filled by _add_method_args (to reject flags of another method)
+_METHOD_DESTS: Dict[str, Set[str]] = {}
+
+
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    """--distill NAME from the methods table, the flags shared by the logit methods, and each registered
+    method's own flags (``Distiller.add_args``)."""
+    g = p.add_argument_group('Distillation method parameters')
+    _add(g, '--distill', default='kd', choices=sorted(METHODS), metavar='METHOD',
+         help=f'distillation method, one of {sorted(METHODS)} (default kd); its published CE / logit-term '
+              f'weights apply unless --kd-alpha / --task-loss-weight / --distill-loss-weight are given')
+    _add(g, '--view-loss', default='kl', choices=VIEW_LOSSES,
+         help="loss on the teacher-labelled views: kl (default, the authors' rule for every method) or method "
+              "(the logit method's own loss, e.g. DKD on the views)")
+    _add(g, '--logit-std', action='store_true', default=False,
+         help='logit standardization (Sun et al. 2024): z-score the logits before the softmax (kd, dkd); '
+              'KD weights default to CE 0.1, KL 9')
+    _add(g, '--logit-std-temp', type=float, default=2.0, metavar='T',
+         help='base temperature of --logit-std, used instead of --kd-temperature (default 2)')
+    for name, cls in METHODS.items():
+        before = len(g._group_actions)
+        cls.add_args(g)
+        _METHOD_DESTS[name] = {a.dest for a in g._group_actions[before:]}
 
 
 def _load_yaml(path: str, what: str) -> Dict[str, Any]:
@@ -386,20 +418,51 @@ def kd_view_modes(args: argparse.Namespace) -> List[str]:
 
 
 def resolve_loss_weights(args: argparse.Namespace) -> Tuple[float, float]:
-    """(task CE weight gamma, distillation KL weight alpha) from --kd-alpha / --distill-loss-weight /
-    --task-loss-weight. Nothing given: the paper's 0.1 / 0.9."""
+    """(task CE weight gamma, logit-term weight alpha) from --kd-alpha / --distill-loss-weight /
+    --task-loss-weight. Nothing given: the published weights of --distill (KD: the paper's 0.1 / 0.9).
+
+    Where the method's published weights sum to 1 (KD: loss = (1 − α) CE + α KL) a single weight sets
+    the other as 1 − it; otherwise the other keeps the method's published value."""
+    gamma0, alpha0 = METHODS[args.distill].default_loss_weights(args)
+    complementary = math.isclose(gamma0 + alpha0, 1.0)
     if args.kd_alpha is not None:
         alpha = args.kd_alpha
-        gamma = args.task_loss_weight if args.task_loss_weight is not None else 1.0 - alpha
+        gamma = args.task_loss_weight if args.task_loss_weight is not None else (
+            1.0 - alpha if complementary else gamma0)
     elif args.distill_loss_weight is not None:  # timm: independent weights, CE weight defaults to 1
         alpha = args.distill_loss_weight
         gamma = args.task_loss_weight if args.task_loss_weight is not None else 1.0
     elif args.task_loss_weight is not None:  # timm: complementary
         gamma = args.task_loss_weight
-        alpha = 1.0 - gamma
+        alpha = 1.0 - gamma if complementary else alpha0
     else:
-        gamma, alpha = 0.1, 0.9
+        gamma, alpha = gamma0, alpha0
     return gamma, alpha
+
+
+def _validate_method(args: argparse.Namespace, explicit: Dict[str, Any], views: List[str], timm_mix: bool) -> None:
+    """--distill, --view-loss, --logit-std and the methods' own flags."""
+    cls = METHODS[args.distill]
+    defaults = build_parser().parse_args([])
+    for name, dests in _METHOD_DESTS.items():
+        stray = sorted(d for d in dests & set(explicit) if name != args.distill and explicit[d] != getattr(defaults, d))
+        if stray:
+            raise UsageError(f'--{stray[0].replace("_", "-")} is a flag of --distill {name}, not of '
+                             f'--distill {args.distill}.')
+    if args.view_loss == 'method':
+        if not cls.logit_method:
+            raise UsageError(f'--view-loss method applies a logit method\'s loss to the views; --distill '
+                             f'{args.distill} is not a logit method: use --view-loss kl.')
+        if not views or '--cutmix-hard' in views:
+            raise UsageError('--view-loss method needs teacher-labelled views: add --tl-cutmix, --tl-mixup or --cutout.')
+    if args.logit_std and not getattr(cls, 'supports_logit_std', False):
+        supported = sorted(n for n, c in METHODS.items() if getattr(c, 'supports_logit_std', False))
+        raise UsageError(f'--logit-std works with --distill {" / ".join(supported)}, not {args.distill}.')
+    if args.logit_std_temp <= 0:
+        raise UsageError(f'--logit-std-temp must be > 0, got {args.logit_std_temp}.')
+    if cls.needs_class_target and timm_mix:
+        raise UsageError(f'--distill {args.distill} needs the class labels of the batch; timm\'s --mixup/--cutmix '
+                         f'replace them with soft labels: use --tl-cutmix / --tl-mixup instead.')
 
 
 def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] = None) -> None:
@@ -461,7 +524,10 @@ def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] =
         ('--kd-alpha', args.kd_alpha is not None),
         ('--distill-loss-weight', args.distill_loss_weight is not None),
         ('--task-loss-weight', args.task_loss_weight is not None),
-        ('--mixed-kd-weight', args.mixed_kd_weight != 1.0)) if on]
+        ('--mixed-kd-weight', args.mixed_kd_weight != 1.0),
+        (f'--distill {args.distill}', args.distill != 'kd'),
+        ('--view-loss method', args.view_loss != 'kl'),
+        ('--logit-std', args.logit_std)) if on]
     if not args.teacher and kd_only:
         raise UsageError(f'{kd_only[0]} needs a teacher: add --teacher MODEL (and --teacher-checkpoint PATH).')
     for flag, v in (('--tl-mixup', args.tl_mixup), ('--tl-cutmix', args.tl_cutmix), ('--cutmix-hard', args.cutmix_hard)):
@@ -506,6 +572,7 @@ def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] =
         if args.cutmix_minmax is not None:
             need(args.tl_cutmix or args.cutmix_hard, '--cutmix-minmax shapes CutMix boxes: use it with --tl-cutmix '
                                                      'or --cutmix-hard.')
+    _validate_method(args, explicit, views, timm_mix)
     if args.amp_dtype not in ('float16', 'bfloat16'):
         raise UsageError(f'--amp-dtype must be float16 or bfloat16, got {args.amp_dtype!r}.')
     from timm_kd.hub.io import check_repo_id  # the Hub's own id rules, checked before training, not after

@@ -15,12 +15,13 @@ import timm_kd
 from timm_kd.data.datasets import DatasetNotFoundError, create_kd_dataset, dataset_defaults
 from timm_kd.data.transforms import SMALL_INPUT_LIMIT, create_kd_transform
 from timm_kd.distill import teacher as teacher_lib
+from timm_kd.distill.methods import METHODS
 from timm_kd.messages import first_line
 from .args import LARGE_INPUT_AUG_FLAGS, UsageError, build_parser, kd_view_modes, resolve_loss_weights
 from .schedule import schedule_lengths
 
 __all__ = ['data_config', 'create_student', 'build_teacher', 'create_datasets', 'create_task',
-           'resolve_lr', 'load_weights', 'recipe_of']
+           'resolve_lr', 'load_weights', 'recipe_of', 'distill_record']
 
 _logger = logging.getLogger('train_kd')
 _TORCH_NAMES = ('cifar10', 'cifar100', 'mnist', 'fashionmnist', 'kmnist', 'qmnist', 'svhn', 'stl10')
@@ -236,12 +237,23 @@ def create_task(args: argparse.Namespace, dc: Dict[str, Any], student, teacher, 
     gamma, alpha = resolve_loss_weights(args)
     try:
         task = timm_kd.DistillationTask(
-            student, teacher, mixup=mixer, temperature=args.kd_temperature, task_loss_weight=gamma,
-            distill_loss_weight=alpha, mixed_kd_weight=args.mixed_kd_weight, criterion_kwargs=criterion_kwargs,
-            device=device)
+            student, teacher, mixup=mixer, method=args.distill,
+            method_kwargs=METHODS[args.distill].kwargs_from_args(args), view_loss=args.view_loss,
+            temperature=args.kd_temperature, task_loss_weight=gamma, distill_loss_weight=alpha,
+            mixed_kd_weight=args.mixed_kd_weight, criterion_kwargs=criterion_kwargs, device=device)
     except ValueError as e:
         raise UsageError(str(e)) from e
     return task, mixup_fn
+
+
+def distill_record(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """The distillation method of a run as results.json records it (None without a teacher)."""
+    if not args.teacher:
+        return None
+    gamma, alpha = resolve_loss_weights(args)
+    return dict(method=args.distill, **METHODS[args.distill].kwargs_from_args(args), view_loss=args.view_loss,
+                temperature=args.kd_temperature, task_loss_weight=gamma, distill_loss_weight=alpha,
+                mixed_kd_weight=args.mixed_kd_weight)
 
 
 def resolve_lr(args: argparse.Namespace, world_size: int) -> None:

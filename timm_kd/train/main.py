@@ -16,7 +16,8 @@ import yaml
 
 from .args import UsageError, parse_args, resume_flag_changes, validate_args
 from timm_kd.messages import first_line
-from .build import build_teacher, create_datasets, create_student, create_task, data_config, recipe_of, resolve_lr
+from .build import (
+    build_teacher, create_datasets, create_student, create_task, data_config, distill_record, recipe_of, resolve_lr)
 from .checkpoint import atomic_write_text, output_error, remove_stale_temp_files
 from .data import create_eval_loader, create_train_loader
 from .loop import EpochMeters, NonFiniteLossError, evaluate, train_one_epoch
@@ -180,7 +181,7 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
                      f'{tm["loss"]:.4f} on the {args.val_split!r} split ({len(eval_ds)} images).')
     tm = training.teacher_metrics or {}
     results: Dict[str, Any] = dict(
-        model=args.model, teacher=args.teacher, **teacher_lineage(teacher),
+        model=args.model, teacher=args.teacher, **teacher_lineage(teacher), distill=distill_record(args),
         teacher_top1=tm.get('top1'), teacher_top5=tm.get('top5'),
         best_top1=None, best_top5=None, best_epoch=None, last_top1=None, last_top5=None, last_epoch=None,
         num_classes=dc['num_classes'], dataset=args.dataset, eval_metric=args.eval_metric,
@@ -200,6 +201,8 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
             for m in (mixup_fn, getattr(task, 'mixup', None)):
                 if m is not None:
                     m.mixup_enabled = False
+        if hasattr(task, 'set_epoch'):  # the method's warm-up (DKD)
+            task.set_epoch(epoch)
         lr = sum(g['lr'] for g in optimizer.param_groups) / len(optimizer.param_groups)
         num_updates = train_one_epoch(
             epoch, task, loader_train, optimizer, accelerator, args, training.meters, start_step=step0,
