@@ -4,18 +4,29 @@
 For a student/teacher pair, a batch size and a device, times one full training step (forward, loss,
 backward, SGD step) of KD, KD+TLmixup, KD+TLCutMix and KD+TLCutMix+pick (each criterion), once through
 ``timm_kd.DistillationTask`` + ``timm_kd.DistillMixup`` ("ours") and once through a hand-written loop
-doing the same math (DESIGN.md §4) with plain ``F.kl_div`` / ``F.cross_entropy`` ("hand"). Variants
+doing the same math (docs/methods.md) with plain ``F.kl_div`` / ``F.cross_entropy`` ("hand"). Variants
 and implementations are interleaved (A B B A ...) across repeats so machine load hits all of them alike.
 
-Printed ratios (goals from DESIGN.md §8):
+Printed ratios and their goals:
   * our step / hand loop (KD, TLCutMix: within 5 %),
   * DistillMixup time / our step time (<= 2 %),
   * pick / TLCutMix step time against the FLOP model (student fwd 1, bwd 2, teacher fwd c per sample:
     TLCutMix = 6B + 2cB, pick(kld) with 2B candidates = 8B + 3cB; <= 1.05x the model's ratio),
   * peak memory of a step (CPU: RSS growth in a fresh process; CUDA: max_memory_allocated).
 
+Two other runs:
+  * ``--goals``: KD, TLCutMix and pick-kld, ours against hand, at 1 and at 2 threads in one run; the median
+    CPU-time ratio at 1 thread and the median wall-time ratio at 2 threads must be <= 1.05 (both ratios
+    are printed for both thread counts, with the spread of the paired repeats);
+  * ``--distill kd,dkd,...`` (or ``all``): each distillation method's step (no view) against KD's in the
+    same interleaved run, its extra peak memory, and its step time against the prediction from its extra
+    work: the FLOPs of one training step (forward + backward, ``FlopCounterMode``) relative to KD's; the
+    goal is measured / predicted within 10 %.
+
 Example (the defaults, a few minutes on 2 CPU cores):
     python benchmarks/bench_step.py --model resnet20 --teacher resnet56 -b 64 --json out/bench_step.json
+    python benchmarks/bench_step.py --goals --repeats 10 --steps 2 --no-memory
+    python benchmarks/bench_step.py --distill all --repeats 6
 """
 import argparse
 import contextlib
@@ -41,11 +52,14 @@ ALL_VARIANTS = ('kd', 'tlmixup', 'tlcutmix', 'pick-kld', 'pick-t_ent', 'pick-s_e
 IMPLS = ('ours', 'hand')
 # Forward GFLOPs of one 32x32 CIFAR-100 image (research table, paper-code-spec.md): fallback for c.
 TABLE_GFLOPS = {'resnet20': 0.0816, 'resnet56': 0.2515, 'resnet8x4': 0.3541, 'resnet32x4': 2.1661}
-GOALS = {'ours_over_hand': 1.05, 'mixup_share': 0.02, 'pick_over_model': 1.05}
+GOALS = {'ours_over_hand': 1.05, 'mixup_share': 0.02, 'pick_over_model': 1.05, 'method_vs_prediction': 0.10}
+GOAL_VARIANTS = ('kd', 'tlcutmix', 'pick-kld')
+GOAL_THREADS = (1, 2)
+METHOD_PREFIX = 'distill-'  # variant name of a distillation method's step: distill-<name>
 
 
 def flop_model(variant: str, c: float, n_candidates: int = 2, pick_ratio: float = 0.5) -> float:
-    """Step cost in student-forward units per original sample (DESIGN.md §8: fwd 1, bwd 2, teacher c).
+    """Step cost in student-forward units per original sample (fwd 1, bwd 2, teacher c; docs/methods.md).
 
     The picked views train like TLCutMix's x' (3 + c, teacher logits reused from the pool); the pool
     costs one teacher forward per candidate and, for criteria that need the student, one no-grad
@@ -67,7 +81,7 @@ def flop_model(variant: str, c: float, n_candidates: int = 2, pick_ratio: float 
 
 
 # --------------------------------------------------------------------------------------------------
-# The hand-written loop. Deliberately independent of timm_kd: plain PyTorch, the math of DESIGN.md §4.
+# The hand-written loop. Deliberately independent of timm_kd: plain PyTorch, the math of docs/methods.md.
 # --------------------------------------------------------------------------------------------------
 
 def _kl(s: torch.Tensor, t: torch.Tensor, T: float) -> torch.Tensor:
@@ -176,7 +190,7 @@ class HandStep:
 
 def make_mixup(variant: str, num_classes: int, n_candidates: int = 2, pick_ratio: float = 0.5):
     import timm_kd
-    if variant == 'kd':
+    if variant == 'kd' or variant.startswith(METHOD_PREFIX):
         return None
     if variant == 'tlmixup':
         return timm_kd.DistillMixup(mixup_alpha=1., cutmix_alpha=0., num_classes=num_classes)
@@ -193,11 +207,13 @@ class OurStep:
 
     def __init__(self, task: nn.Module, optimizer: torch.optim.Optimizer, amp_dtype: Optional[torch.dtype] = None):
         self.task, self.opt, self.amp_dtype = task, optimizer, amp_dtype
+        self.needs_index = task.distiller.needs_index
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         ctx = torch.autocast(x.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        extras = {'index': torch.arange(x.shape[0], device=x.device)} if self.needs_index else {}
         with ctx:
-            loss = self.task(x, y)['loss']
+            loss = self.task(x, y, **extras)['loss']
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -239,13 +255,32 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-memory probes')
     p.add_argument('--no-sync-probe', dest='sync_probe', action='store_false',
                    help='skip counting host-sync calls (.item(), bool(t), ...) in one step')
+    p.add_argument('--goals', action='store_true',
+                   help=f'the goals run: {",".join(GOAL_VARIANTS)}, ours and hand, at {GOAL_THREADS} threads '
+                        f'(overrides --variants, --impls, --threads; no memory probes)')
+    p.add_argument('--distill', default='', metavar='NAMES',
+                   help='comma list of distillation methods (or "all"): step time of each against KD in the same '
+                        'run, extra memory, and measured against predicted cost (overrides --variants, --impls)')
     p.add_argument('--json', default=None, metavar='PATH', help='write the results as JSON')
     p.add_argument('-q', '--quiet', action='store_true')
     args = p.parse_args(argv)
     args.variants = [v for v in args.variants.split(',') if v]
     args.impls = [v for v in args.impls.split(',') if v]
+    if args.goals and args.distill:
+        p.error('--goals and --distill are separate runs: give one')
+    if args.goals:
+        args.variants, args.impls, args.memory = list(GOAL_VARIANTS), list(IMPLS), False
+    if args.distill:
+        from timm_kd.distill.methods import METHODS
+        names = sorted(METHODS) if args.distill == 'all' else [m for m in args.distill.split(',') if m]
+        for m in names:
+            if m not in METHODS:
+                p.error(f'unknown distillation method {m!r}; choose from {sorted(METHODS)} or all')
+        # KD is the baseline of every ratio; its step is the 'kd' variant
+        args.variants = ['kd'] + [METHOD_PREFIX + m for m in names if m != 'kd']
+        args.impls = ['ours']
     for v in args.variants:
-        if v not in ALL_VARIANTS:
+        if v not in ALL_VARIANTS and not v.startswith(METHOD_PREFIX):
             p.error(f'unknown variant {v!r}; choose from {ALL_VARIANTS}')
     for v in args.impls:
         if v not in IMPLS:
@@ -294,16 +329,20 @@ class Bench:
         self.mixups: Dict[str, Any] = {}
         adt = amp_dtype(args)
         for v in variants:
-            if 'hand' in impls:
+            method = v[len(METHOD_PREFIX):] if v.startswith(METHOD_PREFIX) else 'kd'
+            if 'hand' in impls and method == 'kd':
                 self.steps[v, 'hand'] = HandStep(
                     s_run['hand'], t_run, self.opts['hand'], v, n_candidates=args.n_candidates,
                     pick_ratio=args.pick_ratio, amp_dtype=adt, seed=args.seed)
             if 'ours' in impls:
                 mix = make_mixup(v, nc, args.n_candidates, args.pick_ratio)
                 task = timm_kd.DistillationTask(
-                    self.students['ours'], teacher, mixup=mix, temperature=4.0, task_loss_weight=0.1,
+                    self.students['ours'], teacher, mixup=mix, method=method, temperature=4.0, task_loss_weight=0.1,
                     distill_loss_weight=0.9).to(dev)
                 task.train()
+                extra = [q for q in task.distiller.parameters() if q.requires_grad]
+                if extra:  # a method's trainable parts step with the student
+                    self.opts['ours'].add_param_group({'params': extra})
                 if args.compile:
                     task.compile()
                 self.steps[v, 'ours'] = OurStep(task, self.opts['ours'], adt)
@@ -426,6 +465,117 @@ def count_flops(model: nn.Module, input_size: Tuple[int, ...], device: torch.dev
         return None
 
 
+def timed_interleaved(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]):
+    """Every step of ``bench`` timed ``args.repeats`` times, interleaved: the order flips every repeat
+    (A B C, C B A, ...) and ours / hand alternate, so machine load hits all alike. Returns wall and CPU
+    seconds per step by (variant, impl), the last losses and the DistillMixup seconds per call by variant."""
+    times: Dict[Tuple[str, str], List[float]] = {k: [] for k in bench.steps}
+    cpu_times: Dict[Tuple[str, str], List[float]] = {k: [] for k in bench.steps}
+    last_loss: Dict[Tuple[str, str], torch.Tensor] = {}
+    mix_times: Dict[str, List[float]] = {v: [] for v in bench.mixups}
+    keys = list(bench.steps)
+    t0 = time.perf_counter()
+    for r in range(args.repeats):
+        order = keys if r % 2 == 0 else keys[::-1]
+        for key in order:
+            times[key].append(bench.run(bench.steps[key], args.steps))
+            cpu_times[key].append(bench.last_cpu)
+            last_loss[key] = bench.last_out.detach()
+            if key[0] in bench.mixups and key[1] == 'ours':
+                mix_times[key[0]].append(bench.run(mixup_call(bench.mixups[key[0]]), args.steps))
+        log(f'  repeat {r + 1}/{args.repeats} done ({time.perf_counter() - t0:.0f}s)')
+    return times, cpu_times, last_loss, mix_times
+
+
+def warm_up(bench: Bench, args: argparse.Namespace) -> None:
+    for step in bench.steps.values():
+        for _ in range(args.warmup):
+            step(*bench.batch())
+    for mix in bench.mixups.values():
+        for _ in range(max(args.warmup, 1)):
+            mixup_call(mix)(*bench.batch())
+
+
+def paired(a: List[float], b: List[float]) -> Dict[str, float]:
+    """Median and spread of the per-repeat ratios a/b (the two ran back to back: load cancels best)."""
+    return summarize([x / y for x, y in zip(a, b)])
+
+
+def step_flops(step: Callable, batch: Tuple[torch.Tensor, torch.Tensor]) -> Optional[float]:
+    """FLOPs of one training step, forward and backward (torch's FlopCounterMode: matmuls and convolutions)."""
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+    except ImportError:  # pragma: no cover - older torch
+        return None
+    with FlopCounterMode(display=False) as fc:
+        step(*batch)
+    return float(fc.get_total_flops())
+
+
+def run_goals(args: argparse.Namespace, result: Dict[str, Any], log: Callable[[str], None]) -> None:
+    """Ours / hand for the goal variants at 1 and 2 threads: CPU time at 1 thread, wall time at 2 (<= 1.05)."""
+    bench = Bench(args, args.variants, args.impls)
+    runs: Dict[str, Any] = {}
+    goals: Dict[str, Any] = {}
+    for threads in GOAL_THREADS:
+        torch.set_num_threads(threads)
+        warm_up(bench, args)
+        times, cpu_times, last_loss, _ = timed_interleaved(bench, args, log)
+        per_variant = {}
+        for v in args.variants:
+            wall = paired(times[v, 'ours'], times[v, 'hand'])
+            cpu = paired(cpu_times[v, 'ours'], cpu_times[v, 'hand'])
+            per_variant[v] = {'wall': wall, 'cpu': cpu,
+                              'finite_loss': all(bool(torch.isfinite(last_loss[v, i]).item()) for i in args.impls)}
+            measure = 'cpu' if threads == 1 else 'wall'
+            r = per_variant[v][measure]['median']
+            goals[f'{v}_{measure}_{threads}t'] = {'value': r, 'goal': GOALS['ours_over_hand'],
+                                                  'met': r <= GOALS['ours_over_hand']}
+            cpu_goal, wall_goal = (GOALS['ours_over_hand'], None) if threads == 1 else (None, GOALS['ours_over_hand'])
+            log(f'{threads} thread(s) ours / hand {v:10s} CPU time {fmt_ratio(cpu["median"], cpu_goal)} '
+                f'[{cpu["min"]:.3f}..{cpu["max"]:.3f}]  wall {fmt_ratio(wall["median"], wall_goal)} '
+                f'[{wall["min"]:.3f}..{wall["max"]:.3f}]')
+        runs[f'threads_{threads}'] = {'variants': per_variant, 'load_average_end': load_average()}
+    torch.set_num_threads(args.threads)
+    result['goals_run'] = runs
+    result['goals'] = goals
+    log(f'goals met: {all(g["met"] for g in goals.values())}; load average end: {load_average()}')
+
+
+def run_methods(args: argparse.Namespace, result: Dict[str, Any], memory: Dict[str, Dict[str, Any]],
+                log: Callable[[str], None]) -> None:
+    """Each method's step against KD's (same run): time ratio, prediction from FLOPs, extra memory."""
+    bench = Bench(args, args.variants, args.impls)
+    flops = {v: step_flops(bench.steps[v, 'ours'], bench.batch()) for v in args.variants}
+    warm_up(bench, args)
+    times, cpu_times, last_loss, _ = timed_interleaved(bench, args, log)
+    methods: Dict[str, Any] = {}
+    goals: Dict[str, Any] = {}
+    base_mem = memory.get('kd', {}).get('ours', {}).get('peak_bytes')
+    for v in args.variants:
+        name = v[len(METHOD_PREFIX):] if v.startswith(METHOD_PREFIX) else 'kd'
+        ratio = paired(times[v, 'ours'], times['kd', 'ours'])
+        predicted = flops[v] / flops['kd'] if flops[v] and flops['kd'] else None
+        mem = memory.get(v, {}).get('ours', {}).get('peak_bytes')
+        entry = {'sec_per_step': summarize(times[v, 'ours']), 'over_kd': ratio,
+                 'cpu_over_kd': paired(cpu_times[v, 'ours'], cpu_times['kd', 'ours']),
+                 'step_gflops': flops[v] and flops[v] / 1e9, 'predicted_over_kd': predicted,
+                 'extra_memory_bytes': mem - base_mem if mem is not None and base_mem is not None else None,
+                 'finite_loss': bool(torch.isfinite(last_loss[v, 'ours']).item())}
+        methods[name] = entry
+        if predicted and name != 'kd':
+            off = ratio['median'] / predicted - 1
+            goals[f'{name}_vs_prediction'] = {'value': off, 'goal': GOALS['method_vs_prediction'],
+                                              'met': abs(off) <= GOALS['method_vs_prediction']}
+        extra = entry['extra_memory_bytes']
+        log(f'{name:8s} step / KD {ratio["median"]:.3f} [{ratio["min"]:.3f}..{ratio["max"]:.3f}], CPU time '
+            f'{entry["cpu_over_kd"]["median"]:.3f}, predicted {predicted if predicted is None else f"{predicted:.3f}"}, '
+            f'extra memory {"-" if extra is None else f"{extra / 2 ** 20:.1f} MiB"}')
+    result['methods'] = methods
+    result['goals'] = goals
+    log(f'within 10 % of the prediction: {all(g["met"] for g in goals.values())}; load average end: {load_average()}')
+
+
 # --------------------------------------------------------------------------------------------------
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -438,7 +588,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         'config': {k: getattr(args, k) for k in (
             'model', 'teacher', 'batch_size', 'num_classes', 'device', 'amp', 'channels_last', 'compile',
             'repeats', 'steps', 'warmup', 'threads', 'n_candidates', 'pick_ratio', 'lr', 'seed', 'variants',
-            'impls')},
+            'impls', 'goals', 'distill')},
         'command': ' '.join(['python', 'benchmarks/bench_step.py'] + (argv if argv is not None else sys.argv[1:])),
     }
     log(f'bench_step: {args.model} <- {args.teacher}, batch {args.batch_size}, {device}, amp {args.amp}, '
@@ -447,6 +597,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     # memory first: fresh processes, nothing else running in this one yet
     memory = measure_memory(args, log) if args.memory else {}
+    if args.goals or args.distill:
+        t_run = time.perf_counter()
+        if args.goals:
+            run_goals(args, result, log)
+        else:
+            run_methods(args, result, memory, log)
+        result['env']['load_average_end'] = load_average()
+        result['wall_seconds'] = time.perf_counter() - t_run
+        write_json(args.json, result)
+        return result
 
     t_build = time.perf_counter()
     bench = Bench(args, args.variants, args.impls)
@@ -479,31 +639,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     # warm-up
     t0 = time.perf_counter()
-    for key, step in bench.steps.items():
-        for _ in range(args.warmup):
-            step(*bench.batch())
-    for v, mix in bench.mixups.items():
-        for _ in range(max(args.warmup, 1)):
-            mixup_call(mix)(*bench.batch())
+    warm_up(bench, args)
     log(f'warm-up {time.perf_counter() - t0:.1f}s')
 
-    # timed, interleaved: the order flips every repeat (A B C, C B A, ...), ours/hand alternate too
-    times: Dict[Tuple[str, str], List[float]] = {k: [] for k in bench.steps}
-    cpu_times: Dict[Tuple[str, str], List[float]] = {k: [] for k in bench.steps}
-    last_loss: Dict[Tuple[str, str], torch.Tensor] = {}
-    mix_times: Dict[str, List[float]] = {v: [] for v in bench.mixups}
-    keys = list(bench.steps)
-    t0 = time.perf_counter()
-    for r in range(args.repeats):
-        order = keys if r % 2 == 0 else keys[::-1]
-        for key in order:
-            times[key].append(bench.run(bench.steps[key], args.steps))
-            cpu_times[key].append(bench.last_cpu)
-            last_loss[key] = bench.last_out.detach()
-            if key[0] in bench.mixups and key[1] == 'ours':
-                mix_times[key[0]].append(bench.run(mixup_call(bench.mixups[key[0]]), args.steps))
-        log(f'  repeat {r + 1}/{args.repeats} done ({time.perf_counter() - t0:.0f}s)')
-
+    times, cpu_times, last_loss, mix_times = timed_interleaved(bench, args, log)
     # the last timed losses must be finite, else the timing measured NaN arithmetic (synced after timing)
     finite = {f'{v}/{impl}': bool(torch.isfinite(loss).item()) for (v, impl), loss in last_loss.items()}
 

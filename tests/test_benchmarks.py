@@ -144,6 +144,30 @@ def test_bench_step_memory_probe(tmp_path):
     assert 'ours_over_hand' not in res['variants']['tlcutmix']
 
 
+def test_bench_step_goals_run_reports_cpu_and_wall_ratios_at_1_and_2_threads(tmp_path):
+    res = bench_step.main(TINY + ['--goals', '--no-sync-probe'])
+    assert set(res['goals_run']) == {'threads_1', 'threads_2'}
+    for run in res['goals_run'].values():
+        assert set(run['variants']) == set(bench_step.GOAL_VARIANTS)
+        for v in run['variants'].values():
+            assert v['finite_loss'] and {'median', 'min', 'max'} <= set(v['cpu']) and 'median' in v['wall']
+    # the goal is CPU time at 1 thread, wall time at 2 threads, for every goal variant
+    assert set(res['goals']) == {f'{v}_{m}' for v in bench_step.GOAL_VARIANTS for m in ('cpu_1t', 'wall_2t')}
+
+
+def test_bench_step_distill_methods_against_kd(tmp_path):
+    from timm_kd.distill import METHODS
+    res = bench_step.main(TINY + ['--distill', 'all', '--no-sync-probe', '--variants', 'kd'])
+    assert set(res['methods']) == set(METHODS)
+    kd = res['methods']['kd']
+    assert kd['predicted_over_kd'] == 1.0 and kd['over_kd']['median'] == 1.0 and kd['extra_memory_bytes'] == 0
+    for name, m in res['methods'].items():
+        assert m['finite_loss'] and m['step_gflops'] > 0
+        if METHODS[name].logit_method:  # loss arithmetic on the logits only: the same FLOPs as KD
+            assert m['predicted_over_kd'] == pytest.approx(1.0, abs=1e-6)
+    assert set(res['goals']) == {f'{n}_vs_prediction' for n in METHODS if n != 'kd'}
+
+
 def test_bench_step_rejects_bad_arguments():
     with pytest.raises(SystemExit):
         bench_step.parse_args(['--variants', 'kd,nope'])

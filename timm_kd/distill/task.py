@@ -111,9 +111,9 @@ class DistillationTask(LogitDistillationTask):
     method's weighted terms by name (detached copies), and, when views are trained,
     ``teacher_view_output`` (detached teacher logits on the trained views) and, when meaningful,
     ``label_disagreement`` (share of the trained mixed views whose teacher argmax differs from the
-    larger-area source label), ``kl_ratio`` (r = mean KL of picked / mean KL of pool, paper Eq. 4; picks
-    by 'kld' / 's_ent'), ``picked_share`` (picked / pool) and ``pick_coverage`` (share of the batch's
-    images with at least one picked view).
+    larger-area source label), ``kl_ratio`` (r = mean KL of picked / mean KL of pool, paper Eq. 4; for
+    the criteria that score with the student: 'kld', 's_ent'), ``picked_share`` (picked / pool) and
+    ``pick_coverage`` (share of the batch's images with at least one picked view).
     """
 
     def __init__(

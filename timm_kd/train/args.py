@@ -552,7 +552,7 @@ def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] =
     else:
         for flag, dest, default in (('--pick-candidates', 'pick_candidates', 2), ('--pick-ratio', 'pick_ratio', 0.5)):
             if dest in explicit and explicit[dest] != default:
-                raise UsageError(f'{flag} has no effect without --pick: add --pick kld (or t_ent, s_ent, random).')
+                raise UsageError(f'{flag} has no effect without --pick: add --pick NAME ({" / ".join(PICK_CRITERIA)}).')
     need(0 < args.mix_fraction <= 1, f'--mix-fraction must be in (0, 1], got {args.mix_fraction}.')
     if args.mix_fraction != 1.0:
         need(bool(views), '--mix-fraction needs a mixing mode: add --tl-mixup or --tl-cutmix.')
