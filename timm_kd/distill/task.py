@@ -226,7 +226,7 @@ class DistillationTask(LogitDistillationTask):
             _logger.info(f'DistillationTask: {self.extra_repr()}, teacher re-normalization={self._renormalize}')
 
     def extra_repr(self) -> str:
-        return (f'method={getattr(self.distiller, "method_name", type(self.distiller).__name__)}, '
+        return (f'method={self.distiller.method_name or type(self.distiller).__name__}, '
                 f'temperature={self.temperature}, task_loss_weight={self.task_loss_weight}, '
                 f'distill_loss_weight={self.distill_loss_weight}, mixed_kd_weight={self.mixed_kd_weight}, '
                 f'view_loss={self.view_loss}, mixup={self.mixup}')

@@ -66,6 +66,7 @@ class Distiller(nn.Module):
     Trainable parameters and buffers of a method train with the student and go into the training
     checkpoint (``task.distiller.state_dict()``), never into the exported student.
     """
+    method_name: ClassVar[str] = ''  # set by register_method
     needs_features: ClassVar[bool] = False
     needs_index: ClassVar[bool] = False
     logit_method: ClassVar[bool] = False
