@@ -283,3 +283,24 @@ def test_train_kd_hub_ids_are_checked_before_training(argv, phrase):
     args, explicit = parse_args(['--model', 'resnet8', '--dataset', 'synthetic/4x16', *argv])
     with pytest.raises(UsageError, match=phrase.replace('"', '.')):
         validate_args(args, explicit)
+
+
+def test_the_next_export_removes_what_a_killed_export_left(tmp_path):
+    import socket
+    import subprocess
+    run = tmp_path / 'run'
+    fake_run(run)
+    finished = subprocess.Popen(['true'])
+    finished.wait()  # a process id that no longer runs
+    left = {}
+    for name, pid, marked in (('.x.k1ll3d', finished.pid, True), ('.x.old-b2sy', os.getpid(), True),
+                              ('.x.mine', finished.pid, False)):
+        left[name] = run / 'hub' / name
+        left[name].mkdir(parents=True)
+        (left[name] / 'model.safetensors').write_bytes(b'half a model')
+        if marked:
+            (left[name] / hub_io.EXPORT_MARKER).write_text(json.dumps({'host': socket.gethostname(), 'pid': pid}))
+    assert publish_main([str(run), '--repo-id', 'kd/x', '--dry-run']) == 0
+    assert not left['.x.k1ll3d'].exists()  # ours, its writer is gone
+    assert left['.x.old-b2sy'].exists() and left['.x.mine'].exists()  # a running writer's; not ours
+    assert sorted(p.name for p in (run / 'hub').iterdir()) == ['.x.mine', '.x.old-b2sy', 'x']

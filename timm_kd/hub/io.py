@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -148,6 +149,36 @@ def _check_destination(folder: Path, protect: Optional[Path]) -> None:
                               f'output folder (nothing was changed).')
 
 
+def _mark(folder: Path) -> None:
+    """Write :data:`EXPORT_MARKER`: this folder is timm-kd's, written by this process on this host."""
+    writer = {'written_by': f'timm-kd {timm_kd_version()}', 'host': socket.gethostname(), 'pid': os.getpid()}
+    (folder / EXPORT_MARKER).write_text(json.dumps(writer) + '\n')
+
+
+def _process_gone(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False  # cannot tell: keep the folder
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. another user's process
+        return False
+    return False
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    """Remove the temporary folders that exports to ``folder`` left when they were killed: hidden siblings
+    ``.<name>.*`` marked by a process of this host that no longer runs. Anything unmarked is not ours."""
+    for tmp in folder.parent.glob(f'.{folder.name}.*'):
+        try:
+            writer = json.loads((tmp / EXPORT_MARKER).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(writer, dict) and writer.get('host') == socket.gethostname() and _process_gone(writer.get('pid')):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def save_model_folder(
         model: nn.Module,
         folder: Union[str, os.PathLike],
@@ -160,7 +191,7 @@ def save_model_folder(
     """Write a timm Hub folder: ``config.json``, ``model.safetensors`` (only), ``README.md`` and extras.
 
     The folder is built next to its destination and renamed into place: a crash leaves the old folder or
-    the new one. An existing destination is replaced only when it is empty or an earlier timm-kd export;
+    the new one, and the next export to the same place removes what the crash left. An existing destination is replaced only when it is empty or an earlier timm-kd export;
     anything else (a user's folder, a file, ``protect`` or a folder containing it) raises
     ``FileExistsError`` before anything is written.
     """
@@ -168,11 +199,12 @@ def save_model_folder(
     folder = Path(folder)
     _check_destination(folder, Path(protect) if protect is not None else None)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.', dir=folder.parent))  # unique, created by us only
     try:
+        _mark(tmp)  # first, so a kill from here on leaves a folder the next export can recognise and remove
         save_for_hf(model, tmp, model_config=model_config, data_config=data_config, safe_serialization=True)
-        files = {'README.md': readme, **(extra_files or {}),
-                 EXPORT_MARKER: json.dumps({'written_by': f'timm-kd {timm_kd_version()}'}) + '\n'}
+        files = {'README.md': readme, **(extra_files or {})}
         for rel, content in files.items():
             dst = tmp / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -187,6 +219,7 @@ def save_model_folder(
         old = None
         if folder.exists():  # empty, or our own earlier export (checked above)
             old = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.old-', dir=folder.parent))
+            _mark(old)
             os.replace(folder, old / folder.name)
         os.replace(tmp, folder)
         if old is not None:
