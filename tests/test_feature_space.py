@@ -83,7 +83,8 @@ def test_cli_on_a_run_folder_and_a_checkpoint_file(tmp_path, capsys):
     ref = v_measure_score(y, KMeans(n_clusters=3, n_init=10, random_state=0).fit_predict(f))
     assert rows[3]['v_score'] == pytest.approx(ref, abs=1e-6)
     for name in ('run_a', 'b'):
-        assert (out / f'embedding_{name}.png').read_bytes()[:4] == b'\x89PNG' and (out / f'embedding_{name}.svg').exists()
+        assert (out / f'embedding_{name}.png').read_bytes()[:4] == b'\x89PNG'
+        assert (out / f'embedding_{name}.svg').exists()
 
 
 def test_cli_mistakes_exit_2_with_one_sentence(tmp_path, capsys):

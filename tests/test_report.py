@@ -1,10 +1,12 @@
 """timm_kd.report and timm_kd.figures on hand-made run folders with known numbers (no training)."""
 import csv
+import glob
 import hashlib
 import io
 import json
 import math
 import os
+import re
 
 import pytest
 import yaml
@@ -188,6 +190,27 @@ def test_da_score_json_shapes(tmp_path):
     paths = write_figures(report.group_runs(runs), [], str(tmp_path / 'f'), da_score=str(tmp_path / '0.json'))
     assert sorted(os.path.basename(p) for p in paths) == ['accuracy.png', 'accuracy.svg', 't_stddev.png',
                                                          't_stddev.svg']
+
+
+def test_shipped_paper_numbers_match_the_recipes_and_reach_the_table(tmp_path, capsys):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paper = report.load_paper(os.path.join(root, 'configs', 'paper_results.yaml'))
+    picks = {(e['match']['dataset'], e['match']['teacher'], e['match']['model']): (e['top1'], e.get('std'))
+             for e in paper if e['source'].endswith('KD+TLCutMix+pick')}
+    for recipe in glob.glob(os.path.join(root, 'configs', '*', '*__*.yaml')):  # "# Paper: ... student 74.78 (0.35)"
+        header = open(recipe).read().split('\n')[1]
+        student = re.search(r'student ([0-9.]+) \(([0-9.]+)\)', header)
+        cfg = yaml.safe_load(open(recipe))
+        assert picks[(cfg['dataset'], cfg['teacher'], cfg['model'])] == (float(student[1]), float(student[2])), recipe
+    runs = tmp_path / 'runs'
+    pair = dict(dataset='torch/cifar100', teacher='resnet32x4', model='resnet8x4', tl_mixup=0.0, cutmix_hard=0.0,
+                cutout=0, mix_fraction=1.0)
+    for s in (0, 1, 2):
+        fake_run(runs, f'kd{s}', 74.0, 73.0 + s, seed=s, **dict(pair, tl_cutmix=0.0, pick='none'))
+        fake_run(runs, f'pick{s}', 75.0, 74.0 + s, seed=s, **dict(pair, tl_cutmix=1.0, pick='kld'))
+    assert report.main([str(runs), '--paper', os.path.join(root, 'configs', 'paper_results.yaml')]) == 0
+    md = capsys.readouterr().out
+    assert '| 74.00 (1.00) | 73.33 | +0.67 |' in md and '| 75.00 (1.00) | 74.78 (0.35) | +0.22 |' in md
 
 
 def test_same_setting_rules():

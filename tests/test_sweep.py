@@ -63,10 +63,41 @@ def test_user_mistakes_exit_2_before_any_run(tmp_path, capsys):
     flagged = _grid(tmp_path, dict(seed=[0]), base=dict(model='resnet8', no_such_flag=3))
     assert sweep.main([flagged, '--dry-run']) == 2
     assert sweep.main([flagged, '--jobs', '0']) == 2
+    missing = _grid(tmp_path, dict(seed=[0, 1]), base=dict(model='resnet8', teacher='resnet8',
+                                                          teacher_checkpoint=str(tmp_path / 'none.pth')))
+    assert sweep.main([missing]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 4 and all(e.startswith('timm_kd.sweep: error: ') for e in err)
+    assert len(err) == 5 and all(e.startswith('timm_kd.sweep: error: ') for e in err)
+    assert 'does not exist' in err[4] and '1 more invalid run' in err[4]
     assert "unknown keys ['extra']" in err[1] and "Run 'seed-0'" in err[2] and '--no-such-flag' in err[2]
     assert not (tmp_path / 'sweep').exists()
+
+
+def test_shipped_grids_give_valid_train_kd_runs(tmp_path, monkeypatch):
+    """Every run of configs/sweeps/*.yaml passes train_kd's flag checks (teacher files stubbed)."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(ROOT / 'configs', tmp_path / 'configs')
+    plans = {}
+    for grid in sorted((ROOT / 'configs' / 'sweeps').glob('*.yaml')):
+        runs = sweep.expand_grid(sweep.load_grid(str(grid)))
+        for run in runs:
+            for flag, value in zip(run.argv, run.argv[1:]):
+                if flag == '--teacher-checkpoint':
+                    Path(value).parent.mkdir(parents=True, exist_ok=True)
+                    Path(value).touch()
+        sweep._plan(runs, str(tmp_path / 'out'))
+        assert [r.state for r in runs] == ['new'] * len(runs), [r.info for r in runs if r.info][:1]
+        plans[grid.stem] = {r.name: parse_args(r.argv)[0] for r in runs}
+    pairs = {(a.teacher, a.model) for a in plans['table3_pairs'].values()}
+    assert len(pairs) == 7 and len(plans['table3_pairs']) == 7 * 2 * 3
+    assert {int(a.epochs * a.epoch_scale) for a in plans['fig1_epoch_scales'].values()} == {240, 480, 720, 960}
+    assert {a.teacher or None for a in plans['fig1_epoch_scales'].values()} == {None, 'resnet32x4'}
+    assert {a.mix_fraction for a in plans['choi_pmu'].values() if a.tl_mixup} == {0.1, 0.5, 1.0}
+    views = {n.split('__')[0]: (a.tl_cutmix, a.tl_mixup, a.cutmix_hard, a.pick)
+             for n, a in plans['table1_views'].items()}
+    assert views == {'view-kd': (0, 0, 0, 'none'), 'view-kd_cutmix': (0, 0, 1.0, 'none'),
+                     'view-tlmixup': (0, 1.0, 0, 'none'), 'view-tlcutmix': (1.0, 0, 0, 'none'),
+                     'view-tlcutmix_pick': (1.0, 0, 0, 'kld')}
 
 
 def _rows(run_dir):

@@ -41,12 +41,12 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import yaml
 
-from .train.args import UsageError, kd_view_modes, parse_args
+from .train.args import UsageError, kd_view_modes, parse_args, validate_args
 from .train.checkpoint import atomic_write_text
 from .train.state import checkpoint_candidates
 
-__all__ = ['Run', 'load_grid', 'parse_overrides', 'parse_train_argv', 'expand_grid', 'flags_to_argv', 'run_state', 'step_cost', 'main',
-           'AXIS_FLAGS']
+__all__ = ['Run', 'load_grid', 'parse_overrides', 'parse_train_argv', 'expand_grid', 'flags_to_argv', 'run_state',
+           'step_cost', 'main', 'AXIS_FLAGS']
 
 # list axes whose name is not the train_kd flag they set
 AXIS_FLAGS = {'method': 'distill', 'view': 'tl_aug'}
@@ -192,12 +192,15 @@ def step_cost(args: argparse.Namespace) -> float:
     return 8.0
 
 
-def parse_train_argv(argv: Sequence[str], what: str) -> argparse.Namespace:
-    """train_kd's reading of ``argv``; its argparse error becomes a UsageError that starts with ``what``."""
+def parse_train_argv(argv: Sequence[str], what: str, validate: bool = False) -> argparse.Namespace:
+    """train_kd's reading of ``argv`` (and with ``validate`` its checks that need no model or data: flag
+    combinations, files that must exist); an error becomes a UsageError that starts with ``what``."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            args, _ = parse_args(list(argv))
+            args, explicit = parse_args(list(argv))
+        if validate:
+            validate_args(args, explicit)
     except SystemExit:
         last = (err.getvalue().strip().splitlines() or ['invalid flags'])[-1]
         raise UsageError(f'{what}: train_kd.py rejects the flags: {last}.') from None
@@ -206,11 +209,21 @@ def parse_train_argv(argv: Sequence[str], what: str) -> argparse.Namespace:
     return args
 
 
+def _units(cost: float) -> str:
+    return f'{cost / 1e9:.3g}G' if cost >= 1e9 else f'{cost / 1e6:.3g}M'
+
+
 def _plan(runs: List[Run], sweep_dir: str) -> None:
-    """Fill in every run's state, total epochs and cost (checking its flags the way train_kd.py reads them)."""
+    """Fill in every run's state, total epochs and cost. Flags train_kd.py cannot parse raise UsageError; a run
+    that parses but fails train_kd's checks (e.g. a missing teacher checkpoint) gets the state 'invalid'."""
     for run in runs:
         run.state = run_state(os.path.join(sweep_dir, run.name))
         args = parse_train_argv(run.argv, f'Run {run.name!r}')
+        if run.state != 'done':
+            try:
+                parse_train_argv(run.argv, f'Run {run.name!r}', validate=True)
+            except UsageError as e:
+                run.state, run.info['error'] = 'invalid', str(e)
         run.epochs = int(args.epochs * float(args.epoch_scale))
         images = args.train_num_samples or TRAIN_IMAGES.get((args.dataset or '').lower())
         if images is None and (args.dataset or '').lower().startswith('synthetic/'):
@@ -259,13 +272,18 @@ def print_plan(runs: List[Run], sweep_dir: str, script: str, jobs: int, rate: Op
     print(f'Sweep {sweep_dir}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run '
           f'({jobs} at a time).')
     for run in runs:
-        cost = f'{run.cost / 1e6:.3g}M units' if run.cost else 'cost unknown'
+        cost = f'{_units(run.cost)} units' if run.cost else 'cost unknown'
         cmd = f'--resume {os.path.join(sweep_dir, run.name)}' if run.state == 'resume' else ' '.join(
             shlex.quote(a) for a in run.argv)
         print(f'  {run.state:8s} {run.name}  ({run.epochs} epochs, {cost})\n           {script} {cmd}')
+        if run.state == 'invalid':
+            print(f'           {run.info["error"]}')
+    if not todo:
+        print('Nothing to run: every run has finished.')
+        return
     known = [r.cost for r in todo if r.cost]
     total = sum(known)
-    line = (f'Estimated cost of the runs to do: {total / 1e6:.3g}M units (training images x epochs x FLOP-model '
+    line = (f'Estimated cost of the runs to do: {_units(total)} units (training images x epochs x FLOP-model '
             f'step cost, teacher counted as one student forward)')
     if len(known) < len(todo):
         line += f'; {len(todo) - len(known)} run(s) of unknown dataset size not counted'
@@ -450,6 +468,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.dry_run:
         print_plan(runs, sweep_dir, script, args.jobs, args.rate or _measured_rate(sweep_dir))
         return 0
+    invalid = [r for r in runs if r.state == 'invalid']
+    if invalid:
+        print(f'timm_kd.sweep: error: {invalid[0].info["error"]}' + (
+            f' ({len(invalid) - 1} more invalid run(s): --dry-run lists them)' if len(invalid) > 1 else ''),
+            file=sys.stderr)
+        return 2
     os.makedirs(sweep_dir, exist_ok=True)
     _write_sweep_file(sweep_dir, args.grid, runs, {})
     wall: Dict[str, float] = {}
