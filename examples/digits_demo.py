@@ -11,7 +11,9 @@ What it does, with ``train_kd.main(argv)`` (two runs at a time in forked worker 
    cross-entropy only (the baseline), KD (T = 4, 0.1 CE + 0.9 KL), and KD+TLCutMix+pick (+ a
    teacher-labelled CutMix view, the 64 of 128 candidates with the largest teacher-student KL);
 3. prints best- and last-epoch top-1 of every run, the teacher's accuracy, wall and CPU time, and writes
-   results.json, results.md and accuracy.png (eval top-1 per epoch) into the output folder.
+   results.json, results.md and accuracy.png (eval top-1 per epoch) into the output folder;
+4. ends with the experiment tools on the same runs: the table of ``python -m timm_kd.report`` (report.md)
+   and its figures (figures/: accuracy per epoch, the KL ratio r and label disagreement of the pick run).
 
 The recipe is the CRD one scaled down: SGD momentum 0.9 (no Nesterov), lr 0.05, weight decay 5e-4 on all
 parameters, batch 64, lr x0.1 after 50 % and 75 % of the epochs (torch MultiStepLR), no warm-up, no label
@@ -282,8 +284,23 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     _plot(os.path.join(out, 'accuracy.png'), results, labels,
           f'sklearn digits ({args.img_size} px): teacher {RUNS[0][1]}, students {RUNS[1][1]}, seed {args.seed}', n_val)
     print(f'\nWrote {os.path.join(out, "results.json")}, results.md and accuracy.png', flush=True)
+    report_runs(runs_dir, out)
     summary['output'] = out
     return summary
+
+
+def report_runs(runs_dir: str, out: str) -> None:
+    """The same runs through the experiment tools, as ``python -m timm_kd.report RUNS --baseline run=student_ce
+    --figures FIGURES`` does: the table of a multi-seed study (here one seed each) and its figures. The runs are
+    labelled by name in runs/sweep.json, the file timm_kd.sweep keeps its axis labels in."""
+    from timm_kd import report
+    with open(os.path.join(runs_dir, 'sweep.json'), 'w') as f:
+        json.dump({'runs': {name: {'labels': {'run': name}} for name, *_ in RUNS}}, f, indent=2)
+    print('\npython -m timm_kd.report (table: report.md, figures: figures/):', flush=True)
+    code = report.main([runs_dir, '--baseline', 'run=student_ce', '--output', os.path.join(out, 'report.md'),
+                        '--figures', os.path.join(out, 'figures')])
+    if code != 0:
+        raise SystemExit(f'digits_demo: timm_kd.report failed (exit {code})')
 
 
 if __name__ == '__main__':

@@ -44,5 +44,11 @@ def test_demo_smoke_run_writes_table_json_markdown_and_plot(tmp_path, capsys):
     assert (out / 'results.md').read_text().startswith('# timm-kd offline demo')
     assert (out / 'accuracy.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert summary['output'] == str(out)
+    # the demo ends with timm_kd.report's table and figures on its runs
+    report_md = (out / 'report.md').read_text()
+    assert report_md.startswith('| run | n | best top-1 | last top-1 | Δ best | Δ last | note |')
+    assert '| student_kd_tlcutmix_pick | 1 |' in report_md and report_md in printed
+    for name in ('accuracy', 'pick_diagnostics'):
+        assert (out / 'figures' / f'{name}.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     with pytest.raises(SystemExit, match='not empty'):
         demo.main(['--output', str(out)])
