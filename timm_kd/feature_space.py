@@ -93,8 +93,7 @@ def embed_2d(features: np.ndarray, method: str = 'pca', seed: int = 0) -> np.nda
     raise ValueError(f'unknown embedding {method!r}: use pca or tsne')
 
 
-def plot_embeddings(points: Dict[str, Tuple[np.ndarray, np.ndarray]], title: str, path_stem: str,
-                    class_names: Dict[int, str]) -> List[str]:
+def plot_embeddings(points: Dict[str, Tuple[np.ndarray, np.ndarray]], title: str, path_stem: str) -> List[str]:
     """One panel per split (name -> (2-D points, labels)), coloured by class; PNG and SVG."""
     from .figures import STYLE, _pyplot, _save
     plt = _pyplot()
@@ -104,7 +103,7 @@ def plot_embeddings(points: Dict[str, Tuple[np.ndarray, np.ndarray]], title: str
             for i, c in enumerate(sorted(set(y.tolist()))):
                 sel = y == c
                 ax.scatter(xy[sel, 0], xy[sel, 1], s=6, alpha=0.7, color=plt.cm.tab10(i % 10),
-                           label=class_names.get(c, str(c)), lw=0)
+                           label=str(c), lw=0)
             ax.set(title=split, xticks=[], yticks=[])
             ax.grid(False)
         axes[0][-1].legend(loc='center left', bbox_to_anchor=(1.0, 0.5), markerscale=2, title='class')

@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> List[Dict]:
                 points[split] = (embed_2d(feats[sel], args.embed, args.seed), labels[sel])
         if points:
             plot_embeddings(points, f'{name}: penultimate features ({args.embed.upper()})',
-                            os.path.join(out, f'embedding_{name}'), {})
+                            os.path.join(out, f'embedding_{name}'))
     text = format_scores(rows)
     print(text, end='')
     atomic_write_text(os.path.join(out, 'vscore.md'), text)
