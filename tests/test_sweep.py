@@ -100,6 +100,42 @@ def test_shipped_grids_give_valid_train_kd_runs(tmp_path, monkeypatch):
                      'view-tlcutmix_pick': (1.0, 0, 0, 'kld')}
 
 
+FAKE_TRAIN = """
+import json, os, sys
+argv = sys.argv[1:]
+run = argv[argv.index('--resume') + 1] if '--resume' in argv else os.path.join(
+    argv[argv.index('--output') + 1], argv[argv.index('--experiment') + 1])
+os.makedirs(run, exist_ok=True)
+if argv[argv.index('--lr') + 1] == '9.0':
+    sys.exit('train_kd.py: error: the loss became non-finite')
+with open(os.path.join(run, 'results.json'), 'w') as f:
+    json.dump(dict(finished=True, best_top1=50.0, best_epoch=0, last_top1=49.0, argv=argv), f)
+"""
+
+
+def test_failed_runs_stale_folders_and_the_launcher(tmp_path, capsys):
+    """A stand-in for train_kd.py (--script) that finishes at once, or fails for --lr 9."""
+    script = tmp_path / 'fake_train.py'
+    script.write_text(FAKE_TRAIN)
+    grid = _grid(tmp_path, dict(lr=[0.1, 9.0], seed=[0, 1]), base=dict(model='resnet8', epochs=2))
+    stale = tmp_path / 'sweep' / 'lr-0.1__seed-1'
+    stale.mkdir(parents=True)
+    (stale / 'log.txt').write_text('killed before its first checkpoint')
+    assert sweep.main([grid, '--script', str(script), '--jobs', '3']) == 1
+    out = capsys.readouterr().out
+    assert out.count('FAILED (exit 1)') == 2 and 'the loss became non-finite' in out
+    assert 'failed: lr-9.0__seed-0, lr-9.0__seed-1' in out and 'lr-0.1__seed-1: started (restarted' in out
+    moved = list((tmp_path / 'sweep' / '.stale').iterdir())
+    assert len(moved) == 1 and (moved[0] / 'log.txt').read_text() == 'killed before its first checkpoint'
+    done = json.loads((stale / 'results.json').read_text())['argv']
+    assert done[-4:] == ['--output', str(tmp_path / 'sweep'), '--experiment', 'lr-0.1__seed-1']
+    assert sweep.run_state(str(tmp_path / 'sweep' / 'lr-9.0__seed-0')) == 'restart'
+    # accelerate launch: the launcher's own arguments go before the script, a resume needs only the folder
+    run = sweep.Run('r', {}, ['--lr', '1'], state='resume')
+    cmd = sweep._command(run, '/s', 'train_kd.py', 'accelerate', ['--num_processes', '2'])
+    assert cmd[1:] == ['-m', 'accelerate.commands.launch', '--num_processes', '2', 'train_kd.py', '--resume', '/s/r']
+
+
 def _rows(run_dir):
     with open(Path(run_dir) / 'summary.csv', newline='') as f:
         return list(csv.DictReader(f))

@@ -413,11 +413,11 @@ def execute(runs: List[Run], sweep_dir: str, script: str, jobs: int, launcher: s
                                   f'{_last_error(log_path)} (log {log_path})')
             progress.draw()
     except KeyboardInterrupt:
-        for proc, (_, run, log, _, _) in active.items():
+        for proc in active:
             proc.terminate()
-        for proc, (_, run, log, _, _) in active.items():
+        for proc, entry in active.items():
             proc.wait()
-            log.close()
+            entry[2].close()  # the run's log file
         progress.line('Interrupted: the running runs were stopped; run the same command again to resume them.')
         raise
     progress.draw(final=True)
