@@ -177,13 +177,15 @@ def test_sweep_labels_replace_the_flags_they_determine(tmp_path, capsys):
 
 
 def test_da_score_json_shapes(tmp_path):
-    shapes = [[{'view': 'cutmix', 't_stddev': 0.2}, {'view': 'flip', 't_stddev': 0.1}],
+    shapes = [{'ranking': [{'rank': 1, 'view': 'flip', 'stddev_mean': 0.1, 'stddev_sd': 0.01},
+                           {'rank': 2, 'view': 'cutmix', 'stddev_mean': 0.2, 'stddev_sd': float('nan')}]},
+              [{'view': 'cutmix', 't_stddev': 0.2}, {'view': 'flip', 't_stddev': 0.1}],
               {'results': {'cutmix': {'t_stddev': 0.2}, 'flip': {'t_stddev': 0.1}}},
               {'cutmix': 0.2, 'flip': 0.1}]
     for i, data in enumerate(shapes):
         p = tmp_path / f'{i}.json'
         p.write_text(json.dumps(data))
-        assert sorted(read_da_score(str(p))) == [('cutmix', 0.2), ('flip', 0.1)]
+        assert sorted(read_da_score(str(p))) == [('cutmix', 0.2, 0.0), ('flip', 0.1, 0.01 if i == 0 else 0.0)]
     p.write_text(json.dumps({'something': 'else'}))
     assert read_da_score(str(p)) is None
     runs, _ = report.load_runs([str(fake_run(tmp_path / 'r', 'a', 50.0, 49.0, seed=0).parent)])

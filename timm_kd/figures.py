@@ -127,33 +127,37 @@ def plot_pick_diagnostics(groups, keys: Sequence[str], out_dir: str) -> List[str
         return _save(fig, out_dir, 'pick_diagnostics')
 
 
-def read_da_score(path: str) -> Optional[List[Tuple[str, float]]]:
-    """(augmentation, T-stddev) pairs of a da_score JSON: a list (or ``{"results": [...]}``) of objects with a
-    name (``view``/``name``/``augmentation``) and ``t_stddev``, or a mapping name -> number or -> object.
+def read_da_score(path: str) -> Optional[List[Tuple[str, float, float]]]:
+    """(augmentation, T-stddev, its std over seeds or 0) of a ``python -m timm_kd.da_score`` scores.json (its
+    ``ranking`` rows: ``view``, ``stddev_mean``, ``stddev_sd``). Also read: a list (or ``{"results": ...}``) of
+    objects with a name (``view``/``name``/``augmentation``) and ``t_stddev``, or a mapping name -> number.
     None when the file has none of these shapes."""
     with open(path) as f:
         data = json.load(f)
-    if isinstance(data, dict) and isinstance(data.get('results'), (list, dict)):
-        data = data['results']
+    if isinstance(data, dict):
+        data = next((data[k] for k in ('ranking', 'results') if isinstance(data.get(k), (list, dict))), data)
     items = data.items() if isinstance(data, dict) else [(None, d) for d in data] if isinstance(data, list) else []
     out = []
     for name, d in items:
+        sd = 0.0
         if isinstance(d, dict):
             name = d.get('view') or d.get('name') or d.get('augmentation') or name
-            d = d.get('t_stddev')
-        if name is None or not isinstance(d, (int, float)):
+            sd = d.get('stddev_sd') if isinstance(d.get('stddev_sd'), (int, float)) else 0.0
+            d = d.get('stddev_mean', d.get('t_stddev'))
+        if name is None or not isinstance(d, (int, float)) or isinstance(d, bool):
             return None
-        out.append((str(name), float(d)))
+        out.append((str(name), float(d), 0.0 if math.isnan(sd) else float(sd)))
     return out or None
 
 
-def plot_t_stddev(scores: List[Tuple[str, float]], out_dir: str) -> List[str]:
+def plot_t_stddev(scores: List[Tuple[str, float, float]], out_dir: str) -> List[str]:
     plt = _pyplot()
     scores = sorted(scores, key=lambda s: s[1])
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(4.6, 0.5 + 0.28 * len(scores)))
-        ax.barh(range(len(scores)), [s for _, s in scores], color='tab:blue')
-        ax.set_yticks(range(len(scores)), [n for n, _ in scores])
+        ax.barh(range(len(scores)), [s[1] for s in scores], xerr=[s[2] for s in scores], color='tab:blue',
+                error_kw=dict(lw=0.8, capsize=2))
+        ax.set_yticks(range(len(scores)), [s[0] for s in scores])
         ax.invert_yaxis()
         ax.set(xlabel='T. stddev (lower = better augmentation for KD)', title='Teacher-only augmentation score')
         ax.grid(axis='y', visible=False)
