@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from timm_kd import report
-from timm_kd.figures import read_da_score, write_figures
+from timm_kd.figures import epoch_scaling_series, read_da_score, write_figures
 
 ARGS = dict(model='resnet8', teacher='resnet14', dataset='sklearn/digits', epochs=3, epoch_scale=1.0, lr=0.05,
             tl_cutmix=None, pick='none', workers=0, output='/somewhere', data_dir='', resume='')
@@ -174,6 +174,16 @@ def test_sweep_labels_replace_the_flags_they_determine(tmp_path, capsys):
     assert [ln.split('|')[1].strip() for ln in md[2:]] == ['kd', 'kd', 'tlcutmix', 'tlcutmix']
     for ext in ('png', 'svg'):
         assert (tmp_path / 'f' / f'epoch_scaling.{ext}').stat().st_size > 1000
+    # the curves of the figure: test error = 100 - last top-1 per total epochs (= 3 x epoch_scale here)
+    runs, _ = report.load_runs([str(sweep)])
+    groups = report.group_runs(runs)
+    series = epoch_scaling_series(groups, report.varying_keys(groups))
+    for view in ('kd', 'tlcutmix'):  # acc = 60 + 5 scale + (3 | 4 scale) + seed
+        points = series[f'view={view}']
+        assert [p[0] for p in points] == [3, 6]
+        for (_, mean, std, n), scale in zip(points, (1.0, 2.0)):
+            accs = [60.0 + 5 * scale + (3 if view == 'kd' else 4 * scale) + s for s in (0, 1)]
+            assert n == 2 and mean == pytest.approx(100 - sum(accs) / 2) and std == pytest.approx(mean_sd(accs)[1])
 
 
 def test_da_score_json_shapes(tmp_path):

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ['write_figures', 'plot_accuracy', 'plot_epoch_scaling', 'plot_pick_diagnostics', 'plot_t_stddev',
+__all__ = ['write_figures', 'plot_accuracy', 'epoch_scaling_series', 'plot_epoch_scaling', 'plot_pick_diagnostics', 'plot_t_stddev',
            'read_da_score', 'group_label']
 
 SCALE_KEYS = ('epochs', 'epoch_scale')
@@ -74,27 +74,33 @@ def _total_epochs(settings: Dict[str, Any]) -> int:
     return int(float(settings.get('epochs') or 0) * float(settings.get('epoch_scale') or 1))
 
 
-def plot_epoch_scaling(groups, keys: Sequence[str], out_dir: str) -> List[str]:
-    """Test error (100 - last top-1) against total epochs, one line per combination of the other settings."""
-    plt = _pyplot()
-    series: Dict[str, List[Tuple[int, List[float]]]] = {}
+def epoch_scaling_series(groups, keys: Sequence[str]) -> Dict[str, List[Tuple[int, float, float, int]]]:
+    """Per combination of the settings other than the epoch budget: (total epochs, mean and std (n-1) of the test
+    error = 100 - last top-1, n) at each budget, sorted by epochs."""
+    series: Dict[str, List[Tuple[int, float, float, int]]] = {}
     others = [k for k in keys if k not in SCALE_KEYS]
     for g in groups:
         errors = [100.0 - v for v in g.values('last_top1')]
-        series.setdefault(group_label(g.settings, others), []).append((_total_epochs(g.settings), errors))
+        std = float(np.std(errors, ddof=1)) if len(errors) > 1 else 0.0
+        series.setdefault(group_label(g.settings, others), []).append(
+            (_total_epochs(g.settings), float(np.mean(errors)), std, len(errors)))
+    return {label: sorted(points) for label, points in series.items()}
+
+
+def plot_epoch_scaling(groups, keys: Sequence[str], out_dir: str) -> List[str]:
+    """Test error against total epochs, one line per combination of the other settings, the optimum starred."""
+    plt = _pyplot()
+    series = epoch_scaling_series(groups, keys)
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(4.6, 3.2))
         for label, points in series.items():
-            points.sort()
-            x = [e for e, _ in points]
-            mean = np.array([np.mean(v) for _, v in points])
-            std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for _, v in points])
-            line, = ax.plot(x, mean, marker='o', ms=3.5, label=f'{label} (n={min(len(v) for _, v in points)})')
+            x, mean, std, n = (np.array(v) for v in zip(*points))
+            line, = ax.plot(x, mean, marker='o', ms=3.5, label=f'{label} (n={n.min()})')
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
             best = int(np.argmin(mean))
             ax.plot([x[best]], [mean[best]], marker='*', ms=11, color=line.get_color(), mec='black', mew=0.6,
                     ls='none')
-        ax.set_xticks(sorted({e for pts in series.values() for e, _ in pts}))
+        ax.set_xticks(sorted({p[0] for pts in series.values() for p in pts}))
         ax.set(xlabel='total epochs', ylabel='test error, last epoch (%)',
                title='Test error vs training length (★ = lowest mean)')
         ax.legend()
