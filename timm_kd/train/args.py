@@ -48,6 +48,53 @@ RESUME_RUN_FLAGS = (
     'validation_batch_size', 'torchcompile')
 
 
+# Allowed values of numeric flags: dest -> (low, high, low_open, high_open); None = unbounded. Every float flag must
+# also be finite, and an int flag not listed here must be >= 0.
+_RANGES: Dict[str, Tuple[Optional[float], Optional[float], bool, bool]] = {
+    **{k: (1, None, False, False) for k in (
+        'batch_size', 'validation_batch_size', 'epochs', 'train_num_samples', 'val_num_samples', 'log_interval',
+        'lr_base_size', 'lr_cycle_limit', 'pick_candidates', 'in_chans')},
+    'num_classes': (2, None, False, False),
+    'img_size': (8, None, False, False),  # the smallest recipe (sklearn/digits, 8x8)
+    'input_size': (1, None, False, False),
+    'cutout': (-1, None, False, False),  # -1: the flag without a value (the mixer's default hole)
+    **{k: (0, None, False, False) for k in (
+        'lr', 'min_lr', 'warmup_lr', 'weight_decay', 'lr_noise', 'lr_noise_pct', 'lr_noise_std', 'color_jitter',
+        'mixup', 'cutmix', 'tl_mixup', 'tl_cutmix', 'cutmix_hard', 'distill_loss_weight', 'task_loss_weight',
+        'mixed_kd_weight')},
+    **{k: (0, None, True, False) for k in (
+        'lr_base', 'decay_rate', 'decay_epochs', 'epoch_scale', 'lr_cycle_mul', 'lr_cycle_decay', 'lr_k_decay',
+        'clip_grad', 'layer_decay', 'opt_eps', 'std', 'ratio', 'kd_temperature')},
+    **{k: (0, 1, False, False) for k in (
+        'momentum', 'hflip', 'vflip', 'reprob', 'mixup_prob', 'mixup_switch_prob', 'kd_alpha', 'model_ema_decay')},
+    **{k: (0, 1, False, True) for k in ('drop', 'drop_path', 'smoothing', 'opt_betas')},
+    **{k: (0, 1, True, False) for k in ('crop_pct', 'scale', 'cutmix_minmax', 'pick_ratio', 'mix_fraction')},
+}
+
+
+def _range_text(low, high, low_open, high_open) -> str:
+    if high is None:
+        return f'{">" if low_open else ">="} {low:g}'
+    return f'in {"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}'
+
+
+def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every numeric flag finite and in its range (``_RANGES``; other int flags >= 0). Raises UsageError."""
+    import math
+    for a in parser._actions:
+        value = getattr(args, a.dest, None)
+        if a.type not in (int, float) or value is None:
+            continue
+        low, high, low_open, high_open = _RANGES.get(a.dest, (0, None, False, False) if a.type is int else
+                                                     (None, None, False, False))
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            ok = math.isfinite(v) and (low is None or (v > low if low_open else v >= low)) and \
+                (high is None or (v < high if high_open else v <= high))
+            if not ok:
+                what = 'a finite number' if low is None else _range_text(low, high, low_open, high_open)
+                raise UsageError(f'{a.option_strings[-1]} must be {what}, got {v:g}.')
+
+
 class UsageError(ValueError):
     """A user mistake (flags, files, incompatible models/data): one sentence, exit code 2, before training."""
 
@@ -114,8 +161,15 @@ def _add(group, *names, **kw):
     group.add_argument(*names, **kw)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag raises UsageError: main() prints it once (main process) and exits with 2."""
+
+    def error(self, message: str):
+        raise UsageError(message[:1].upper() + message[1:].rstrip('.') + '.')
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog='train_kd.py',
         description='Train a timm model with knowledge distillation (KD, TLmixup, TLCutMix, TLCutMix+pick) '
                     'or plainly with cross-entropy (no --teacher). Run with `accelerate launch` for N processes.')
@@ -132,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(g, '--dataset-download', action='store_true', default=False, help='download torch/ datasets if missing')
     _add(g, '--class-map', default='', metavar='FILENAME', help='class to index mapping file')
     _add(g, '--train-num-samples', type=int, default=None, metavar='N',
-         help='use only the first N training samples (synthetic/: generate N)')
-    _add(g, '--val-num-samples', type=int, default=None, metavar='N', help='use only the first N eval samples')
+         help='train on a seeded, class-stratified subset of N samples (synthetic/: generate N)')
+    _add(g, '--val-num-samples', type=int, default=None, metavar='N',
+         help='evaluate on a seeded, class-stratified subset of N samples')
     _add(g, '--input-key', default=None, help='image key of hfds/ datasets (e.g. img)')
     _add(g, '--target-key', default=None, help='label key of hfds/ datasets (e.g. fine_label)')
     # how a published model card names the data (recorded in results.json; timm-kd-publish can change them)
@@ -396,7 +451,7 @@ def resume_flag_changes(args: argparse.Namespace, explicit: Dict[str, Any], save
     """Reconcile ``args`` with the resumed run's ``saved`` flags (its checkpoint's): flags not given take the
     run's values; given schedule flags that differ are applied and returned (as ``--flag value (was old)``);
     any other given flag that differs raises UsageError listing them."""
-    changed = [k for k in explicit if k in saved and k not in RESUME_RUN_FLAGS and not _same(explicit[k], saved[k])]
+    changed = sorted(k for k in explicit if k in saved and k not in RESUME_RUN_FLAGS and not _same(explicit[k], saved[k]))
     refused = [k for k in changed if k not in RESUME_SCHEDULE_FLAGS]
     if 'plateau' in (args.sched, saved.get('sched')):
         refused = changed  # the plateau schedule keeps state of its own that a new schedule would lose
@@ -465,6 +520,30 @@ def _validate_method(args: argparse.Namespace, explicit: Dict[str, Any], views: 
                          f'replace them with soft labels: use --tl-cutmix / --tl-mixup instead.')
 
 
+_MAX_NAME_BYTES = 200  # a file name component is at most 255 bytes on common file systems; room for "-N"
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Files and folders named by flags: the output root, the run name, the class map, the compile backend."""
+    if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise UsageError(f'--output {args.output!r} is a file, not a folder: pass a folder for the runs.')
+    name = args.experiment
+    if name and (name in ('.', '..') or '/' in name or os.sep in name or '\0' in name
+                 or len(name.encode('utf-8', 'surrogatepass')) > _MAX_NAME_BYTES):
+        raise UsageError(f'--experiment must be a plain folder name (no "/", not "." or "..", at most '
+                         f'{_MAX_NAME_BYTES} bytes), got {name!r}.' if len(name) <= 60 else
+                         f'--experiment must be a plain folder name of at most {_MAX_NAME_BYTES} bytes, got '
+                         f'{len(name.encode("utf-8", "surrogatepass"))} bytes.')
+    if args.class_map and not os.path.isfile(args.class_map):
+        raise UsageError(f'--class-map {args.class_map!r} is not a file.')
+    if args.torchcompile:
+        import torch._dynamo
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if args.torchcompile not in backends:
+            raise UsageError(f'--torchcompile {args.torchcompile!r} is not a torch.compile backend: use one of '
+                             f'{", ".join(b for b in backends if "TESTING" not in b)}.')
+
+
 def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] = None) -> None:
     """Flag checks that need no model and no data. Raises UsageError with one sentence."""
     import timm
@@ -487,24 +566,16 @@ def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] =
     opt = opt[len('lookahead_'):] if opt.startswith('lookahead_') else opt
     need(opt in list_optimizers(), f'Unknown optimizer --opt {args.opt!r}: see timm.optim.list_optimizers() '
                                    f'(sgd = Nesterov SGD, momentum = classic SGD).')
-    need(args.batch_size >= 1, f'--batch-size must be >= 1, got {args.batch_size}.')
-    need(args.validation_batch_size is None or args.validation_batch_size >= 1, '--validation-batch-size must be >= 1.')
-    need(args.epochs >= 1, f'--epochs must be >= 1, got {args.epochs}.')
-    need(args.epoch_scale > 0, f'--epoch-scale must be > 0, got {args.epoch_scale}.')
+    check_numbers(build_parser(), args)
     need(int(args.epochs * args.epoch_scale) >= 1, '--epochs x --epoch-scale must leave at least one epoch.')
-    for flag, v in (('--train-num-samples', args.train_num_samples), ('--val-num-samples', args.val_num_samples)):
-        need(v is None or v >= 1, f'{flag} must be >= 1, got {v}.')
-    need(args.workers >= 0, '--workers must be >= 0.')
-    need(args.checkpoint_every >= 0, '--checkpoint-every must be >= 0.')
-    need(args.checkpoint_hist >= 0, '--checkpoint-hist must be >= 0.')
-    need(args.log_interval >= 1, '--log-interval must be >= 1.')
-    need(args.lr is None or args.lr >= 0, '--lr must be >= 0.')
-    need(args.weight_decay >= 0, '--weight-decay must be >= 0.')
+    if args.input_size:
+        need(args.input_size[1] >= _RANGES['img_size'][0], f'--input-size H W must be >= {_RANGES["img_size"][0]} px, '
+                                                          f'got {args.input_size[1]}.')
+    _check_paths(args)
     if args.sched in ('multistep', 'multistep_torch'):
         m = list(args.decay_milestones)
         need(all(a < b for a, b in zip(m, m[1:])), f'--decay-milestones must be increasing, got {m}.')
     need(args.mixup_mode in ('batch', 'pair', 'elem'), '--mixup-mode must be batch, pair or elem.')
-    need(0 <= args.smoothing < 1, '--smoothing must be in [0, 1).')
     if args.resume:
         need(os.path.exists(args.resume), f'--resume {args.resume!r} does not exist: pass a checkpoint file '
                                           f'(last.pth.tar, recovery.pth.tar) or a run directory.')
@@ -530,9 +601,6 @@ def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] =
         ('--logit-std', args.logit_std)) if on]
     if not args.teacher and kd_only:
         raise UsageError(f'{kd_only[0]} needs a teacher: add --teacher MODEL (and --teacher-checkpoint PATH).')
-    for flag, v in (('--tl-mixup', args.tl_mixup), ('--tl-cutmix', args.tl_cutmix), ('--cutmix-hard', args.cutmix_hard)):
-        need(v >= 0, f'{flag} ALPHA must be >= 0 (0 = off), got {v}.')
-    need(args.cutout >= -1, f'--cutout SIZE must be > 0, got {args.cutout}.')
     if '--cutmix-hard' in views and len(views) > 1:
         raise UsageError(f'--cutmix-hard is the hard-label CutMix baseline and cannot be combined with '
                          f'{[v for v in views if v != "--cutmix-hard"][0]}: choose one view mode.')
@@ -547,16 +615,12 @@ def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] =
                           f'--tl-mixup or --cutout.')
         need('--cutmix-hard' not in views, f'--pick scores teacher-labelled views; --cutmix-hard trains on hard '
                                            f'labels: use --tl-cutmix --pick {args.pick}.')
-        need(args.pick_candidates >= 1, f'--pick-candidates must be >= 1, got {args.pick_candidates}.')
-        need(0 < args.pick_ratio <= 1, f'--pick-ratio must be in (0, 1], got {args.pick_ratio}.')
     else:
         for flag, dest, default in (('--pick-candidates', 'pick_candidates', 2), ('--pick-ratio', 'pick_ratio', 0.5)):
             if dest in explicit and explicit[dest] != default:
                 raise UsageError(f'{flag} has no effect without --pick: add --pick NAME ({" / ".join(PICK_CRITERIA)}).')
-    need(0 < args.mix_fraction <= 1, f'--mix-fraction must be in (0, 1], got {args.mix_fraction}.')
     if args.mix_fraction != 1.0:
         need(bool(views), '--mix-fraction needs a mixing mode: add --tl-mixup or --tl-cutmix.')
-    need(args.kd_temperature > 0, f'--kd-temperature must be > 0, got {args.kd_temperature}.')
     if args.kd_alpha is not None and args.distill_loss_weight is not None:
         raise UsageError('--kd-alpha and --distill-loss-weight both set the KL weight: give only one.')
     if timm_mix:

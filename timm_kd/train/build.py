@@ -6,7 +6,7 @@ checkpoints that do not fit, missing data), so the script fails before its first
 import argparse
 import logging
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -20,7 +20,7 @@ from timm_kd.messages import first_line
 from .args import LARGE_INPUT_AUG_FLAGS, UsageError, build_parser, kd_view_modes, resolve_loss_weights
 from .schedule import schedule_lengths
 
-__all__ = ['data_config', 'create_student', 'build_teacher', 'create_datasets', 'create_task',
+__all__ = ['data_config', 'create_student', 'build_teacher', 'create_datasets', 'subset_indices', 'create_task',
            'resolve_lr', 'load_weights', 'recipe_of', 'distill_record']
 
 _logger = logging.getLogger('train_kd')
@@ -169,6 +169,46 @@ def _dataset_classes(ds) -> Tuple[Optional[int], bool]:
     return None, False
 
 
+def _targets(ds) -> Optional[List[int]]:
+    """Class index of every sample, read without loading images (torchvision ``targets``, timm reader samples)."""
+    targets = getattr(ds, 'targets', None)
+    if targets is None:
+        samples = getattr(getattr(ds, 'reader', None), 'samples', None) or getattr(ds, 'samples', None)
+        if samples is not None:
+            targets = [t for _, t in samples]
+    return None if targets is None or len(targets) != len(ds) else [int(t) for t in targets]
+
+
+def subset_indices(ds, num: int, seed: int, flag: str = '--train-num-samples') -> List[int]:
+    """``num`` sample indices of ``ds`` (in dataset order) for --train/val-num-samples: a stratified draw that keeps
+    every class with a share proportional to its size (largest remainders, at least one sample each), seeded by
+    ``seed`` alone so every process and every resume takes the same subset. Without labels: a seeded draw."""
+    g = torch.Generator().manual_seed(seed)
+    targets = _targets(ds)
+    if targets is None:
+        return sorted(torch.randperm(len(ds), generator=g)[:num].tolist())
+    by_class: Dict[int, List[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(t, []).append(i)
+    classes = sorted(by_class)
+    if num < len(classes):
+        raise UsageError(f'{flag} {num} is fewer than the {len(classes)} classes of the dataset: a subset keeps every '
+                         f'class.')
+    ideal = {c: num * len(by_class[c]) / len(targets) for c in classes}
+    quota = {c: max(1, int(ideal[c])) for c in classes}
+    while sum(quota.values()) > num:  # the minimum of one per class overshot: take from the most over-served
+        c = max((c for c in classes if quota[c] > 1), key=lambda c: quota[c] - ideal[c])
+        quota[c] -= 1
+    while sum(quota.values()) < num:  # largest remainders first (ties: lower class index)
+        c = max((c for c in classes if quota[c] < len(by_class[c])), key=lambda c: ideal[c] - quota[c])
+        quota[c] += 1
+    picked = []
+    for c in classes:
+        members = by_class[c]
+        picked += [members[j] for j in torch.randperm(len(members), generator=g)[:quota[c]].tolist()]
+    return sorted(picked)
+
+
 def create_datasets(args: argparse.Namespace, dc: Dict[str, Any]):
     kw: Dict[str, Any] = {}
     if args.class_map:
@@ -199,7 +239,8 @@ def create_datasets(args: argparse.Namespace, dc: Dict[str, Any]):
             raise UsageError(f'The {split!r} split of dataset {args.dataset!r} has {n} classes but the models have '
                              f'{dc["num_classes"]}: fix --num-classes or the dataset.')
         if num and len(ds) > num:
-            ds = torch.utils.data.Subset(ds, range(num))
+            ds = torch.utils.data.Subset(ds, subset_indices(
+                ds, num, args.seed, '--train-num-samples' if training else '--val-num-samples'))
         out.append(ds)
     return out
 

@@ -33,11 +33,12 @@ class OutputError(UsageError):
 
 
 def output_error(path: str, e: OSError) -> OutputError:
-    reason = e.strerror or str(e)
-    hint = {errno.ENOSPC: 'free some space', errno.EDQUOT: 'free some space', errno.EROFS: 'use a writable --output',
-            errno.EACCES: 'use a writable --output', errno.EPERM: 'use a writable --output'}.get(e.errno, 'check --output')
-    return OutputError(f'Cannot write {path}: {reason} ({errno.errorcode.get(e.errno, e.errno)}); {hint} and resume '
-                       f'the run (files already there are unchanged).')
+    """The one sentence for a failed write of ``path``."""
+    hint = {errno.ENOSPC: 'free some space and continue with --resume', errno.EDQUOT: 'free some space and continue '
+            'with --resume', errno.EROFS: 'use a writable --output', errno.EACCES: 'use a writable --output',
+            errno.EPERM: 'use a writable --output'}.get(e.errno, 'check --output')
+    return OutputError(f'Cannot write {path}: {e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}); {hint} '
+                       f'(a file there before is unchanged).')
 
 
 def _fsync_dir(d: str) -> None:

@@ -33,6 +33,16 @@ class _Buffer(logging.Handler):
         self.records.append(record)
 
 
+class _LogFile(logging.FileHandler):
+    """log.txt; a failed write (full disk) says so once on stderr instead of a traceback per line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not getattr(self, '_failed', False):
+            self._failed = True
+            print(f'train_kd.py: warning: cannot write {self.baseFilename} ({sys.exc_info()[1]}); the log continues '
+                  f'on stdout only.', file=sys.stderr, flush=True)
+
+
 def new_run_dir(base: str, name: str) -> str:
     """Create ``base/name``, or ``base/name-N`` with the first free N when it exists (timm's get_outdir)."""
     os.makedirs(base, exist_ok=True)
@@ -77,7 +87,7 @@ class LogFiles:
     def add_file(self, path: str) -> None:
         if not self.is_main:
             return
-        h = logging.FileHandler(path, mode='a')
+        h = _LogFile(path, mode='a')
         h.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%Y-%m-%d %H:%M:%S'))
         for record in self._early.records:
             h.handle(record)
