@@ -26,6 +26,7 @@ import pytest
 import torch
 import yaml
 
+from test_convert import _Evil
 from test_train_kd import BASE, SCRIPT, _env, _rows, _state
 from timm_kd.train.checkpoint import TEMP_PREFIX
 from timm_kd.train.main import main
@@ -201,8 +202,8 @@ def test_nonfinite_weights_are_never_written(tmp_path, capsys):
     """A weight decay of 1e38 overflows float32: the first update makes the weights infinite while that step's loss
     was finite. The recovery checkpoint due after it must not be written (it would hold inf weights)."""
     with pytest.raises(SystemExit) as e:
-        main(BASE + ['--lr', '100', '--weight-decay', '1e38', '--wd-all-params', '--epochs', '1', '--checkpoint-every', '1', '--output', str(tmp_path),
-                     '--experiment', 'nan'])
+        main(BASE + ['--lr', '100', '--weight-decay', '1e38', '--wd-all-params', '--epochs', '1',
+                     '--checkpoint-every', '1', '--output', str(tmp_path), '--experiment', 'nan'])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 1 and len(err) == 1, err
     assert 'student weights became non-finite' in err[0] and 'no checkpoint was written' in err[0], err
@@ -210,18 +211,10 @@ def test_nonfinite_weights_are_never_written(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ pickles, links
-class _Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.marker}',)
-
-
 def test_malicious_pickles_are_refused_at_every_checkpoint_load_path(tmp_path, capsys):
     marker = tmp_path / 'pwned'
     evil = tmp_path / 'evil.pth.tar'
-    torch.save({'state_dict': {}, 'x': _Exploit(marker)}, evil)
+    torch.save({'state_dict': {}, 'x': _Evil(marker)}, evil)  # unpickling it would run `touch marker`
     run = tmp_path / 'run'
     run.mkdir()
     shutil.copy(evil, run / 'last.pth.tar')
@@ -305,7 +298,8 @@ def test_flags_with_resume_apply_or_are_refused(tmp_path, capsys):
     main(BASE + ['--epochs', '1', '--output', str(tmp_path), '--experiment', 'a'])
     before = _tree(run)
     for extra, phrase in ((['--batch-size', '8'], '--batch-size 8 (run: 16)'),
-                          (['--model', 'resnet14', '--seed', '4'], '--model resnet14 (run: resnet8), --seed 4 (run: 3)'),
+                          (['--model', 'resnet14', '--seed', '4'],
+                           '--model resnet14 (run: resnet8), --seed 4 (run: 3)'),
                           (['--epochs', '0'], '--epochs must be >= 1')):
         err = _fail(['--resume', str(run)] + extra, capsys)
         assert phrase in err, err
@@ -373,6 +367,7 @@ def test_num_samples_on_an_image_folder_is_a_seeded_stratified_subset(tmp_path):
     assert subset(0, 7)[0] == idx  # the same on every process and every resume: a function of the seed
     assert subset(1, 7)[0] != idx and sorted(subset(1, 7)[1]) == sorted(labels)
     assert idx != list(range(7))  # not the first N files
+    assert sorted(subset(0, 2)[1]) == [0, 1]  # fewer samples than classes: one from each of the largest classes
 
 
 # ------------------------------------------------------------------------------------------------ 2 processes

@@ -218,7 +218,8 @@ def _bad(tmp_path, teacher_ckpt):
     torch.save(timm.create_model('resnet8', num_classes=5).state_dict(), five)
     wrong = tmp_path / 'wrong.pth.tar'  # a valid checkpoint of a 5-class resnet8
     torch.save(TrainState(
-        arch='resnet8', args={}, epoch=0, metric=None, state_dict=timm.create_model('resnet8', num_classes=5).state_dict(),
+        arch='resnet8', args={}, epoch=0, metric=None,
+        state_dict=timm.create_model('resnet8', num_classes=5).state_dict(),
         next_epoch=1, next_step=0, optimizer={}, scheduler=None, scaler=None, world_size=1, rank_states=[],
         num_classes=5, data_config={}, best={}, last={}, teacher_metrics=None, checkpoint_hist=[]).to_dict(), wrong)
     cfg = tmp_path / 'typo.yaml'

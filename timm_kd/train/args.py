@@ -23,7 +23,8 @@ from timm_kd.distill.task import VIEW_LOSSES
 
 __all__ = [
     'UsageError', 'build_parser', 'parse_args', 'validate_args', 'kd_view_modes', 'resolve_loss_weights',
-    'resume_flag_changes', 'RESUME_SCHEDULE_FLAGS', 'RESUME_RUN_FLAGS', 'STD_AUG_MODES', 'PICK_CHOICES', 'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS',
+    'resume_flag_changes', 'check_numbers', 'RESUME_SCHEDULE_FLAGS', 'RESUME_RUN_FLAGS', 'STD_AUG_MODES',
+    'PICK_CHOICES', 'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS',
 ]
 
 STD_AUG_MODES = ('none', 'flip', 'crop', 'crop_flip')
@@ -451,7 +452,8 @@ def resume_flag_changes(args: argparse.Namespace, explicit: Dict[str, Any], save
     """Reconcile ``args`` with the resumed run's ``saved`` flags (its checkpoint's): flags not given take the
     run's values; given schedule flags that differ are applied and returned (as ``--flag value (was old)``);
     any other given flag that differs raises UsageError listing them."""
-    changed = sorted(k for k in explicit if k in saved and k not in RESUME_RUN_FLAGS and not _same(explicit[k], saved[k]))
+    changed = sorted(k for k in explicit
+                     if k in saved and k not in RESUME_RUN_FLAGS and not _same(explicit[k], saved[k]))
     refused = [k for k in changed if k not in RESUME_SCHEDULE_FLAGS]
     if 'plateau' in (args.sched, saved.get('sched')):
         refused = changed  # the plateau schedule keeps state of its own that a new schedule would lose

@@ -179,10 +179,11 @@ def _targets(ds) -> Optional[List[int]]:
     return None if targets is None or len(targets) != len(ds) else [int(t) for t in targets]
 
 
-def subset_indices(ds, num: int, seed: int, flag: str = '--train-num-samples') -> List[int]:
+def subset_indices(ds, num: int, seed: int) -> List[int]:
     """``num`` sample indices of ``ds`` (in dataset order) for --train/val-num-samples: a stratified draw that keeps
-    every class with a share proportional to its size (largest remainders, at least one sample each), seeded by
-    ``seed`` alone so every process and every resume takes the same subset. Without labels: a seeded draw."""
+    every class with a share proportional to its size (largest remainders, at least one sample each; fewer samples
+    than classes: one from each of the ``num`` largest classes), seeded by ``seed`` alone so every process and every
+    resume takes the same subset. Without labels: a seeded draw."""
     g = torch.Generator().manual_seed(seed)
     targets = _targets(ds)
     if targets is None:
@@ -191,11 +192,8 @@ def subset_indices(ds, num: int, seed: int, flag: str = '--train-num-samples') -
     for i, t in enumerate(targets):
         by_class.setdefault(t, []).append(i)
     classes = sorted(by_class)
-    if num < len(classes):
-        raise UsageError(f'{flag} {num} is fewer than the {len(classes)} classes of the dataset: a subset keeps every '
-                         f'class.')
     ideal = {c: num * len(by_class[c]) / len(targets) for c in classes}
-    quota = {c: max(1, int(ideal[c])) for c in classes}
+    quota = {c: max(int(num >= len(classes)), int(ideal[c])) for c in classes}
     while sum(quota.values()) > num:  # the minimum of one per class overshot: take from the most over-served
         c = max((c for c in classes if quota[c] > 1), key=lambda c: quota[c] - ideal[c])
         quota[c] -= 1
@@ -239,8 +237,7 @@ def create_datasets(args: argparse.Namespace, dc: Dict[str, Any]):
             raise UsageError(f'The {split!r} split of dataset {args.dataset!r} has {n} classes but the models have '
                              f'{dc["num_classes"]}: fix --num-classes or the dataset.')
         if num and len(ds) > num:
-            ds = torch.utils.data.Subset(ds, subset_indices(
-                ds, num, args.seed, '--train-num-samples' if training else '--val-num-samples'))
+            ds = torch.utils.data.Subset(ds, subset_indices(ds, num, args.seed))
         out.append(ds)
     return out
 
