@@ -11,6 +11,7 @@ a wrong flag fails in a second with one sentence, before any long work starts.
 import argparse
 import math
 import os
+import sys
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import ast
@@ -22,8 +23,8 @@ from timm_kd.distill.pick import PICK_CRITERIA
 from timm_kd.distill.task import VIEW_LOSSES
 
 __all__ = [
-    'UsageError', 'build_parser', 'parse_args', 'validate_args', 'kd_view_modes', 'resolve_loss_weights',
-    'resume_flag_changes', 'check_numbers', 'RESUME_SCHEDULE_FLAGS', 'RESUME_RUN_FLAGS', 'STD_AUG_MODES',
+    'UsageError', 'is_main_process_env', 'build_parser', 'parse_args', 'validate_args', 'kd_view_modes',
+    'resolve_loss_weights', 'resume_flag_changes', 'check_numbers', 'RESUME_SCHEDULE_FLAGS', 'RESUME_RUN_FLAGS', 'STD_AUG_MODES',
     'PICK_CHOICES', 'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS',
 ]
 
@@ -81,7 +82,6 @@ def _range_text(low, high, low_open, high_open) -> str:
 
 def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every numeric flag finite and in its range (``_RANGES``; other int flags >= 0). Raises UsageError."""
-    import math
     for a in parser._actions:
         value = getattr(args, a.dest, None)
         if a.type not in (int, float) or value is None:
@@ -162,11 +162,19 @@ def _add(group, *names, **kw):
     group.add_argument(*names, **kw)
 
 
+def is_main_process_env() -> bool:
+    """Whether this is the main process of a launched run (or not launched at all), from the launcher's env."""
+    return os.environ.get('RANK', os.environ.get('LOCAL_RANK', '0')) in ('0', '')
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag raises UsageError: main() prints it once (main process) and exits with 2."""
+    """argparse, but a bad flag is one line (no usage block), printed by the main process only: every process of
+    an ``accelerate launch`` parses the same flags."""
 
     def error(self, message: str):
-        raise UsageError(message[:1].upper() + message[1:].rstrip('.') + '.')
+        if is_main_process_env():
+            print(f'{self.prog}: error: {message}', file=sys.stderr, flush=True)
+        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import yaml
 
-from .args import UsageError, parse_args, resume_flag_changes, validate_args
+from .args import UsageError, is_main_process_env, parse_args, resume_flag_changes, validate_args
 from timm_kd.messages import first_line
 from .build import (
     build_teacher, create_datasets, create_student, create_task, data_config, distill_record, recipe_of, resolve_lr)
@@ -81,7 +81,7 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
             resume_file, resume, skipped = find_resume_checkpoint(args.resume)
         except CheckpointError as e:
             raise UsageError(f'--resume: {e}.') from e
-        if skipped and _is_main_env():
+        if skipped and is_main_process_env():
             _logger.warning(f'--resume: skipped {"; ".join(skipped)}; resuming from {os.path.basename(resume_file)}.')
         schedule_changes = resume_flag_changes(args, explicit, resume.args)
 
@@ -275,27 +275,23 @@ def _push(run_dir: str, args: argparse.Namespace) -> Dict[str, Any]:
     return {'hub_url': str(url)}
 
 
-def _is_main_env() -> bool:
-    return os.environ.get('RANK', os.environ.get('LOCAL_RANK', '0')) in ('0', '')
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Train; returns the results dict. A user error prints one sentence (main process) and raises
     SystemExit(2) (as argparse); a non-finite loss raises SystemExit(1)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    logs = LogFiles(is_main=_is_main_env())
+    logs = LogFiles(is_main=is_main_process_env())
     try:
         args, explicit = parse_args(argv)
         validate_args(args, explicit)
         _logger.info('train_kd.py ' + ' '.join(shlex.quote(a) for a in argv))
         return train(args, explicit, logs)
     except UsageError as e:
-        if _is_main_env():
+        if is_main_process_env():
             print(f'train_kd.py: error: {e}', file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     except NonFiniteLossError as e:
         _logger.error(f'Stopped: {e}.')
-        if _is_main_env():
+        if is_main_process_env():
             print(f'train_kd.py: error: {e}.', file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     finally:
