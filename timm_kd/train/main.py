@@ -294,9 +294,21 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         if is_main_process_env():
             print(f'train_kd.py: error: {e}.', file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    except RuntimeError as e:
+        if not is_main_process_env() and _peer_failed(e):
+            raise SystemExit(1) from None  # the process that failed reports; the launcher ends this one
+        raise
     finally:
         logs.close()
         _release_accelerate_state()
+
+
+_PEER_GONE = ('Connection closed by peer', 'Connection reset by peer', 'Broken pipe', 'communicator was aborted')
+
+
+def _peer_failed(e: RuntimeError) -> bool:
+    """A collective failed because another process of the run ended (gloo / NCCL report it as RuntimeError)."""
+    return isinstance(e, getattr(torch.distributed, 'DistError', ())) or any(s in str(e) for s in _PEER_GONE)
 
 
 def _release_accelerate_state() -> None:
