@@ -3,7 +3,8 @@
 Every folder below the given paths that holds an ``args.yaml`` or ``results.json`` is a run folder (folders
 inside a run folder, such as a published ``hub/`` copy, and hidden folders are not searched). Runs are
 grouped by their settings: the flags in ``args.yaml`` minus those that do not change the result
-(``IGNORED_SETTINGS``: seed, output, experiment, resume, data folder, workers, logging, ...), plus the axis
+(``IGNORED_SETTINGS``: the seed and train_kd's run flags: output, experiment, resume, data folder, workers,
+logging, ...), plus the axis
 labels a ``timm_kd.sweep`` recorded in its ``sweep.json``. The table has one column per setting that
 differs between groups (a flag that a sweep label already determines is left out), then, for best- and
 last-epoch top-1, mean (sample standard deviation, n-1) over the seeds, the number of seeds, and a note
@@ -27,17 +28,15 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 
-from .train.args import UsageError
+from .train.args import RESUME_RUN_FLAGS, UsageError
 from .train.checkpoint import atomic_write_text
 
 __all__ = ['RunRecord', 'Group', 'SkippedRun', 'find_run_dirs', 'load_run', 'load_runs', 'group_runs',
            'varying_keys', 'build_table', 'format_table', 'load_paper', 'same_setting', 'main', 'IGNORED_SETTINGS']
 
-# flags that do not change what is trained (where it is written, how it is logged or loaded)
-IGNORED_SETTINGS = frozenset({
-    'seed', 'output', 'experiment', 'resume', 'config', 'data_dir', 'dataset_download', 'workers', 'pin_mem',
-    'log_interval', 'checkpoint_every', 'checkpoint_hist', 'push_to_hub', 'hub_private', 'no_resume_opt',
-})
+# flags that do not change what is trained: train_kd's run flags (where and how a run is carried out and
+# recorded; a resume may change them) and the seed, over which the table averages
+IGNORED_SETTINGS = frozenset(RESUME_RUN_FLAGS) | {'seed'}
 RESULTS_VERSIONS = (1,)  # results.json layouts this report reads (a file without 'version' is version 1)
 REQUIRED_RESULTS = ('best_top1', 'last_top1', 'best_epoch', 'last_epoch')
 METRICS = ('best_top1', 'last_top1')
