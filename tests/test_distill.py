@@ -13,6 +13,11 @@ from timm_kd.data.mixup import MixedViews
 from timm_kd.distill import entropy, frozen_bn_stats, kd_loss, per_sample_kl
 
 
+COVERS = ('DistillationTask.student', 'DistillationTask.teacher', 'DistillationTask.mixup',
+          'DistillationTask.temperature', 'DistillationTask.task_loss_weight',
+          'DistillationTask.distill_loss_weight', 'DistillationTask.mixed_kd_weight',
+          'DistillationTask.teacher_pretrained_path', 'DistillationTask.diagnostics')
+
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 

@@ -41,6 +41,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+COVERS = ('publish.py run_dir', 'publish.py --repo-id', 'publish.py --which', 'publish.py --private',
+          'publish.py --dry-run', 'publish.py --out', 'convert_teachers.py sources', 'convert_teachers.py --out',
+          'convert_teachers.py --org', 'convert_teachers.py --push', 'convert_teachers.py --dry-run')
+
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
@@ -109,7 +113,8 @@ def test_convert_push_then_hf_hub_load_in_fresh_cache(hf, tmp_path, monkeypatch)
     assert cfg['architecture'] == 'resnet8' and cfg['num_classes'] == 100
     assert cfg['pretrained_cfg']['mean'] == [0.5071, 0.4867, 0.4408] and 'hf_hub_id' not in cfg['pretrained_cfg']
     card = (folder / 'README.md').read_text()
-    assert res['sha256'] in card and '71.25' in card and 'transformers' not in card
+    digest = hashlib.sha256((tmp_path / 'rd' / 'resnet8_vanilla' / 'ckpt_epoch_240.pth').read_bytes()).hexdigest()
+    assert res['sha256'] == digest and digest in card and '71.25' in card and 'transformers' not in card
     assert card.split('```python\n', 1)[1].startswith('import timm_kd')
 
     url = hub.push_folder(folder, res['repo_id'])

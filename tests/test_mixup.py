@@ -8,6 +8,11 @@ import torch
 from timm_kd import DistillMixup
 from timm_kd.data.mixup import MixedViews
 
+COVERS = ('DistillMixup.mixup_alpha', 'DistillMixup.cutmix_alpha', 'DistillMixup.cutmix_minmax', 'DistillMixup.prob',
+          'DistillMixup.switch_prob', 'DistillMixup.mode', 'DistillMixup.correct_lam',
+          'DistillMixup.label_smoothing', 'DistillMixup.num_classes', 'DistillMixup.pairing',
+          'DistillMixup.label_mode', 'DistillMixup.cutout', 'DistillMixup.mix_fraction', 'DistillMixup.n_candidates',
+          'DistillMixup.pick', 'DistillMixup.pick_ratio', 'DistillMixup.seed')
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
@@ -350,3 +355,127 @@ def test_cuda_matches_cpu():
         a = DistillMixup(seed=0, **kw)(x, y)
         b = DistillMixup(seed=0, **kw)(x.cuda(), y.cuda())
         assert b.x_mix.is_cuda and torch.equal(a.x_mix, b.x_mix.cpu())
+
+
+# ---- options whose effect is only visible in a distribution or in a corner of the box geometry ----
+
+def _chi_square(counts, categories):
+    expected = sum(counts.values()) / len(categories)
+    return sum((counts.get(c, 0) - expected) ** 2 / expected for c in categories)
+
+
+def test_derangement_is_uniform_over_all_derangements():
+    """B=4 has 9 derangements: each must come up about equally often (a random cyclic shift gives only 3)."""
+    import itertools
+    b = 4
+    x, y = _batch(b=b)
+    derangements = [p for p in itertools.permutations(range(b)) if all(p[i] != i for i in range(b))]
+    assert len(derangements) == 9
+    counts = {}
+    for seed in range(720):
+        p = tuple(DistillMixup(seed=seed)(x, y).partner.tolist())
+        counts[p] = counts.get(p, 0) + 1
+    assert set(counts) == set(derangements)
+    assert _chi_square(counts, derangements) < 31.8  # chi-square, 8 degrees of freedom, p = 1e-4
+
+
+def test_pair_mode_matching_is_uniform_over_perfect_matchings():
+    """mode='pair' pairs the batch by a random perfect matching: B=6 has 15, all about equally likely."""
+    b = 6
+    x, y = _batch(b=b)
+    counts = {}
+    for seed in range(450):
+        p = DistillMixup(mode='pair', seed=seed)(x, y).partner.tolist()
+        assert all(p[p[i]] == i != p[i] for i in range(b))
+        m = frozenset(frozenset((i, p[i])) for i in range(b))
+        counts[m] = counts.get(m, 0) + 1
+    assert len(counts) == 15
+    assert _chi_square(counts, list(counts)) < 42.6  # 14 degrees of freedom, p = 1e-4
+
+
+@pytest.mark.parametrize('mode', ['batch', 'elem', 'pair'])
+def test_correct_lam_false_keeps_the_drawn_lambda(mode):
+    """correct_lam=False: lambda stays the Beta draw, so a box clipped at the border leaves lambda below the kept
+    area (timm's meaning); True resets it to the kept area."""
+    x, y = _batch(h=8, w=8)
+    below = 0
+    for seed in range(10):
+        v = DistillMixup(cutmix_alpha=1.0, mode=mode, correct_lam=False, seed=seed)(x, y)
+        for i in range(len(x)):
+            kept = 1 - _changed(v.x_mix[i], x[i]).float().mean().item()
+            # the uncut box side is int(H * sqrt(1 - lam)) <= H * sqrt(1 - lam), and clipping only shrinks it
+            assert v.lam[i].item() <= kept + 1e-6
+            below += v.lam[i].item() < kept - 1e-3
+        corrected = DistillMixup(cutmix_alpha=1.0, mode=mode, seed=seed)(x, y)
+        assert torch.equal(corrected.x_mix, v.x_mix)  # the same draws, only lambda differs
+        for i in range(len(x)):
+            kept = 1 - _changed(v.x_mix[i], x[i]).float().mean().item()
+            assert math.isclose(corrected.lam[i].item(), kept, abs_tol=1e-6)
+    assert below >= 5
+
+
+@pytest.mark.parametrize('mode', ['batch', 'elem'])
+@pytest.mark.parametrize('switch_prob', [0.2, 0.8])
+def test_switch_prob_is_the_share_of_cutmix(mode, switch_prob):
+    x, y = _batch(b=8)
+    n_cutmix = n = 0
+    for seed in range(60):
+        v = DistillMixup(mixup_alpha=1.0, cutmix_alpha=1.0, switch_prob=switch_prob, mode=mode, seed=seed)(x, y)
+        rows = range(len(x)) if mode == 'elem' else range(1)
+        for i in rows:
+            n += 1
+            n_cutmix += not _changed(v.x_mix[i], x[i]).all().item()  # mixup changes every pixel
+    # binomial standard deviation <= sqrt(0.25 / n): 4.5 sd for batch mode (n = 60), more for elem (n = 480)
+    assert abs(n_cutmix / n - switch_prob) < 4.5 * math.sqrt(0.25 / n)
+
+
+def test_pair_mode_with_flip_pairing_swaps_the_same_box_with_the_mirror_image():
+    x, y = _batch(b=8)
+    for seed in range(5):
+        v = DistillMixup(cutmix_alpha=1.0, mode='pair', pairing='flip', seed=seed)(x, y)
+        assert v.partner.tolist() == list(range(7, -1, -1))
+        for i in range(8):
+            j = 7 - i
+            assert v.lam[i] == v.lam[j]
+            changed = _changed(v.x_mix[i], x[i])
+            assert torch.equal(changed, _changed(v.x_mix[j], x[j]))
+            assert torch.equal(v.x_mix[i][:, changed], x[j][:, changed])
+        assert len(set(v.lam.tolist())) > 1  # one lambda per pair, not per batch
+
+
+@pytest.mark.parametrize('mode', ['elem', 'pair'])
+def test_cutmix_minmax_per_element_and_per_pair(mode):
+    """Boxes of side in [min, max) x image side, fully inside the image, lambda = kept area."""
+    x, y = _batch(b=8, h=16, w=16)
+    sides = set()
+    for seed in range(5):
+        v = DistillMixup(cutmix_minmax=(0.25, 0.75), mode=mode, seed=seed)(x, y)
+        for i in range(8):
+            changed = _changed(v.x_mix[i], x[i])
+            yl, yh, xl, xh = _assert_rectangle(changed)
+            assert 4 <= yh - yl < 12 and 4 <= xh - xl < 12
+            assert torch.equal(v.x_mix[i][:, changed], x[v.partner[i]][:, changed])
+            assert math.isclose(v.lam[i].item(), 1 - changed.float().mean().item(), abs_tol=1e-6)
+            sides.add((yh - yl, xh - xl))
+            if mode == 'pair':
+                assert torch.equal(changed, _changed(v.x_mix[v.partner[i]], x[v.partner[i]]))
+    assert len(sides) > 3  # drawn per element / pair
+
+
+@pytest.mark.parametrize('mode', ['batch', 'elem'])
+def test_partial_cutout_holes_exactly_the_chosen_rows(mode):
+    x, y = _batch(b=10, h=16, w=16)
+    rows_seen = set()
+    for seed in range(6):
+        v = DistillMixup(cutout=4, mix_fraction=0.3, mode=mode, seed=seed)(x, y)
+        assert v.mixed.sum().item() == 3
+        for i in range(10):
+            hole = _changed(v.x_mix[i], x[i])
+            if v.mixed[i]:
+                yl, yh, xl, xh = _assert_rectangle(hole)
+                assert yh - yl <= 4 and xh - xl <= 4 and (v.x_mix[i][:, hole] == 0).all()
+                assert math.isclose(v.lam[i].item(), 1 - hole.float().mean().item(), abs_tol=1e-6)
+                rows_seen.add(i)
+            else:
+                assert not hole.any() and v.lam[i] == 1
+    assert len(rows_seen) > 3

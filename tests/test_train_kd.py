@@ -36,6 +36,12 @@ RESULT_KEYS = {'model', 'teacher', 'teacher_top1', 'best_top1', 'best_top5', 'be
                'num_classes', 'dataset', 'recipe'}
 
 
+COVERS = ('--resume', '--checkpoint-every', '--workers', '--dist-bn', '--no-ddp-bb', '--push-to-hub', '--teacher',
+          '--teacher-checkpoint', '--tl-cutmix', '--tl-mixup', '--cutmix-hard', '--cutout', '--pick',
+          '--pick-candidates', '--pick-ratio', '--mix-fraction', '--mix-pairing', '--opt', '--wd-all-params',
+          '--weight-decay', '--sched', '--decay-milestones', '--epoch-scale', '--model-ema', '--num-classes', '--config',
+          '--model-kwargs')
+
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
@@ -151,7 +157,9 @@ def test_kd_tlcutmix_pick_run_writes_timm_layout(tmp_path, train_kd, teacher_ckp
     on_disk = json.loads((run / 'results.json').read_text())
     assert RESULT_KEYS <= on_disk.keys() and on_disk == json.loads(json.dumps(res))
     assert res['finished'] and res['last_epoch'] == 1 and res['model'] == 'resnet8' and res['num_classes'] == 10
-    assert 0 <= res['teacher_top1'] <= 100 and res['best_top1'] >= res['last_top1']
+    assert 0 <= res['teacher_top1'] <= 100
+    assert (res['best_top1'], res['last_top1']) == (max(float(r['eval_top1']) for r in _rows(run)),
+                                                    float(_rows(run)[-1]['eval_top1']))
     assert res['recipe']['pick'] == 'kld' and res['recipe']['tl_cutmix'] == 1.0 and res['recipe']['epochs'] == 2
     # summary: one row per epoch with the loss parts and diagnostics
     rows = _rows(run)
@@ -345,13 +353,15 @@ def test_sigkill_mid_run_then_resume_gives_the_same_weights(tmp_path, train_kd, 
 
 
 # ------------------------------------------------------------------------------------------------ 2 processes
-def test_two_process_accelerate_launch_kd_pick_and_exact_resume(tmp_path, teacher_ckpt):
+def test_two_process_accelerate_launch_kd_pick_and_exact_resume(tmp_path, train_kd, teacher_ckpt):
+    """Also: --no-ddp-bb lets BatchNorm statistics drift apart between the processes, --dist-bn reduce makes them
+    one again at every epoch end, and a 2-process checkpoint resumes with 1 process after the samples seen."""
     launch = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
               '--num_machines', '1', '--main_process_port', '0', '--mixed_precision', 'no', '--dynamo_backend', 'no',
               str(SCRIPT)]
     # 192 samples: 96 per process, 6 steps of 16 per epoch
     argv = BASE + kd(teacher_ckpt) + ['--train-num-samples', '192', '--epochs', '2', '--checkpoint-every', '4',
-                                      '--output', str(tmp_path)]
+                                      '--no-ddp-bb', '--dist-bn', 'reduce', '--output', str(tmp_path)]
     r = subprocess.run(launch + argv + ['--experiment', 'a'], env=_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     a = tmp_path / 'a'
@@ -362,6 +372,13 @@ def test_two_process_accelerate_launch_kd_pick_and_exact_resume(tmp_path, teache
     assert [row['epoch'] for row in _rows(a)] == ['0', '1']
     rec = _state(a / 'recovery.pth.tar')
     assert (rec['next_epoch'], rec['next_step'], rec['world_size'], len(rec['rank_states'])) == (1, 4, 2, 2)
+    last = _state(a / 'last.pth.tar')
+    running = [k for k in last['state_dict'] if k.endswith(('running_mean', 'running_var'))]
+    mid = [s['buffers'] for s in rec['rank_states']]
+    assert any(not torch.equal(mid[0][k], mid[1][k]) for k in running), 'the processes kept the same statistics'
+    end = [s['buffers'] for s in last['rank_states']]
+    for k in running:  # synchronized at the epoch end, and that is what the checkpoint holds
+        assert torch.equal(end[0][k], end[1][k]) and torch.equal(end[0][k], last['state_dict'][k]), k
     src = tmp_path / 'src'
     src.mkdir()
     shutil.copy(a / 'recovery.pth.tar', src / 'recovery.pth.tar')
@@ -370,6 +387,12 @@ def test_two_process_accelerate_launch_kd_pick_and_exact_resume(tmp_path, teache
     assert r.returncode == 0, r.stderr[-3000:]
     _assert_same_weights(a / 'last.pth.tar', tmp_path / 'b' / 'last.pth.tar')
     assert _rows(tmp_path / 'b')[-1] == _rows(a)[-1]
+    # 1 process: 4 steps x 16 images x 2 processes = 128 of 192 samples seen -> step 8 of 12, 4 updates left
+    res = train_kd.main(argv + ['--resume', str(src / 'recovery.pth.tar'), '--experiment', 'c', '--opt', 'adamw',
+                                '--no-resume-opt'])
+    assert res['finished'] and res['world_size'] == 1 and [r['epoch'] for r in _rows(tmp_path / 'c')] == ['1']
+    steps = {int(s['step']) for s in _state(tmp_path / 'c' / 'last.pth.tar')['optimizer']['state'].values()}
+    assert steps == {4}  # a fresh Adam counts the updates after the resume
 
 
 # ------------------------------------------------------------------------------------------------ --push-to-hub
