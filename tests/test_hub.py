@@ -41,9 +41,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-COVERS = ('publish.py run_dir', 'publish.py --repo-id', 'publish.py --which', 'publish.py --private',
-          'publish.py --dry-run', 'publish.py --out', 'convert_teachers.py sources', 'convert_teachers.py --out',
-          'convert_teachers.py --org', 'convert_teachers.py --push', 'convert_teachers.py --dry-run')
+COVERS = ('timm-kd-publish run_dir', 'timm-kd-publish --repo-id', 'timm-kd-publish --which', 'timm-kd-publish --private',
+          'timm-kd-publish --dry-run', 'timm-kd-publish --out', 'timm-kd-convert sources', 'timm-kd-convert --out',
+          'timm-kd-convert --org', 'timm-kd-convert --push', 'timm-kd-convert --dry-run')
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 

@@ -361,7 +361,8 @@ def test_two_process_accelerate_launch_kd_pick_and_exact_resume(tmp_path, train_
               str(SCRIPT)]
     # 192 samples: 96 per process, 6 steps of 16 per epoch
     argv = BASE + kd(teacher_ckpt) + ['--train-num-samples', '192', '--epochs', '2', '--checkpoint-every', '4',
-                                      '--no-ddp-bb', '--dist-bn', 'reduce', '--output', str(tmp_path)]
+                                      '--no-ddp-bb', '--dist-bn', 'reduce', '--opt', 'adamw', '--lr', '0.005',
+                                      '--output', str(tmp_path)]
     r = subprocess.run(launch + argv + ['--experiment', 'a'], env=_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     a = tmp_path / 'a'
@@ -388,11 +389,10 @@ def test_two_process_accelerate_launch_kd_pick_and_exact_resume(tmp_path, train_
     _assert_same_weights(a / 'last.pth.tar', tmp_path / 'b' / 'last.pth.tar')
     assert _rows(tmp_path / 'b')[-1] == _rows(a)[-1]
     # 1 process: 4 steps x 16 images x 2 processes = 128 of 192 samples seen -> step 8 of 12, 4 updates left
-    res = train_kd.main(argv + ['--resume', str(src / 'recovery.pth.tar'), '--experiment', 'c', '--opt', 'adamw',
-                                '--no-resume-opt'])
+    res = train_kd.main(argv + ['--resume', str(src / 'recovery.pth.tar'), '--experiment', 'c'])
     assert res['finished'] and res['world_size'] == 1 and [r['epoch'] for r in _rows(tmp_path / 'c')] == ['1']
     steps = {int(s['step']) for s in _state(tmp_path / 'c' / 'last.pth.tar')['optimizer']['state'].values()}
-    assert steps == {4}  # a fresh Adam counts the updates after the resume
+    assert steps == {6 + 4 + 4}  # Adam counts every update: epoch 0, 4 of epoch 1 on 2 processes, 4 on 1
 
 
 # ------------------------------------------------------------------------------------------------ --push-to-hub
