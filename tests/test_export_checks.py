@@ -32,11 +32,11 @@ BASE = ['--model', 'resnet8', '--dataset', 'synthetic/10x8', '--train-num-sample
         '-b', '4', '--workers', '0', '--lr', '0.05', '--warmup-epochs', '0', '--epochs', '1']
 
 COVERS = (
-    'timm-kd-convert sources', 'timm-kd-convert --out', 'timm-kd-convert --arch',
-    'timm-kd-convert --org', 'timm-kd-convert --tag', 'timm-kd-convert --dataset',
-    'timm-kd-convert --num-classes', 'timm-kd-convert --accuracy', 'timm-kd-convert --license',
-    'timm-kd-convert --push', 'timm-kd-convert --dry-run', 'timm-kd-convert --private',
-    'timm-kd-convert --no-verify', 'timm-kd-convert --timeout', 'timm-kd-publish --timeout', '--push-to-hub',
+    'convert_teachers.py sources', 'convert_teachers.py --out', 'convert_teachers.py --arch',
+    'convert_teachers.py --org', 'convert_teachers.py --tag', 'convert_teachers.py --dataset',
+    'convert_teachers.py --num-classes', 'convert_teachers.py --accuracy', 'convert_teachers.py --license',
+    'convert_teachers.py --push', 'convert_teachers.py --dry-run', 'convert_teachers.py --private',
+    'convert_teachers.py --no-verify', 'convert_teachers.py --timeout', 'publish.py --timeout', '--push-to-hub',
     '--hub-private', '--teacher',
 )
 
@@ -176,7 +176,8 @@ def test_hub_teacher_for_other_classes_is_refused_before_training(hf, tmp_path, 
 def test_train_push_to_hub_private(hf, tmp_path):
     for private in (False, True):
         repo = f'kduser/resnet8.private{int(private)}'
-        res = _train(tmp_path, '--push-to-hub', repo, '--experiment', repo[-8:], *(['--hub-private'] if private else []))
+        private_flag = ['--hub-private'] if private else []
+        res = _train(tmp_path, '--push-to-hub', repo, '--experiment', repo[-8:], *private_flag)
         assert res['hub_url'].endswith(repo) and hf.repos[repo].private is private
         best = torch.load(Path(res['run_dir']) / 'model_best.pth.tar', weights_only=True)['state_dict']
         stored = safetensors.torch.load(hf.files(repo)['model.safetensors'])

@@ -4,6 +4,7 @@ In this process the client is pointed at the server by patching ``huggingface_hu
 HF_ENDPOINT / HF_HUB_CACHE / HF_HUB_OFFLINE at import); subprocesses get environment variables instead,
 which is also how the registered-name default (TIMM_KD_HUB_ORG, read when timm_kd is imported) is tested.
 """
+import hashlib
 import json
 import os
 import runpy
@@ -41,9 +42,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-COVERS = ('timm-kd-publish run_dir', 'timm-kd-publish --repo-id', 'timm-kd-publish --which', 'timm-kd-publish --private',
-          'timm-kd-publish --dry-run', 'timm-kd-publish --out', 'timm-kd-convert sources', 'timm-kd-convert --out',
-          'timm-kd-convert --org', 'timm-kd-convert --push', 'timm-kd-convert --dry-run')
+COVERS = ('publish.py run_dir', 'publish.py --repo-id', 'publish.py --which', 'publish.py --private',
+          'publish.py --dry-run', 'publish.py --out', 'convert_teachers.py sources', 'convert_teachers.py --out',
+          'convert_teachers.py --org', 'convert_teachers.py --push', 'convert_teachers.py --dry-run')
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
