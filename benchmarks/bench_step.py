@@ -569,7 +569,7 @@ def run_methods(args: argparse.Namespace, result: Dict[str, Any], memory: Dict[s
                                               'met': abs(off) <= GOALS['method_vs_prediction']}
         extra = entry['extra_memory_bytes']
         log(f'{name:8s} step / KD {ratio["median"]:.3f} [{ratio["min"]:.3f}..{ratio["max"]:.3f}], CPU time '
-            f'{entry["cpu_over_kd"]["median"]:.3f}, predicted {predicted if predicted is None else f"{predicted:.3f}"}, '
+            f'{entry["cpu_over_kd"]["median"]:.3f}, predicted {"-" if predicted is None else f"{predicted:.3f}"}, '
             f'extra memory {"-" if extra is None else f"{extra / 2 ** 20:.1f} MiB"}')
     result['methods'] = methods
     result['goals'] = goals

@@ -5,7 +5,7 @@ Everything else reads the table: ``DistillationTask(method='name')``, ``train_kd
 choices and each method's flags), the benchmark and the tests. Adding a method = one module here
 with a registered class, plus its import below.
 """
-from typing import Callable, Dict, Optional, Type
+from typing import Callable, Dict, Type
 
 import torch.nn as nn
 

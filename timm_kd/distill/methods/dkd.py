@@ -44,9 +44,9 @@ def dkd_loss(
         temperature: float = 4.0,
 ) -> torch.Tensor:
     """T²·mean(α·TCKD + β·NCKD) (no warm-up factor), computed in log space in float32."""
-    if target.ndim != 1:
-        raise ValueError(f'DKD splits the target class from the others and needs class-index targets (B,), '
-                         f'got shape {tuple(target.shape)}.')
+    if target is None or target.ndim != 1:
+        got = 'none' if target is None else f'shape {tuple(target.shape)}'
+        raise ValueError(f'DKD splits the target class from the others and needs class-index targets (B,), got {got}.')
     batch, num_classes = student_logits.shape
     other = _other_classes(target, num_classes)
     t = target[:, None]

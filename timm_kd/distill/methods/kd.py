@@ -69,4 +69,5 @@ class KD(LogitStandardization, Distiller):
         return cls.logit_std_kwargs(args)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (f', logit_std_temperature={self.logit_std_temperature}' if self.logit_std else '')
+        std = f', logit_std_temperature={self.logit_std_temperature}' if self.logit_std else ''
+        return super().extra_repr() + std
