@@ -518,7 +518,8 @@ def _validate_method(args: argparse.Namespace, explicit: Dict[str, Any], views: 
         if not cls.logit_method:
             raise UsageError(f'--view-loss method applies a logit method\'s loss to the views; --distill '
                              f'{args.distill} is not a logit method: use --view-loss kl.')
-        if not views or '--cutmix-hard' in views:
+        aug_views = getattr(args, 'tl_aug', None) not in (None, '', 'none')  # the loader's second view (--tl-aug)
+        if not aug_views and (not views or '--cutmix-hard' in views):
             raise UsageError('--view-loss method needs teacher-labelled views: add --tl-cutmix, --tl-mixup or --cutout.')
     if args.logit_std and not getattr(cls, 'supports_logit_std', False):
         supported = sorted(n for n, c in METHODS.items() if getattr(c, 'supports_logit_std', False))
