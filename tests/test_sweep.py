@@ -109,7 +109,8 @@ os.makedirs(run, exist_ok=True)
 if argv[argv.index('--lr') + 1] == '9.0':
     sys.exit('train_kd.py: error: the loss became non-finite')
 with open(os.path.join(run, 'results.json'), 'w') as f:
-    json.dump(dict(finished=True, best_top1=50.0, best_epoch=0, last_top1=49.0, argv=argv), f)
+    json.dump(dict(finished=True, best_top1=50.0, best_epoch=0, last_top1=49.0, argv=argv,
+                   devices=os.environ.get('CUDA_VISIBLE_DEVICES')), f)
 """
 
 
@@ -121,7 +122,7 @@ def test_failed_runs_stale_folders_and_the_launcher(tmp_path, capsys):
     stale = tmp_path / 'sweep' / 'lr-0.1__seed-1'
     stale.mkdir(parents=True)
     (stale / 'log.txt').write_text('killed before its first checkpoint')
-    assert sweep.main([grid, '--script', str(script), '--jobs', '3']) == 1
+    assert sweep.main([grid, '--script', str(script), '--jobs', '3', '--devices', '0,1,2']) == 1
     out = capsys.readouterr().out
     assert out.count('FAILED (exit 1)') == 2 and 'the loss became non-finite' in out
     assert 'failed: lr-9.0__seed-0, lr-9.0__seed-1' in out and 'lr-0.1__seed-1: started (restarted' in out
@@ -130,6 +131,13 @@ def test_failed_runs_stale_folders_and_the_launcher(tmp_path, capsys):
     done = json.loads((stale / 'results.json').read_text())['argv']
     assert done[-4:] == ['--output', str(tmp_path / 'sweep'), '--experiment', 'lr-0.1__seed-1']
     assert sweep.run_state(str(tmp_path / 'sweep' / 'lr-9.0__seed-0')) == 'restart'
+    # the first three runs start at once, each on its own slot of --devices, in order
+    seen = [json.loads((tmp_path / 'sweep' / f'lr-0.1__seed-{s}' / 'results.json').read_text())['devices']
+            for s in (0, 1)]
+    assert seen == ['0', '1']
+    assert sweep.device_slots('0,1,2,3', 2) == ['0,1', '2,3']
+    with pytest.raises(sweep.UsageError, match='multiple of --jobs 2'):
+        sweep.device_slots('0,1,2', 2)
     # accelerate launch: the launcher's own arguments go before the script, a resume needs only the folder
     run = sweep.Run('r', {}, ['--lr', '1'], state='resume')
     cmd = sweep._command(run, '/s', 'train_kd.py', 'accelerate', ['--num_processes', '2'])

@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--which', choices=tuple(RUN_WEIGHTS), default='last',
                    help='weights of a run folder: last (default, the KD literature\'s number) or best epoch')
     p.add_argument('--embed', choices=('pca', 'tsne', 'none'), default='pca', help='2-D embedding (default pca)')
-    p.add_argument('--batch-size', type=int, default=256)
+    p.add_argument('--batch-size', type=int, default=256, help='images per forward pass (default 256)')
     p.add_argument('--seed', type=int, default=0, help='seed of k-means and t-SNE (default 0)')
     p.add_argument('--output', default='', help='output folder (default: output/features/<date-time>)')
     return p

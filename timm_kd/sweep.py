@@ -46,7 +46,7 @@ from .train.checkpoint import atomic_write_text
 from .train.state import checkpoint_candidates
 
 __all__ = ['Run', 'load_grid', 'parse_overrides', 'parse_train_argv', 'expand_grid', 'flags_to_argv', 'run_state',
-           'step_cost', 'main', 'AXIS_FLAGS']
+           'step_cost', 'device_slots', 'execute', 'main', 'AXIS_FLAGS']
 
 # list axes whose name is not the train_kd flag they set
 AXIS_FLAGS = {'method': 'distill', 'view': 'tl_aug'}
@@ -360,9 +360,21 @@ def _command(run: Run, sweep_dir: str, script: str, launcher: str, launch_args: 
     return [*prefix, script, *train]
 
 
+def device_slots(devices: str, jobs: int) -> List[str]:
+    """``--devices 0,1,2,3`` split into ``jobs`` equal CUDA_VISIBLE_DEVICES values ('0,1' and '2,3' for 2 jobs)."""
+    ids = [d.strip() for d in devices.split(',') if d.strip()]
+    if not ids or len(ids) % jobs:
+        raise UsageError(f'--devices {devices!r} must list a multiple of --jobs {jobs} devices (each run gets '
+                         f'the same number).')
+    per = len(ids) // jobs
+    return [','.join(ids[i:i + per]) for i in range(0, len(ids), per)]
+
+
 def execute(runs: List[Run], sweep_dir: str, script: str, jobs: int, launcher: str = 'python',
-            launch_args: Sequence[str] = (), poll: float = 0.5) -> Dict[str, float]:
-    """Run every run that is not done, ``jobs`` at a time. Returns wall seconds of the runs that finished."""
+            launch_args: Sequence[str] = (), devices: Optional[List[str]] = None, poll: float = 0.5
+            ) -> Dict[str, float]:
+    """Run every run that is not done, ``jobs`` at a time (each on its own ``devices`` slot, when given: its
+    CUDA_VISIBLE_DEVICES). Returns wall seconds of the runs that finished."""
     os.makedirs(os.path.join(sweep_dir, 'logs'), exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     env.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // jobs)))
@@ -390,14 +402,19 @@ def execute(runs: List[Run], sweep_dir: str, script: str, jobs: int, launcher: s
                     how = 'resumed'
                 log_path = os.path.join(sweep_dir, 'logs', f'{run.name}.log')
                 log = open(log_path, 'a')
+                slot = devices.pop(0) if devices else None
                 proc = subprocess.Popen(_command(run, sweep_dir, script, launcher, list(launch_args)),
-                                        stdout=log, stderr=subprocess.STDOUT, env=env)
-                active[proc] = (tag, run, log, log_path, time.time())
+                                        stdout=log, stderr=subprocess.STDOUT,
+                                        env=dict(env, CUDA_VISIBLE_DEVICES=slot) if slot is not None else env)
+                active[proc] = (tag, run, log, log_path, time.time(), slot)
+                how += f', devices {slot}' if slot is not None else ''
                 progress.running = len(active)
                 progress.line(f'{tag} {run.name}: started ({how}; log {log_path})')
             time.sleep(poll)
             for proc in [p for p in active if p.poll() is not None]:
-                tag, run, log, log_path, t_start = active.pop(proc)
+                tag, run, log, log_path, t_start, slot = active.pop(proc)
+                if slot is not None:
+                    devices.append(slot)
                 log.close()
                 progress.running = len(active)
                 seconds = time.time() - t_start
@@ -442,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='start each run as a plain process (default) or with accelerate launch')
     p.add_argument('--launch-args', default='',
                    help='arguments for accelerate launch, e.g. "--multi_gpu --num_processes 2"')
+    p.add_argument('--devices', default='', metavar='IDS',
+                   help='GPU ids shared out between the --jobs runs, e.g. 0,1,2,3 with --jobs 2: each run sees 2 '
+                        '(CUDA_VISIBLE_DEVICES)')
     p.add_argument('--script', default='', help='train_kd.py to run (default: the one beside timm_kd, else ./)')
     p.add_argument('--dry-run', action='store_true', help='print the plan and its estimated cost, run nothing')
     p.add_argument('--rate', type=float, default=None,
@@ -454,6 +474,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.jobs < 1:
             raise UsageError(f'--jobs must be at least 1, got {args.jobs}.')
+        slots = device_slots(args.devices, args.jobs) if args.devices else None
         script = args.script or _default_script()
         if not os.path.isfile(script):
             raise UsageError(f'train_kd.py was not found at {script!r}: pass --script PATH.')
@@ -478,7 +499,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _write_sweep_file(sweep_dir, args.grid, runs, {})
     wall: Dict[str, float] = {}
     try:
-        wall = execute(runs, sweep_dir, script, args.jobs, args.launcher, shlex.split(args.launch_args))
+        wall = execute(runs, sweep_dir, script, args.jobs, args.launcher, shlex.split(args.launch_args), slots)
     finally:
         _write_sweep_file(sweep_dir, args.grid, runs, wall)
     failed = [r.name for r in runs if r.state != 'done']
