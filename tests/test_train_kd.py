@@ -476,3 +476,15 @@ def test_args_yaml_replays_as_config(tmp_path, train_kd):
                                 '--experiment', 'r'])
     args, _ = parse_args(['--config', str(Path(res['run_dir']) / 'args.yaml')])
     assert (args.model, args.lr, args.epochs, args.resume, args.experiment) == ('resnet8', 0.05, 1, '', 'r')
+
+
+def test_console_script_runs_the_same_main_as_the_script(train_kd, capsys):
+    """pyproject's `timm-kd-train` entry point and train_kd.py are one command (timm_kd.train.main)."""
+    import importlib
+    import tomllib
+    target = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['scripts']['timm-kd-train']
+    module, func = target.split(':')
+    assert importlib.import_module(module).main is train_kd.main
+    with pytest.raises(SystemExit) as e:
+        getattr(importlib.import_module(module), func)(['--model', 'no_such_net'])
+    assert e.value.code == 2 and 'Unknown model' in capsys.readouterr().err
