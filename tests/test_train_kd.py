@@ -488,3 +488,40 @@ def test_console_script_runs_the_same_main_as_the_script(train_kd, capsys):
     with pytest.raises(SystemExit) as e:
         getattr(importlib.import_module(module), func)(['--model', 'no_such_net'])
     assert e.value.code == 2 and 'Unknown model' in capsys.readouterr().err
+
+
+def test_a_distiller_with_state_trains_with_the_student_and_resumes_exactly(tmp_path, train_kd, teacher_ckpt,
+                                                                             monkeypatch):
+    """Contract: the optimizer covers task.distiller's parameters; its parameters and buffers are in the checkpoint
+    (`distiller`) and come back exactly on resume. A toy method: KD scaled by a trainable factor, counting calls."""
+    from timm_kd.distill.methods import METHODS
+    from timm_kd.distill.methods.kd import KD
+
+    class ScaledKD(KD):
+        method_name = 'scaled_kd_test'
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.scale = torch.nn.Parameter(torch.ones(()))
+            self.register_buffer('calls', torch.zeros((), dtype=torch.long))
+
+        def logit_loss(self, student_logits, teacher_logits, target):
+            self.calls += 1
+            return self.scale * super().logit_loss(student_logits, teacher_logits, target)
+
+    monkeypatch.setitem(METHODS, ScaledKD.method_name, ScaledKD)
+    common = BASE + ['--teacher', 'resnet8', '--teacher-checkpoint', teacher_ckpt, '--distill', ScaledKD.method_name,
+                     '--epochs', '2', '--checkpoint-every', '4', '--output', str(tmp_path)]
+    train_kd.main(common + ['--experiment', 'ref'])
+    last = _state(tmp_path / 'ref' / 'last.pth.tar')
+    assert int(last['distiller']['calls']) == 12 and float(last['distiller']['scale']) != 1.0  # 2 x 6 steps, trained
+    n_params = sum(len(g['params']) for g in last['optimizer']['param_groups'])
+    assert n_params == len(list(timm.create_model('resnet8').parameters())) + 1
+    src = tmp_path / 'src'
+    src.mkdir()
+    shutil.copy(tmp_path / 'ref' / 'recovery.pth.tar', src / 'recovery.pth.tar')
+    assert int(_state(src / 'recovery.pth.tar')['distiller']['calls']) == 10  # epoch 1, step 4
+    train_kd.main(common + ['--resume', str(src / 'recovery.pth.tar'), '--experiment', 'resumed'])
+    resumed = _state(tmp_path / 'resumed' / 'last.pth.tar')
+    assert all(torch.equal(resumed['distiller'][k], v) for k, v in last['distiller'].items())
+    _assert_same_weights(tmp_path / 'ref' / 'last.pth.tar', tmp_path / 'resumed' / 'last.pth.tar')
