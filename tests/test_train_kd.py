@@ -525,3 +525,36 @@ def test_a_distiller_with_state_trains_with_the_student_and_resumes_exactly(tmp_
     resumed = _state(tmp_path / 'resumed' / 'last.pth.tar')
     assert all(torch.equal(resumed['distiller'][k], v) for k, v in last['distiller'].items())
     _assert_same_weights(tmp_path / 'ref' / 'last.pth.tar', tmp_path / 'resumed' / 'last.pth.tar')
+
+
+def test_loop_passes_loader_extras_to_the_task():
+    """Contract: batches (x, y) or (x, y, extras); extras tensors go to the device and into task(x, y, **extras)."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+    from timm_kd.train.loop import EpochMeters, train_one_epoch
+    seen = []
+
+    class Task(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(4, 3)
+
+        def get_trainable_module(self):
+            return self.head
+
+        def update_ema(self, step):
+            pass
+
+        def forward(self, x, y, **extras):
+            seen.append({k: (type(v).__name__, v.shape) for k, v in extras.items()})
+            out = self.head(x)
+            return {'loss': torch.nn.functional.cross_entropy(out, y), 'output': out}
+
+    task = Task()
+    extras = {'index': torch.tensor([3, 4]), 'view_input': torch.randn(2, 4)}
+    batches = [(torch.randn(2, 4), torch.tensor([0, 1]), extras), (torch.randn(2, 4), torch.tensor([2, 0]))]
+    acc = SimpleNamespace(device=torch.device('cpu'), autocast=nullcontext, backward=lambda loss: loss.backward(),
+                          num_processes=1, is_main_process=True)
+    args = SimpleNamespace(channels_last=False, clip_grad=None, log_interval=10, checkpoint_every=0)
+    n = train_one_epoch(0, task, batches, torch.optim.SGD(task.parameters(), lr=0.1), acc, args, EpochMeters())
+    assert n == 2 and seen == [{'index': ('Tensor', (2,)), 'view_input': ('Tensor', (2, 4))}, {}]
