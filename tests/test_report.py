@@ -103,7 +103,7 @@ def test_single_seed_has_no_std_and_latex_escapes(tmp_path, capsys):
     fake_run(tmp_path, 'other', 81.0, 78.0, seed=0, lr=0.1)
     assert report.main([str(tmp_path), '--format', 'latex']) == 0
     tex = capsys.readouterr().out
-    assert r'0.05 & 1 & 80.00 (--) & 79.00 (--) & n<3 \\' in tex and tex.startswith(r'\begin{tabular}{lrrrl}')
+    assert r'0.05 & 1 & 80.00 (--) & 79.00 (--) & n$<$3 \\' in tex and tex.startswith(r'\begin{tabular}{lrrrl}')
 
 
 def test_broken_folders_are_named_and_skipped_and_nothing_is_modified(runs, tmp_path, capsys):

@@ -340,7 +340,8 @@ def format_table(rows: Sequence[Dict[str, Any]], keys: Sequence[str], fmt: str =
         cells.append(r['note'])
         body.append(cells)
     if fmt == 'latex':
-        esc = str.maketrans({'_': r'\_', '%': r'\%', '&': r'\&', '#': r'\#', 'Δ': r'$\Delta$', '–': '--'})
+        esc = str.maketrans({'_': r'\_', '%': r'\%', '&': r'\&', '#': r'\#', 'Δ': r'$\Delta$', '–': '--',
+                             '<': r'$<$'})
         lines = [r'\begin{tabular}{' + 'l' * len(keys) + 'r' * (len(header) - len(keys) - 1) + 'l}', r'\toprule',
                  ' & '.join(h.translate(esc) for h in header) + r' \\', r'\midrule']
         lines += [' & '.join(c.translate(esc) for c in cells) + r' \\' for cells in body]
