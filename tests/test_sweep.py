@@ -19,6 +19,9 @@ from timm_kd import sweep
 from timm_kd.train.args import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
+# the sweep continues a killed run with train_kd.py --resume RUN_DIR from its mid-epoch recovery checkpoint and
+# checks the result equals an uninterrupted run
+COVERS = ('--resume', '--checkpoint-every')
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
