@@ -1,0 +1,268 @@
+""" Feature and relation distillation methods (FitNet, AT, SP, CC, VID, PKT, CRD) and timm_kd.distill.features
+
+Every loss is checked against a reference written here from the method's paper equations (loops and
+closed forms, not our code), to 1e-5; the feature extraction against the models' plain forward.
+"""
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import timm_kd  # noqa: F401  (registers the CIFAR models)
+from timm_kd.distill.features import forward_with_features, matched_level, matched_stages
+from timm_kd.distill.methods import METHODS, ModelOutputs, create_method
+
+FEATURE_METHODS = ('fitnet', 'at', 'sp', 'cc', 'vid', 'pkt', 'crd')
+NUM_CLASSES, BATCH, NUM_SAMPLES = 10, 6, 40
+
+
+def _build(name, student, teacher, **kwargs):
+    if name == 'crd':
+        kwargs = dict(num_samples=NUM_SAMPLES, nce_k=12, **kwargs)
+    return create_method(name, student, teacher, num_classes=NUM_CLASSES, temperature=4.0, **kwargs)
+
+
+def _outputs(method, student, teacher, x):
+    s_out = ModelOutputs(*forward_with_features(student, x, method.student_levels, method.needs_pre_logits))
+    with torch.no_grad():
+        t_out = ModelOutputs(*forward_with_features(teacher, x, method.teacher_levels, method.needs_pre_logits))
+    return s_out, t_out
+
+
+@pytest.fixture(scope='module')
+def cifar_pair():
+    torch.manual_seed(0)
+    return timm.create_model('resnet8', num_classes=NUM_CLASSES), timm.create_model('resnet14', num_classes=NUM_CLASSES).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# features.py
+
+
+@pytest.mark.parametrize('name,size,kwargs', [
+    ('resnet8', 16, {}),
+    ('vgg8_cifar', 32, {}),
+    ('wrn_16_1', 16, {}),
+    ('mobilenetv2_cifar', 32, {}),
+    ('resnet18', 64, {}),
+    ('mobilenetv3_small_050', 64, {}),  # head conv after the pooling: pre-logits are not the pooled map
+    ('vit_tiny_patch16_224', 32, dict(img_size=32)),
+])
+def test_one_forward_gives_the_plain_logits_and_the_levels(name, size, kwargs):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=NUM_CLASSES, **kwargs).eval()
+    x = torch.randn(2, 3, size, size)
+    levels = list(range(len(model.feature_info)))
+    with torch.no_grad():
+        logits, features, pre_logits = forward_with_features(model, x, levels[::-1], pre_logits=True)
+        ref_logits = model(x)
+        ref_levels = model.forward_intermediates(x, indices=levels, intermediates_only=True)
+        ref_pre = model.forward_head(model.forward_features(x), pre_logits=True)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pre_logits, ref_pre)
+    assert [f.shape for f in features] == [f.shape for f in ref_levels[::-1]]  # in the order asked for
+    for got, ref in zip(features, ref_levels[::-1]):
+        torch.testing.assert_close(got, ref)
+    assert [f.shape[1] for f in ref_levels] == [info['num_chs'] for info in model.feature_info]
+
+
+def test_stage_matching_rules():
+    make = lambda name: timm.create_model(name, num_classes=NUM_CLASSES)
+    # RepDistiller pairs: every stage after the stem (feat[1:-1])
+    assert matched_stages(make('resnet8'), make('resnet32x4')) == ([1, 2, 3], [1, 2, 3])
+    assert matched_stages(make('vgg8_cifar'), make('vgg13_cifar')) == ([1, 2, 3, 4], [1, 2, 3, 4])
+    # different depths: the deepest stages, paired from the end
+    assert matched_stages(make('resnet8'), make('vgg13_cifar')) == ([1, 2, 3], [2, 3, 4])
+    assert matched_stages(make('resnet18'), make('resnet34')) == ([1, 2, 3, 4], [1, 2, 3, 4])
+    assert matched_level(make('resnet8'), make('vgg13_cifar'), 2) == 3
+    with pytest.raises(ValueError, match='does not exist in both models'):
+        matched_level(make('vgg8_cifar'), make('resnet8'), 0)
+
+
+def test_a_model_without_intermediates_is_refused_in_one_sentence():
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, NUM_CLASSES))
+    teacher = timm.create_model('resnet8', num_classes=NUM_CLASSES)
+    for name in FEATURE_METHODS:
+        with pytest.raises(ValueError, match=rf"'{name}' needs intermediate features, but the student Sequential has no "
+                                             r'forward_intermediates'):
+            _build(name, plain, teacher)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# each loss against its paper's equation, written independently
+
+
+def _conv1x1(x, conv):
+    out = torch.einsum('bchw,oc->bohw', x, conv.weight[:, :, 0, 0])
+    return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
+
+
+def _pool_to_smaller(a, b):
+    if a.shape[-1] > b.shape[-1]:
+        k = a.shape[-1] // b.shape[-1]
+        return F.avg_pool2d(a, k), b
+    if b.shape[-1] > a.shape[-1]:
+        k = b.shape[-1] // a.shape[-1]
+        return a, F.avg_pool2d(b, k)
+    return a, b
+
+
+def ref_fitnet(method, f_s, f_t):
+    """Romero et al. Eq. 3 with a 1x1 conv + BatchNorm (batch statistics) + ReLU regressor, mean over elements."""
+    conv, bn = method.regressor[0], method.regressor[1]
+    f_s, f_t = _pool_to_smaller(f_s, f_t)
+    z = _conv1x1(f_s, conv)
+    mean, var = z.mean((0, 2, 3), keepdim=True), z.var((0, 2, 3), unbiased=False, keepdim=True)
+    z = (z - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+    return method.beta * ((z.clamp(min=0) - f_t) ** 2).sum() / f_t.numel()
+
+
+def ref_at(method, fs, ft):
+    """Zagoruyko & Komodakis: Q = Σ_c |F_c|², normalized per sample; mean squared difference per stage, summed."""
+    total = 0.
+    for f_s, f_t in zip(fs, ft):
+        f_s, f_t = _pool_to_smaller(f_s, f_t)
+        for b in range(f_s.shape[0]):
+            q_s, q_t = (f_s[b] ** 2).sum(0).flatten(), (f_t[b] ** 2).sum(0).flatten()
+            total = total + ((q_s / q_s.norm() - q_t / q_t.norm()) ** 2).sum() / f_s[0, 0].numel() / f_s.shape[0]
+    return method.beta * total
+
+
+def ref_sp(method, f_s, f_t):
+    """Tung & Mori Eq. 2-4: G = Q Qᵀ, row-normalized, squared Frobenius distance / b²."""
+    b = f_s.shape[0]
+    total = 0.
+    for i in range(b):
+        g_s = torch.stack([torch.dot(f_s[i].flatten(), f_s[j].flatten()) for j in range(b)])
+        g_t = torch.stack([torch.dot(f_t[i].flatten(), f_t[j].flatten()) for j in range(b)])
+        total = total + ((g_t / g_t.norm() - g_s / g_s.norm()) ** 2).sum()
+    return method.beta * total / b ** 2
+
+
+def ref_cc(method, p_s, p_t):
+    """RepDistiller's CC: Δ_i = |e_s − e_t|, mean over consecutive pairs of Σ_k Δ_i Δ_{i+1}."""
+    e_s = p_s @ method.embed_s.weight.t() + method.embed_s.bias
+    e_t = p_t @ method.embed_t.weight.t() + method.embed_t.bias
+    deltas = [(e_s[i] - e_t[i]).abs() for i in range(len(e_s))]
+    return method.beta * sum((deltas[i] * deltas[i + 1]).sum() for i in range(len(deltas) - 1)) / (len(deltas) - 1)
+
+
+def ref_vid(method, fs, ft):
+    """Ahn et al. Eq. 5: −log N(t | μ(s), σ²) averaged over elements, without the constant ½·log 2π."""
+    total = 0.
+    for regressor, f_s, f_t in zip(method.regressors, fs, ft):
+        f_s, f_t = _pool_to_smaller(f_s, f_t)
+        c1, c2, c3 = regressor.mean[0], regressor.mean[2], regressor.mean[4]
+        mu = _conv1x1(_conv1x1(_conv1x1(f_s, c1).relu(), c2).relu(), c3)
+        sigma = torch.sqrt(torch.log1p(torch.exp(regressor.log_scale)) + 1e-5).view(1, -1, 1, 1)
+        nll = -torch.distributions.Normal(mu, sigma.expand_as(mu)).log_prob(f_t) - 0.5 * math.log(2 * math.pi)
+        total = total + nll.mean()
+    return method.beta * total
+
+
+def ref_pkt(method, p_s, p_t, eps=1e-7):
+    """Passalis & Tefas Eq. 9-11: cosine kernel scaled to [0, 1], row-normalized, KL(p_t || p_s) (mean over pairs)."""
+    def cond(p):
+        b = p.shape[0]
+        k = torch.stack([torch.stack([
+            (torch.dot(p[i], p[j]) / ((p[i].norm() + eps) * (p[j].norm() + eps)) + 1) / 2 for j in range(b)])
+            for i in range(b)])
+        return k / k.sum(1, keepdim=True)
+    q_s, q_t = cond(p_s.double()), cond(p_t.double())  # float64: the truth for a KL of near-equal rows
+    return method.beta * (q_t * torch.log((q_t + eps) / (q_s + eps))).mean()
+
+
+def ref_crd(method, p_s, p_t, index, rows, bank_s, bank_t):
+    """Tian et al. Eq. 18 (NCE, noise P_n = 1/n) in both directions, Z from this (first) batch."""
+    n, k, tau = method.num_samples, rows.shape[1] - 1, method.nce_t
+    v_s = F.normalize(p_s @ method.embed_s.weight.t() + method.embed_s.bias, dim=1)
+    v_t = F.normalize(p_t @ method.embed_t.weight.t() + method.embed_t.bias, dim=1)
+    total = 0.
+    for anchor, bank in ((v_s, bank_t), (v_t, bank_s)):
+        h = torch.stack([torch.stack([torch.exp(torch.dot(bank[r], anchor[i]) / tau) for r in rows[i]])
+                         for i in range(len(anchor))])
+        h = h / (h.mean() * n)
+        m_pn = k / n
+        pos = torch.log(h[:, 0] / (h[:, 0] + m_pn + 1e-7)).sum()
+        neg = torch.log(m_pn / (h[:, 1:] + m_pn + 1e-7)).sum()
+        total = total - (pos + neg) / len(anchor)
+    return method.beta * total, v_s, v_t
+
+
+@pytest.mark.parametrize('teacher_name,size', [('resnet14', 16), ('vgg8_cifar', 32)])
+@pytest.mark.parametrize('name', FEATURE_METHODS)
+def test_loss_equals_the_paper_equation(name, teacher_name, size):
+    torch.manual_seed(1)
+    student = timm.create_model('resnet8', num_classes=NUM_CLASSES)
+    teacher = timm.create_model(teacher_name, num_classes=NUM_CLASSES).eval()
+    method = _build(name, student, teacher)
+    x, target = torch.randn(BATCH, 3, size, size), torch.randint(0, NUM_CLASSES, (BATCH,))
+    index = torch.randperm(NUM_SAMPLES)[:BATCH]
+    s_out, t_out = _outputs(method, student, teacher, x)
+    if name == 'crd':
+        bank_s, bank_t = method.memory_s.clone(), method.memory_t.clone()
+    terms = method(s_out, t_out, target, index=index)
+    assert list(terms) == [f'{name}_loss']
+    got = terms[f'{name}_loss']
+    fs, ft, ps, pt = s_out.features, t_out.features, s_out.pre_logits, t_out.pre_logits
+    with torch.no_grad():
+        if name == 'fitnet':
+            ref = ref_fitnet(method, fs[0], ft[0])
+        elif name == 'at':
+            ref = ref_at(method, fs, ft)
+        elif name == 'sp':
+            ref = ref_sp(method, fs[0], ft[0])
+        elif name == 'cc':
+            ref = ref_cc(method, ps, pt)
+        elif name == 'vid':
+            ref = ref_vid(method, fs, ft)
+        elif name == 'pkt':
+            ref = ref_pkt(method, ps, pt)
+        else:
+            # the negatives the method drew: replay its generator (function of seed and step 0)
+            method.step = 0
+            rows = method.sample_negatives(index, target)
+            labels = method.labels
+            assert (rows[:, 0] == index).all()
+            for i in range(BATCH):  # negatives: other classes only, no repeats
+                assert (labels[rows[i, 1:]] != target[i]).all() and len(set(rows[i].tolist())) == rows.shape[1]
+            ref, v_s, v_t = ref_crd(method, ps, pt, index, rows, bank_s, bank_t)
+            for bank, old, v in ((method.memory_s, bank_s, v_s), (method.memory_t, bank_t, v_t)):
+                new = old.clone()
+                new[index] = F.normalize(0.5 * old[index] + 0.5 * v, dim=1)
+                torch.testing.assert_close(bank, new)  # momentum update of the visited rows only
+    torch.testing.assert_close(got, ref.float(), rtol=1e-5, atol=1e-7)
+
+
+def test_defaults_are_repdistillers(cifar_pair):
+    student, teacher = cifar_pair
+    betas = {'fitnet': 100., 'at': 1000., 'sp': 3000., 'cc': 0.02, 'vid': 1., 'pkt': 30000., 'crd': 0.8}
+    for name, beta in betas.items():
+        method = create_method(name, student, teacher, num_classes=NUM_CLASSES, temperature=4.0,
+                               **(dict(num_samples=20000) if name == 'crd' else {}))
+        assert method.beta == beta and METHODS[name].loss_weights == (1.0, 0.0)  # -r 1 -a 0
+    crd = create_method('crd', student, teacher, num_classes=NUM_CLASSES, temperature=4.0, num_samples=20000)
+    assert (crd.nce_k, crd.nce_t, crd.nce_m, crd.memory_s.shape) == (16384, 0.07, 0.5, (20000, 128))
+    assert create_method('fitnet', student, teacher, num_classes=NUM_CLASSES, temperature=4.0).student_levels == [2]
+    assert create_method('at', student, teacher, num_classes=NUM_CLASSES, temperature=4.0).p == 2.0
+    vid = create_method('vid', student, teacher, num_classes=NUM_CLASSES, temperature=4.0)
+    torch.testing.assert_close(F.softplus(vid.regressors[0].log_scale) + 1e-5, torch.full((16,), 5.0))
+    with pytest.raises(ValueError, match='nce_k must be between 1 and 19'):
+        create_method('crd', student, teacher, num_classes=NUM_CLASSES, temperature=4.0, num_samples=20, nce_k=20)
+
+
+def test_crd_negatives_are_reproducible_from_seed_and_step(cifar_pair):
+    student, teacher = cifar_pair
+    a, b = _build('crd', student, teacher, seed=5), _build('crd', student, teacher, seed=5)
+    index, target = torch.arange(BATCH), torch.arange(BATCH) % 3
+    assert torch.equal(a.sample_negatives(index, target), b.sample_negatives(index, target))
+    b.step = 1
+    assert not torch.equal(a.sample_negatives(index, target), b.sample_negatives(index, target))
+    state = a.state_dict()
+    assert state['_extra_state'] == {'step': 0}
+    a.step = 7
+    b.load_state_dict(a.state_dict())
+    assert b.step == 7

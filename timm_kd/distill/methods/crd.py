@@ -1,0 +1,148 @@
+""" CRD: contrastive representation distillation
+
+Tian, Krishnan, Isola, "Contrastive Representation Distillation" (ICLR 2020). The pooled features of
+both models are embedded by trainable heads g_s, g_t (linear → L2 norm, d dims). A memory bank keeps one
+embedding per training sample and model (momentum-averaged, renormalized). For sample i with
+embeddings v_s, v_t, the positive is row i of the other model's bank and the N negatives are rows of
+samples of other classes; every pair gets h = exp(v·m / τ) / Z (Z fixed from the first batch as
+mean(h)·n_data), and NCE with noise probability P_n = 1/n_data gives, per direction,
+
+    L = −(1/B) Σ_i [ log(h_i⁺ / (h_i⁺ + N·P_n + ε)) + Σ_k log(N·P_n / (h_ik⁻ + N·P_n + ε)) ],   ε = 1e-7
+
+L_CRD = β · (L(student anchor, teacher bank) + L(teacher anchor, student bank)).
+
+Published defaults (RepDistiller ``--distill crd -r 1 -a 0 -b 0.8 --feat_dim 128 --nce_k 16384
+--nce_t 0.07 --nce_m 0.5 --mode exact``; ``-a 1`` for CRD+KD): β = 0.8, d = 128, N = 16384, τ = 0.07,
+momentum 0.5, CE weight 1, no KD term; banks initialised uniform in ±1/sqrt(d/3); the feature is the
+pooled pre-logits (``feat[-1]``).
+
+Negatives: uniform without replacement among the samples of other classes ("exact" mode, where the
+authors' dataset draws them). The class of each sample is recorded in the bank when the sample is first
+seen, so the dataset only has to yield sample indices; a sample not seen yet counts as another class,
+which changes nothing but the draw in the first epoch (its bank row is still the random
+initialisation). When fewer than N other-class samples exist, the rest are filled with same-class ones.
+The draw is a function of (``seed``, step), the step is part of the module state: a resumed run draws
+the same negatives. Banks, labels, Z and the step are buffers / extra state of this module (in the
+training checkpoint, never in the exported student).
+"""
+import math
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..features import check_feature_models, no_autocast, pre_logits_dim
+from . import register_method
+from .base import Distiller, ModelOutputs
+
+__all__ = ['CRD', 'nce_loss']
+
+_EPS = 1e-7
+
+
+def nce_loss(scores: torch.Tensor, num_data: int) -> torch.Tensor:
+    """NCE loss of CRD for (B, 1 + N) normalized scores h (column 0: the positive), noise P_n = 1/num_data."""
+    noise = (scores.shape[1] - 1) / num_data
+    log_pos = torch.log(scores[:, 0] / (scores[:, 0] + noise + _EPS))
+    log_neg = torch.log(noise / (scores[:, 1:] + noise + _EPS))
+    return -(log_pos.sum() + log_neg.sum()) / scores.shape[0]
+
+
+@register_method('crd')
+class CRD(Distiller):
+    """Contrastive representation distillation with a memory bank of the whole training set."""
+    needs_features = True
+    needs_index = True
+    needs_class_target = True
+    loss_weights = (1.0, 0.0)
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, num_classes: int, temperature: float,
+                 num_samples: int, beta: float = 0.8, feat_dim: int = 128, nce_k: int = 16384,
+                 nce_t: float = 0.07, nce_m: float = 0.5, seed: int = 0):
+        super().__init__(student, teacher, num_classes=num_classes, temperature=temperature)
+        check_feature_models(student, teacher, 'crd')
+        if not 0 < nce_k < num_samples:
+            raise ValueError(f'CRD draws nce_k negatives from the other {num_samples - 1} training samples: '
+                             f'nce_k must be between 1 and {num_samples - 1}, got {nce_k}.')
+        self.beta = float(beta)
+        self.num_samples = int(num_samples)
+        self.nce_k = int(nce_k)
+        self.nce_t = float(nce_t)
+        self.nce_m = float(nce_m)
+        self.seed = int(seed)
+        self.step = 0  # draws so far: with the seed it determines the next negatives (extra state)
+        self.student_levels, self.teacher_levels = [], []
+        self.needs_pre_logits = True
+        self.embed_s = nn.Linear(pre_logits_dim(student), feat_dim)
+        self.embed_t = nn.Linear(pre_logits_dim(teacher), feat_dim)
+        bound = 1. / math.sqrt(feat_dim / 3)
+        self.register_buffer('memory_s', torch.rand(num_samples, feat_dim).mul_(2 * bound).sub_(bound))
+        self.register_buffer('memory_t', torch.rand(num_samples, feat_dim).mul_(2 * bound).sub_(bound))
+        self.register_buffer('labels', torch.full((num_samples,), -1, dtype=torch.long))
+        self.register_buffer('z', torch.zeros(2))  # normalization constants (student, teacher anchor)
+        self._generator: Optional[torch.Generator] = None
+
+    def get_extra_state(self) -> Dict[str, int]:
+        return {'step': self.step}
+
+    def set_extra_state(self, state: Dict[str, int]) -> None:
+        self.step = int(state['step'])
+
+    def sample_negatives(self, index: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + nce_k) bank rows: the sample itself, then nce_k others of other classes, no repeats.
+
+        Random keys in [0, 1) for other-class rows and in [-1, 0) for same-class rows, the nce_k largest
+        win: a uniform draw without replacement from the other classes (same-class rows only fill up).
+        """
+        device = self.memory_s.device
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+        self._generator.manual_seed(self.seed * 2 ** 31 + self.step)
+        keys = torch.rand(index.shape[0], self.num_samples, generator=self._generator, device=device)
+        keys = keys - (self.labels[None, :] == target[:, None]).to(keys.dtype)
+        negatives = keys.topk(self.nce_k, dim=1, sorted=False).indices
+        return torch.cat([index[:, None], negatives], dim=1)
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, target: torch.Tensor,
+                index: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        if index is None:
+            raise ValueError('CRD needs the sample index of every image (index=...), for its memory bank.')
+        v_s = F.normalize(self.embed_s(student.pre_logits).float(), dim=1)
+        v_t = F.normalize(self.embed_t(teacher.pre_logits).float(), dim=1)
+        self.labels.index_copy_(0, index, target)
+        rows = self.sample_negatives(index, target)
+        with no_autocast(v_s):
+            # scores of each anchor against the other model's bank: h = exp(v·m / τ)
+            h_s = torch.exp(torch.bmm(self.memory_t[rows], v_s[:, :, None]).squeeze(2) / self.nce_t)
+            h_t = torch.exp(torch.bmm(self.memory_s[rows], v_t[:, :, None]).squeeze(2) / self.nce_t)
+            if self.step == 0:
+                self.z.copy_(torch.stack([h_s.mean(), h_t.mean()]).detach() * self.num_samples)
+            loss = nce_loss(h_s / self.z[0], self.num_samples) + nce_loss(h_t / self.z[1], self.num_samples)
+        with torch.no_grad():
+            for memory, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
+                memory.index_copy_(0, index, F.normalize(memory[index] * self.nce_m + v * (1 - self.nce_m), dim=1))
+        self.step += 1
+        return {'crd_loss': self.beta * loss}
+
+    @classmethod
+    def add_args(cls, group) -> None:
+        group.add_argument('--crd-beta', type=float, default=0.8, metavar='B',
+                           help='CRD: weight β of the contrastive loss (default 0.8, RepDistiller)')
+        group.add_argument('--crd-feat-dim', type=int, default=128, metavar='D',
+                           help='CRD: width of the embeddings and the memory bank (default 128)')
+        group.add_argument('--nce-k', type=int, default=16384, metavar='N',
+                           help='CRD: negatives per sample (default 16384)')
+        group.add_argument('--nce-t', type=float, default=0.07, metavar='TAU',
+                           help='CRD: temperature of the contrastive scores (default 0.07)')
+        group.add_argument('--nce-m', type=float, default=0.5, metavar='M',
+                           help='CRD: momentum of the memory bank update (default 0.5)')
+
+    @classmethod
+    def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:
+        return dict(beta=args.crd_beta, feat_dim=args.crd_feat_dim, nce_k=args.nce_k, nce_t=args.nce_t,
+                    nce_m=args.nce_m, seed=args.seed)
+
+    def extra_repr(self) -> str:
+        return (super().extra_repr() + f', beta={self.beta}, num_samples={self.num_samples}, nce_k={self.nce_k}, '
+                f'nce_t={self.nce_t}, nce_m={self.nce_m}')

@@ -1,0 +1,83 @@
+""" VID: variational information distillation
+
+Ahn et al., "Variational Information Distillation for Knowledge Transfer" (CVPR 2019): per matched stage
+a regressor μ(F_s) predicts the teacher's map as a Gaussian with a learned per-channel variance
+σ²_c = softplus(a_c) + ε; the loss is its negative log-likelihood (up to a constant), averaged over all
+elements, summed over stages:
+
+    L_VID = β · Σ_stages mean_{b,c,h,w} ½ · ((μ(F_s) − F_t)² / σ²_c + log σ²_c)
+
+μ = 1x1 conv → ReLU → 1x1 conv → ReLU → 1x1 conv (no biases, C_s → C_t → C_t → C_t), a_c initialised so
+that σ² starts at 5 (ε = 1e-5). Published defaults (RepDistiller ``--distill vid -r 1 -a 0 -b 1``):
+β = 1, CE weight 1, no KD term; stages = RepDistiller's ``feat[1:-1]`` (``features.matched_stages`` for
+other pairs); maps of different size: the larger is average-pooled to the smaller. The regressors and
+variances train with the student and are not part of the exported student.
+"""
+import math
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..features import check_feature_models, feature_channels, match_spatial, matched_stages
+from . import register_method
+from .base import Distiller, ModelOutputs
+
+__all__ = ['VID']
+
+
+class _GaussianRegressor(nn.Module):
+    """Mean μ(F_s) and per-channel variance of the teacher map given the student map."""
+
+    def __init__(self, in_chs: int, out_chs: int, init_var: float = 5.0, eps: float = 1e-5):
+        super().__init__()
+        self.mean = nn.Sequential(
+            nn.Conv2d(in_chs, out_chs, 1, bias=False), nn.ReLU(),
+            nn.Conv2d(out_chs, out_chs, 1, bias=False), nn.ReLU(),
+            nn.Conv2d(out_chs, out_chs, 1, bias=False),
+        )
+        self.eps = eps
+        # inverse softplus, so that softplus(log_scale) + eps == init_var at the start
+        self.log_scale = nn.Parameter(torch.full((out_chs,), math.log(math.expm1(init_var - eps))))
+
+    def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+        var = (F.softplus(self.log_scale) + self.eps).view(1, -1, 1, 1)
+        return (0.5 * ((self.mean(f_s).float() - f_t.float()).pow(2) / var + var.log())).mean()
+
+
+@register_method('vid')
+class VID(Distiller):
+    """Variational information distillation on every matched stage."""
+    needs_features = True
+    loss_weights = (1.0, 0.0)
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, num_classes: int, temperature: float,
+                 beta: float = 1.0):
+        super().__init__(student, teacher, num_classes=num_classes, temperature=temperature)
+        check_feature_models(student, teacher, 'vid')
+        self.beta = float(beta)
+        self.student_levels, self.teacher_levels = matched_stages(student, teacher)
+        self.needs_pre_logits = False
+        s_chs, t_chs = feature_channels(student), feature_channels(teacher)
+        self.regressors = nn.ModuleList(
+            _GaussianRegressor(s_chs[s], t_chs[t]) for s, t in zip(self.student_levels, self.teacher_levels))
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, target: torch.Tensor,
+                index: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        loss = 0.
+        for regressor, f_s, f_t in zip(self.regressors, student.features, teacher.features):
+            loss = loss + regressor(*match_spatial(f_s, f_t))
+        return {'vid_loss': self.beta * loss}
+
+    @classmethod
+    def add_args(cls, group) -> None:
+        group.add_argument('--vid-beta', type=float, default=1.0, metavar='B',
+                           help='VID: weight β of the variational loss (default 1, RepDistiller)')
+
+    @classmethod
+    def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:
+        return dict(beta=args.vid_beta)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f', beta={self.beta}, levels={self.student_levels}<-{self.teacher_levels}'
