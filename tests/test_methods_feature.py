@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import timm_kd  # noqa: F401  (registers the CIFAR models)
+from timm_kd import DistillationTask, DistillMixup
 from timm_kd.distill.features import forward_with_features, matched_level, matched_stages
 from timm_kd.distill.methods import METHODS, ModelOutputs, create_method
 
@@ -72,12 +73,12 @@ def test_one_forward_gives_the_plain_logits_and_the_levels(name, size, kwargs):
 def test_stage_matching_rules():
     make = lambda name: timm.create_model(name, num_classes=NUM_CLASSES)
     # RepDistiller pairs: every stage after the stem (feat[1:-1])
-    assert matched_stages(make('resnet8'), make('resnet32x4')) == ([1, 2, 3], [1, 2, 3])
-    assert matched_stages(make('vgg8_cifar'), make('vgg13_cifar')) == ([1, 2, 3, 4], [1, 2, 3, 4])
+    assert matched_stages(make('resnet8'), make('resnet14')) == ([1, 2, 3], [1, 2, 3])
+    assert matched_stages(make('vgg8_cifar'), make('vgg8_cifar')) == ([1, 2, 3, 4], [1, 2, 3, 4])
     # different depths: the deepest stages, paired from the end
-    assert matched_stages(make('resnet8'), make('vgg13_cifar')) == ([1, 2, 3], [2, 3, 4])
-    assert matched_stages(make('resnet18'), make('resnet34')) == ([1, 2, 3, 4], [1, 2, 3, 4])
-    assert matched_level(make('resnet8'), make('vgg13_cifar'), 2) == 3
+    assert matched_stages(make('resnet8'), make('vgg8_cifar')) == ([1, 2, 3], [2, 3, 4])
+    assert matched_stages(make('resnet10t'), make('resnet8')) == ([2, 3, 4], [1, 2, 3])
+    assert matched_level(make('resnet8'), make('vgg8_cifar'), 2) == 3
     with pytest.raises(ValueError, match='does not exist in both models'):
         matched_level(make('vgg8_cifar'), make('resnet8'), 0)
 
@@ -262,7 +263,91 @@ def test_crd_negatives_are_reproducible_from_seed_and_step(cifar_pair):
     b.step = 1
     assert not torch.equal(a.sample_negatives(index, target), b.sample_negatives(index, target))
     state = a.state_dict()
-    assert state['_extra_state'] == {'step': 0}
+    assert state['_extra_state'].item() == 0 and all(torch.is_tensor(v) for v in state.values())
     a.step = 7
     b.load_state_dict(a.state_dict())
     assert b.step == 7
+
+
+# ---------------------------------------------------------------------------------------------------------
+# inside DistillationTask: gradients, training with every teacher-labelled view
+
+
+VIEWS = {
+    'none': None,
+    'tlmixup': dict(mixup_alpha=1.0, cutmix_alpha=0.0),
+    'tlcutmix': dict(cutmix_alpha=1.0),
+    'tlcutmix_pick': dict(cutmix_alpha=1.0, pick='kld'),
+}
+
+
+def _task(name, student, teacher, view=None, **method_kwargs):
+    if name == 'crd':
+        method_kwargs = dict(num_samples=16, nce_k=8, **method_kwargs)
+    mixup = DistillMixup(num_classes=NUM_CLASSES, seed=0, **VIEWS[view]) if VIEWS.get(view) else None
+    return DistillationTask(student, teacher, mixup=mixup, method=name, method_kwargs=method_kwargs,
+                            task_loss_weight=0.1, distill_loss_weight=0.9)
+
+
+@pytest.mark.parametrize('name', FEATURE_METHODS)
+def test_gradients_reach_exactly_the_student_and_the_methods_parts(name):
+    torch.manual_seed(0)
+    student = timm.create_model('resnet8', num_classes=NUM_CLASSES)
+    teacher = timm.create_model('resnet14', num_classes=NUM_CLASSES)
+    task = _task(name, student, teacher, 'tlcutmix').train()
+    teacher.requires_grad_(True)  # the task must not build a graph through the teacher even so
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, NUM_CLASSES, (8,))
+    out = task(x, y, index=torch.arange(8))
+    out['loss'].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    own = list(task.distiller.parameters())
+    assert (len(own) > 0) == (name in ('fitnet', 'cc', 'vid', 'crd'))
+    for p in own:
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+    # the method's term alone reaches the student and its own parts, nothing else
+    student.zero_grad(set_to_none=True)
+    task.distiller.zero_grad(set_to_none=True)
+    out = task(x, y, index=torch.arange(8))
+    term = out['loss'] - 0.1 * out['task_loss'] - 0.9 * out['kd_loss'] - 0.9 * out['mixed_loss']
+    term.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is not None for p in own)
+    # the student's exported weights hold none of the method's parts
+    assert not set(task.distiller.state_dict()) & set(student.state_dict())
+
+
+@pytest.mark.parametrize('view', list(VIEWS))
+@pytest.mark.parametrize('name', FEATURE_METHODS)
+def test_every_method_with_every_view_trains(name, view):
+    torch.manual_seed(0)
+    student = timm.create_model('resnet8', num_classes=NUM_CLASSES)
+    teacher = timm.create_model('resnet14', num_classes=NUM_CLASSES)
+    task = _task(name, student, teacher, view).train()
+    params = list(student.parameters()) + list(task.distiller.parameters())
+    opt = torch.optim.SGD(params, lr=0.02, momentum=0.9)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, NUM_CLASSES, (8,))
+    losses = []
+    for _ in range(8):
+        out = task(x, y, index=torch.arange(8))
+        assert f'{name}_loss' in out and ('teacher_view_output' in out) == (view != 'none')
+        opt.zero_grad()
+        out['loss'].backward()
+        opt.step()
+        losses.append(out['loss'].item())
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-2:]) / 2 < losses[0], losses
+
+
+@pytest.mark.parametrize('name', ['vid', 'crd'])
+def test_a_timm_imagenet_pair(name):
+    torch.manual_seed(0)
+    student = timm.create_model('resnet18', num_classes=NUM_CLASSES)
+    teacher = timm.create_model('resnet34', num_classes=NUM_CLASSES)
+    task = _task(name, student, teacher, 'tlcutmix').train()
+    assert task.distiller.student_levels == ([1, 2, 3, 4] if name == 'vid' else [])
+    x, y = torch.randn(4, 3, 64, 64), torch.randint(0, NUM_CLASSES, (4,))
+    out = task(x, y, index=torch.arange(4))
+    out['loss'].backward()
+    assert torch.isfinite(out['loss']) and all(p.grad is not None for p in task.distiller.parameters())

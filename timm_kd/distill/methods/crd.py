@@ -83,11 +83,12 @@ class CRD(Distiller):
         self.register_buffer('z', torch.zeros(2))  # normalization constants (student, teacher anchor)
         self._generator: Optional[torch.Generator] = None
 
-    def get_extra_state(self) -> Dict[str, int]:
-        return {'step': self.step}
+    def get_extra_state(self) -> torch.Tensor:
+        # the step as a CPU tensor: a plain number in the module state, read without a device sync
+        return torch.tensor(self.step, dtype=torch.long)
 
-    def set_extra_state(self, state: Dict[str, int]) -> None:
-        self.step = int(state['step'])
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.step = int(state)
 
     def sample_negatives(self, index: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(B, 1 + nce_k) bank rows: the sample itself, then nce_k others of other classes, no repeats.
@@ -113,15 +114,19 @@ class CRD(Distiller):
         self.labels.index_copy_(0, index, target)
         rows = self.sample_negatives(index, target)
         with no_autocast(v_s):
-            # scores of each anchor against the other model's bank: h = exp(v·m / τ)
-            h_s = torch.exp(torch.bmm(self.memory_t[rows], v_s[:, :, None]).squeeze(2) / self.nce_t)
-            h_t = torch.exp(torch.bmm(self.memory_s[rows], v_t[:, :, None]).squeeze(2) / self.nce_t)
+            # scores of each anchor against the other model's bank, h = exp(v·m / τ): one (B, n_data) matmul
+            # and a gather, cheaper than gathering B·(1 + N) bank rows of d floats (N·d > n_data for CIFAR)
+            h_s = torch.exp((v_s @ self.memory_t.t()).gather(1, rows) / self.nce_t)
+            h_t = torch.exp((v_t @ self.memory_s.t()).gather(1, rows) / self.nce_t)
             if self.step == 0:
                 self.z.copy_(torch.stack([h_s.mean(), h_t.mean()]).detach() * self.num_samples)
             loss = nce_loss(h_s / self.z[0], self.num_samples) + nce_loss(h_t / self.z[1], self.num_samples)
         with torch.no_grad():
-            for memory, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
-                memory.index_copy_(0, index, F.normalize(memory[index] * self.nce_m + v * (1 - self.nce_m), dim=1))
+            # out of place: the scores' backward still needs the banks as they were
+            for name, v in (('memory_s', v_s), ('memory_t', v_t)):
+                memory = getattr(self, name)
+                setattr(self, name, memory.index_copy(
+                    0, index, F.normalize(memory[index] * self.nce_m + v * (1 - self.nce_m), dim=1)))
         self.step += 1
         return {'crd_loss': self.beta * loss}
 
