@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 
+from timm_kd.distill.methods import METHODS
 from timm_kd.train.args import parse_args, validate_args
 from timm_kd.train.schedule import create_kd_scheduler
 
@@ -23,6 +24,10 @@ PAPER_CIFAR100_PAIRS = {
     ('wrn_40_2', 'wrn_16_2'), ('resnet56', 'resnet20'), ('resnet32x4', 'resnet8x4'), ('vgg13_cifar', 'vgg8_cifar'),
     ('vgg13_cifar', 'mobilenetv2_cifar'), ('resnet50_cifar', 'vgg8_cifar'), ('resnet32x4', 'shufflenetv2_cifar'),
 }
+
+TABLE9_METHODS = ('at', 'cc', 'sp', 'pkt', 'vid')
+# RepDistiller scripts/run_cifar_distill.sh, -b of each method
+REPDISTILLER_BETA = {'crd': 0.8, 'at': 1000.0, 'cc': 0.02, 'sp': 3000.0, 'pkt': 30000.0, 'vid': 1.0}
 
 
 def _args(path, *extra):
@@ -65,9 +70,25 @@ def test_config_is_the_crd_recipe(path):
         assert (a.dataset, a.num_classes, a.crop_padding) == ('torch/cifar100', 100, 4)
     else:
         assert (a.dataset, a.num_classes, a.crop_padding) == ('tinyimagenet', 200, 8)
-    if a.teacher:  # KD + TLCutMix + pick, the paper's hyper-parameters
-        assert (a.kd_temperature, a.kd_alpha, a.tl_cutmix, a.pick) == (4.0, 0.9, 1.0, 'kld')
-        assert (a.pick_candidates, a.pick_ratio, a.tl_mixup, a.mixed_kd_weight) == (2, 0.5, 0.0, 1.0)
+    if a.teacher:  # the paper's KD weights + TLCutMix, + pick but for Tab. 9's methods
+        assert (a.kd_temperature, a.kd_alpha, a.tl_cutmix, a.tl_mixup, a.mixed_kd_weight) == (4.0, 0.9, 1.0, 0.0, 1.0)
+        assert a.pick == ('none' if a.distill in TABLE9_METHODS else 'kld')
+        assert a.pick == 'none' or (a.pick_candidates, a.pick_ratio) == (2, 0.5)
+
+
+def test_method_recipes_tables_3_and_9():
+    """configs/cifar100/<method>/: CRD+TLCutMix+pick for the seven pairs of Tab. 3, Tab. 9's methods +TLCutMix,
+    each with RepDistiller's beta and the paper's CE / KD weights (Tab. 9: the methods include the KD loss)."""
+    by_method = {}
+    for path in KD_CONFIGS:
+        folder = os.path.basename(os.path.dirname(path))
+        if folder in METHODS:
+            a = _args(path)
+            assert a.distill == folder and a.task_loss_weight == 0.1
+            assert getattr(a, f'{folder}_beta') == REPDISTILLER_BETA[folder]
+            by_method.setdefault(folder, set()).add((a.teacher, a.model))
+    assert by_method.pop('crd') == PAPER_CIFAR100_PAIRS
+    assert set(by_method) == set(TABLE9_METHODS) and all(len(pairs) == 1 for pairs in by_method.values())
 
 
 def _lr_per_epoch(args, base_lr):
@@ -128,7 +149,7 @@ def test_a_config_trains_end_to_end(tmp_path):
     teacher = timm.create_model('resnet32x4', num_classes=100)
     ckpt = tmp_path / 'ckpt_epoch_240.pth'
     torch.save({'epoch': 240, 'model': teacher.state_dict(), 'accuracy': 0.0}, ckpt)
-    path = [c for c in KD_CONFIGS if c.endswith('resnet32x4__shufflenetv2_cifar.yaml')][0]
+    path = os.path.join(ROOT, 'configs', 'cifar100', 'resnet32x4__shufflenetv2_cifar.yaml')
     res = train_kd.main(['--config', path, '--dataset', 'synthetic/100x16', '--teacher-checkpoint', str(ckpt),
                          '--epochs', '1', '--train-num-samples', '128', '--val-num-samples', '32', '--workers', '0',
                          '--output', str(tmp_path / 'runs'), '--experiment', 'smoke', '--checkpoint-hist', '0'])

@@ -4,6 +4,7 @@ Every loss is checked against a reference written here from the method's paper e
 closed forms, not our code), to 1e-5; the feature extraction against the models' plain forward.
 """
 import math
+import shutil
 
 import pytest
 import timm
@@ -15,6 +16,7 @@ import timm_kd  # noqa: F401  (registers the CIFAR models)
 from timm_kd import DistillationTask, DistillMixup
 from timm_kd.distill.features import forward_with_features, matched_level, matched_stages
 from timm_kd.distill.methods import METHODS, ModelOutputs, create_method
+from test_train_kd import BASE, _rows, _state, teacher_ckpt, train_kd  # noqa: F401  (fixtures)
 
 FEATURE_METHODS = ('fitnet', 'at', 'sp', 'cc', 'vid', 'pkt', 'crd')
 NUM_CLASSES, BATCH, NUM_SAMPLES = 10, 6, 40
@@ -351,3 +353,70 @@ def test_a_timm_imagenet_pair(name):
     out = task(x, y, index=torch.arange(4))
     out['loss'].backward()
     assert torch.isfinite(out['loss']) and all(p.grad is not None for p in task.distiller.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# train_kd.py --distill crd: end to end, exact resume with the memory bank
+
+
+def test_crd_tlcutmix_pick_trains_end_to_end_and_resumes_bit_identically(tmp_path, train_kd, teacher_ckpt):
+    common = BASE + ['--teacher', 'resnet8', '--teacher-checkpoint', teacher_ckpt, '--distill', 'crd', '--nce-k', '32',
+                     '--tl-cutmix', '--pick', 'kld', '--epochs', '2', '--checkpoint-every', '4',
+                     '--output', str(tmp_path)]
+    res = train_kd.main(common + ['--experiment', 'ref'])
+    assert res['finished'] and res['distill']['method'] == 'crd' and res['distill']['nce_k'] == 32
+    ref = tmp_path / 'ref'
+    rows = _rows(ref)
+    assert all(float(r['train_crd_loss']) > 0 for r in rows)
+    last = _state(ref / 'last.pth.tar')
+    bank = last['distiller']
+    assert bank['memory_s'].shape == (96, 128) and (bank['labels'] >= 0).all()  # every sample seen, its class kept
+    assert not set(bank) & set(last['state_dict'])  # the method's parts are not the student's weights
+    rec = _state(ref / 'recovery.pth.tar')
+    assert (rec['next_epoch'], rec['next_step']) == (1, 4)  # killed here: 4 of 6 steps of epoch 1 done
+    src = tmp_path / 'src'
+    src.mkdir()
+    shutil.copy(ref / 'recovery.pth.tar', src / 'recovery.pth.tar')
+    assert train_kd.main(common + ['--resume', str(src / 'recovery.pth.tar'), '--experiment', 'resumed'])['finished']
+    resumed = _state(tmp_path / 'resumed' / 'last.pth.tar')
+    for key in ('state_dict', 'distiller'):
+        assert resumed[key].keys() == last[key].keys()
+        assert all(torch.equal(resumed[key][k], last[key][k]) for k in last[key]), key
+    assert _rows(tmp_path / 'resumed')[-1] == rows[-1]
+
+
+def test_crd_needs_sample_indices_and_a_feature_method_needs_intermediates(tmp_path, train_kd, teacher_ckpt, capsys):
+    args = BASE + ['--teacher', 'resnet8', '--teacher-checkpoint', teacher_ckpt, '--epochs', '1',
+                   '--output', str(tmp_path)]
+    with pytest.raises(SystemExit) as e:
+        train_kd.main(args + ['--distill', 'crd', '--nce-k', '500'])
+    assert e.value.code == 2 and 'nce_k must be between 1 and 95' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        train_kd.main(args + ['--distill', 'nope'])
+    assert e.value.code == 2
+
+
+def test_features_of_a_ddp_student_go_through_ddp_so_gradients_are_reduced(tmp_path):
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "pg"}', rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = timm.create_model('resnet8', num_classes=NUM_CLASSES)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        reduced = []
+
+        def hook(state, bucket):
+            reduced.append(bucket.buffer().numel())
+            fut = torch.futures.Future()
+            fut.set_result(bucket.buffer())
+            return fut
+        ddp.register_comm_hook(None, hook)
+        x = torch.randn(4, 3, 16, 16)
+        logits, features, pre = forward_with_features(ddp, x, [1, 3], pre_logits=True)
+        (logits.sum() + features[0].mean() + pre.sum()).backward()
+        assert sum(reduced) == sum(p.numel() for p in model.parameters())  # every gradient went through DDP
+        assert 'forward' not in model.__dict__  # the module's own forward is back
+        model.eval()
+        torch.testing.assert_close(forward_with_features(ddp, x, [1], pre_logits=True)[0], model(x))
+    finally:
+        dist.destroy_process_group()

@@ -21,6 +21,7 @@ RepDistiller pair), this is RepDistiller's choice; for resnet18 <- resnet34 it p
 Maps of different spatial size are compared after average-pooling the larger one to the smaller
 (``match_spatial``, RepDistiller's rule for AT and VID).
 """
+import functools
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -98,6 +99,17 @@ def matched_level(student: nn.Module, teacher: nn.Module, student_level: int) ->
     return teacher_level
 
 
+def _features_forward(net: nn.Module, x: torch.Tensor, indices: Sequence[int], pre_logits: bool) -> FeatureOutputs:
+    levels = sorted(set(indices))
+    final, features = net.forward_intermediates(x, indices=levels) if levels else (net.forward_features(x), [])
+    by_level = dict(zip(levels, features))
+    features = [by_level[i] for i in indices] or None
+    if pre_logits:
+        pooled = net.forward_head(final, pre_logits=True)
+        return net.get_classifier()(pooled), features, pooled
+    return net.forward_head(final), features, None
+
+
 def forward_with_features(
         model: nn.Module,
         x: torch.Tensor,
@@ -107,8 +119,8 @@ def forward_with_features(
     """Logits, the feature maps at ``indices`` and (optionally) the pre-logits of ``model`` in one forward.
 
     Args:
-        model: a timm model (DDP / torch.compile wrappers are unwrapped: the model's own
-            ``forward_intermediates`` runs, not the wrapper's forward).
+        model: a timm model, or one wrapped by DistributedDataParallel (the forward then runs through the
+            wrapper, so that DDP synchronizes the gradients) or torch.compile (its original module runs).
         x: the input batch.
         indices: feature levels to return, in this order (``feature_info`` numbering).
         pre_logits: also return ``forward_head(final, pre_logits=True)``; the logits are then the
@@ -120,16 +132,19 @@ def forward_with_features(
     if not indices and not pre_logits:
         return model(x), None, None
     net = unwrap_model(model)
-    final, features = net.forward_intermediates(x, indices=sorted(set(indices))) if indices else \
-        (net.forward_features(x), [])
-    if indices:
-        by_level = dict(zip(sorted(set(indices)), features))
-        features = [by_level[i] for i in indices]
-    features = features or None
-    if pre_logits:
-        pooled = net.forward_head(final, pre_logits=True)
-        return net.get_classifier()(pooled), features, pooled
-    return net.forward_head(final), features, None
+    if not isinstance(model, nn.parallel.DistributedDataParallel):
+        return _features_forward(net, x, indices, pre_logits)
+    # DDP only reduces the gradients of a forward made through it: let it call this forward instead of
+    # the module's own for one call
+    own_forward = net.__dict__.get('forward')
+    net.forward = functools.partial(_features_forward, net, indices=indices, pre_logits=pre_logits)
+    try:
+        return model(x)
+    finally:
+        if own_forward is None:
+            del net.forward
+        else:
+            net.forward = own_forward
 
 
 def match_spatial(f_s: torch.Tensor, f_t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
