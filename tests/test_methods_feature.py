@@ -348,7 +348,7 @@ def test_a_timm_imagenet_pair(name):
     student = timm.create_model('resnet18', num_classes=NUM_CLASSES)
     teacher = timm.create_model('resnet34', num_classes=NUM_CLASSES)
     task = _task(name, student, teacher, 'tlcutmix').train()
-    assert task.distiller.student_levels == ([1, 2, 3, 4] if name == 'vid' else [])
+    assert list(task.distiller.student_levels) == ([1, 2, 3, 4] if name == 'vid' else [])
     x, y = torch.randn(4, 3, 64, 64), torch.randint(0, NUM_CLASSES, (4,))
     out = task(x, y, index=torch.arange(4))
     out['loss'].backward()

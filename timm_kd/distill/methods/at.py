@@ -18,9 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..features import check_feature_models, match_spatial, matched_stages
+from ..features import match_spatial, matched_stages
 from . import register_method
-from .base import Distiller, ModelOutputs
+from .base import ModelOutputs
+from .feature import FeatureDistiller
 
 __all__ = ['AT', 'attention_map']
 
@@ -31,19 +32,15 @@ def attention_map(features: torch.Tensor, p: float = 2.0) -> torch.Tensor:
 
 
 @register_method('at')
-class AT(Distiller):
+class AT(FeatureDistiller):
     """Attention transfer on every matched stage."""
-    needs_features = True
-    loss_weights = (1.0, 0.0)
+    default_beta = 1000.0
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, num_classes: int, temperature: float,
-                 beta: float = 1000.0, p: float = 2.0):
-        super().__init__(student, teacher, num_classes=num_classes, temperature=temperature)
-        check_feature_models(student, teacher, 'at')
-        self.beta = float(beta)
+                 beta: Optional[float] = None, p: float = 2.0):
+        super().__init__(student, teacher, num_classes=num_classes, temperature=temperature, beta=beta)
         self.p = float(p)
         self.student_levels, self.teacher_levels = matched_stages(student, teacher)
-        self.needs_pre_logits = False
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, target: torch.Tensor,
                 index: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -55,14 +52,13 @@ class AT(Distiller):
 
     @classmethod
     def add_args(cls, group) -> None:
-        group.add_argument('--at-beta', type=float, default=1000.0, metavar='B',
-                           help='AT: weight β of the attention loss (default 1000, RepDistiller)')
+        super().add_args(group)
         group.add_argument('--at-p', type=float, default=2.0, metavar='P',
                            help='AT: power p of the attention map (default 2)')
 
     @classmethod
     def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:
-        return dict(beta=args.at_beta, p=args.at_p)
+        return dict(super().kwargs_from_args(args), p=args.at_p)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f', beta={self.beta}, p={self.p}, levels={self.student_levels}<-{self.teacher_levels}'
+        return super().extra_repr() + f', p={self.p}'

@@ -18,26 +18,23 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn as nn
 
-from ..features import check_feature_models, pre_logits_dim
+from ..features import pre_logits_dim
 from . import register_method
-from .base import Distiller, ModelOutputs
+from .base import ModelOutputs
+from .feature import FeatureDistiller
 
 __all__ = ['CC']
 
 
 @register_method('cc')
-class CC(Distiller):
+class CC(FeatureDistiller):
     """Correlation congruence between linear embeddings of the pre-logits."""
-    needs_features = True
-    loss_weights = (1.0, 0.0)
+    default_beta = 0.02
+    needs_pre_logits = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, num_classes: int, temperature: float,
-                 beta: float = 0.02, feat_dim: int = 128):
-        super().__init__(student, teacher, num_classes=num_classes, temperature=temperature)
-        check_feature_models(student, teacher, 'cc')
-        self.beta = float(beta)
-        self.student_levels, self.teacher_levels = [], []
-        self.needs_pre_logits = True
+                 beta: Optional[float] = None, feat_dim: int = 128):
+        super().__init__(student, teacher, num_classes=num_classes, temperature=temperature, beta=beta)
         self.embed_s = nn.Linear(pre_logits_dim(student), feat_dim)
         self.embed_t = nn.Linear(pre_logits_dim(teacher), feat_dim)
 
@@ -48,14 +45,10 @@ class CC(Distiller):
 
     @classmethod
     def add_args(cls, group) -> None:
-        group.add_argument('--cc-beta', type=float, default=0.02, metavar='B',
-                           help='CC: weight β of the correlation congruence loss (default 0.02, RepDistiller)')
+        super().add_args(group)
         group.add_argument('--cc-feat-dim', type=int, default=128, metavar='D',
                            help='CC: width of the linear embeddings (default 128)')
 
     @classmethod
     def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:
-        return dict(beta=args.cc_beta, feat_dim=args.cc_feat_dim)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f', beta={self.beta}'
+        return dict(super().kwargs_from_args(args), feat_dim=args.cc_feat_dim)

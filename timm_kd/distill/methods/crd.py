@@ -32,9 +32,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..features import check_feature_models, no_autocast, pre_logits_dim
+from ..features import no_autocast, pre_logits_dim
 from . import register_method
-from .base import Distiller, ModelOutputs
+from .base import ModelOutputs
+from .feature import FeatureDistiller
 
 __all__ = ['CRD', 'nce_loss']
 
@@ -50,30 +51,26 @@ def nce_loss(scores: torch.Tensor, num_data: int) -> torch.Tensor:
 
 
 @register_method('crd')
-class CRD(Distiller):
+class CRD(FeatureDistiller):
     """Contrastive representation distillation with a memory bank of the whole training set."""
-    needs_features = True
+    default_beta = 0.8
+    needs_pre_logits = True
     needs_index = True
     needs_class_target = True
-    loss_weights = (1.0, 0.0)
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, num_classes: int, temperature: float,
-                 num_samples: int, beta: float = 0.8, feat_dim: int = 128, nce_k: int = 16384,
+                 num_samples: int, beta: Optional[float] = None, feat_dim: int = 128, nce_k: int = 16384,
                  nce_t: float = 0.07, nce_m: float = 0.5, seed: int = 0):
-        super().__init__(student, teacher, num_classes=num_classes, temperature=temperature)
-        check_feature_models(student, teacher, 'crd')
+        super().__init__(student, teacher, num_classes=num_classes, temperature=temperature, beta=beta)
         if not 0 < nce_k < num_samples:
             raise ValueError(f'CRD draws nce_k negatives from the other {num_samples - 1} training samples: '
                              f'nce_k must be between 1 and {num_samples - 1}, got {nce_k}.')
-        self.beta = float(beta)
         self.num_samples = int(num_samples)
         self.nce_k = int(nce_k)
         self.nce_t = float(nce_t)
         self.nce_m = float(nce_m)
         self.seed = int(seed)
         self.step = 0  # draws so far: with the seed it determines the next negatives (extra state)
-        self.student_levels, self.teacher_levels = [], []
-        self.needs_pre_logits = True
         self.embed_s = nn.Linear(pre_logits_dim(student), feat_dim)
         self.embed_t = nn.Linear(pre_logits_dim(teacher), feat_dim)
         bound = 1. / math.sqrt(feat_dim / 3)
@@ -132,8 +129,7 @@ class CRD(Distiller):
 
     @classmethod
     def add_args(cls, group) -> None:
-        group.add_argument('--crd-beta', type=float, default=0.8, metavar='B',
-                           help='CRD: weight β of the contrastive loss (default 0.8, RepDistiller)')
+        super().add_args(group)
         group.add_argument('--crd-feat-dim', type=int, default=128, metavar='D',
                            help='CRD: width of the embeddings and the memory bank (default 128)')
         group.add_argument('--nce-k', type=int, default=16384, metavar='N',
@@ -145,9 +141,9 @@ class CRD(Distiller):
 
     @classmethod
     def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:
-        return dict(beta=args.crd_beta, feat_dim=args.crd_feat_dim, nce_k=args.nce_k, nce_t=args.nce_t,
+        return dict(super().kwargs_from_args(args), feat_dim=args.crd_feat_dim, nce_k=args.nce_k, nce_t=args.nce_t,
                     nce_m=args.nce_m, seed=args.seed)
 
     def extra_repr(self) -> str:
-        return (super().extra_repr() + f', beta={self.beta}, num_samples={self.num_samples}, nce_k={self.nce_k}, '
-                f'nce_t={self.nce_t}, nce_m={self.nce_m}')
+        return (super().extra_repr() + f', num_samples={self.num_samples}, nce_k={self.nce_k}, nce_t={self.nce_t}, '
+                f'nce_m={self.nce_m}')

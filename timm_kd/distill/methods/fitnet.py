@@ -18,27 +18,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..features import check_feature_models, feature_channels, match_spatial, matched_level
+from ..features import feature_channels, match_spatial, matched_level
 from . import register_method
-from .base import Distiller, ModelOutputs
+from .base import ModelOutputs
+from .feature import FeatureDistiller
 
 __all__ = ['FitNet']
 
 
 @register_method('fitnet')
-class FitNet(Distiller):
+class FitNet(FeatureDistiller):
     """FitNet hint loss on one stage (``hint_layer``, 0 = stem), with a trainable 1x1 regressor."""
-    needs_features = True
-    loss_weights = (1.0, 0.0)
+    default_beta = 100.0
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, num_classes: int, temperature: float,
-                 beta: float = 100.0, hint_layer: int = 2):
-        super().__init__(student, teacher, num_classes=num_classes, temperature=temperature)
-        check_feature_models(student, teacher, 'fitnet')
-        self.beta = float(beta)
+                 beta: Optional[float] = None, hint_layer: int = 2):
+        super().__init__(student, teacher, num_classes=num_classes, temperature=temperature, beta=beta)
         self.student_levels = [int(hint_layer)]
         self.teacher_levels = [matched_level(student, teacher, int(hint_layer))]
-        self.needs_pre_logits = False
         s_chs = feature_channels(student)[self.student_levels[0]]
         t_chs = feature_channels(teacher)[self.teacher_levels[0]]
         self.regressor = nn.Sequential(nn.Conv2d(s_chs, t_chs, 1), nn.BatchNorm2d(t_chs), nn.ReLU())
@@ -50,14 +47,10 @@ class FitNet(Distiller):
 
     @classmethod
     def add_args(cls, group) -> None:
-        group.add_argument('--fitnet-beta', type=float, default=100.0, metavar='B',
-                           help='FitNet: weight β of the hint loss (default 100, RepDistiller)')
+        super().add_args(group)
         group.add_argument('--hint-layer', type=int, default=2, metavar='LEVEL',
                            help="FitNet: the student's hint level, 0 = stem (default 2, RepDistiller)")
 
     @classmethod
     def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:
-        return dict(beta=args.fitnet_beta, hint_layer=args.hint_layer)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f', beta={self.beta}, levels={self.student_levels}<-{self.teacher_levels}'
+        return dict(super().kwargs_from_args(args), hint_layer=args.hint_layer)

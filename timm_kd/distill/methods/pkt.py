@@ -11,14 +11,15 @@ is the KL divergence of the student's from the teacher's distributions, averaged
 ``--distill pkt -r 1 -a 0 -b 30000``): β = 30000, CE weight 1, no KD term; the feature is the pooled
 pre-logits (RepDistiller's ``feat[-1]``). No trainable parts.
 """
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 
-from ..features import check_feature_models, no_autocast
+from ..features import no_autocast
 from . import register_method
-from .base import Distiller, ModelOutputs
+from .base import ModelOutputs
+from .feature import FeatureDistiller
 
 __all__ = ['PKT', 'cosine_affinity']
 
@@ -38,18 +39,10 @@ def cosine_affinity(features: torch.Tensor) -> torch.Tensor:
 
 
 @register_method('pkt')
-class PKT(Distiller):
+class PKT(FeatureDistiller):
     """Probabilistic knowledge transfer on the pre-logits."""
-    needs_features = True
-    loss_weights = (1.0, 0.0)
-
-    def __init__(self, student: nn.Module, teacher: nn.Module, *, num_classes: int, temperature: float,
-                 beta: float = 30000.0):
-        super().__init__(student, teacher, num_classes=num_classes, temperature=temperature)
-        check_feature_models(student, teacher, 'pkt')
-        self.beta = float(beta)
-        self.student_levels, self.teacher_levels = [], []
-        self.needs_pre_logits = True
+    default_beta = 30000.0
+    needs_pre_logits = True
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, target: torch.Tensor,
                 index: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -57,15 +50,3 @@ class PKT(Distiller):
             p_s, p_t = cosine_affinity(student.pre_logits), cosine_affinity(teacher.pre_logits)
             loss = (p_t * torch.log((p_t + _EPS) / (p_s + _EPS))).mean().float()
         return {'pkt_loss': self.beta * loss}
-
-    @classmethod
-    def add_args(cls, group) -> None:
-        group.add_argument('--pkt-beta', type=float, default=30000.0, metavar='B',
-                           help='PKT: weight β of the probabilistic transfer loss (default 30000, RepDistiller)')
-
-    @classmethod
-    def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:
-        return dict(beta=args.pkt_beta)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f', beta={self.beta}'

@@ -10,15 +10,16 @@ Published defaults (RepDistiller ``--distill similarity -r 1 -a 0 -b 3000``): β
 term; the feature is the last stage's map (RepDistiller's ``feat[-2]``), for both models (spatial sizes
 and channels may differ: only the B x B matrices are compared). No trainable parts.
 """
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..features import check_feature_models, matched_stages, no_autocast
+from ..features import matched_stages, no_autocast
 from . import register_method
-from .base import Distiller, ModelOutputs
+from .base import ModelOutputs
+from .feature import FeatureDistiller
 
 __all__ = ['SP', 'similarity_matrix']
 
@@ -30,19 +31,15 @@ def similarity_matrix(features: torch.Tensor) -> torch.Tensor:
 
 
 @register_method('sp')
-class SP(Distiller):
+class SP(FeatureDistiller):
     """Similarity-preserving loss on the last stage's feature map."""
-    needs_features = True
-    loss_weights = (1.0, 0.0)
+    default_beta = 3000.0
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, num_classes: int, temperature: float,
-                 beta: float = 3000.0):
-        super().__init__(student, teacher, num_classes=num_classes, temperature=temperature)
-        check_feature_models(student, teacher, 'sp')
-        self.beta = float(beta)
+                 beta: Optional[float] = None):
+        super().__init__(student, teacher, num_classes=num_classes, temperature=temperature, beta=beta)
         s_levels, t_levels = matched_stages(student, teacher)
         self.student_levels, self.teacher_levels = s_levels[-1:], t_levels[-1:]
-        self.needs_pre_logits = False
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, target: torch.Tensor,
                 index: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -50,15 +47,3 @@ class SP(Distiller):
         with no_autocast(student.features[0]):
             diff = similarity_matrix(teacher.features[0]) - similarity_matrix(student.features[0])
         return {'sp_loss': self.beta * diff.pow(2).sum() / batch_size ** 2}
-
-    @classmethod
-    def add_args(cls, group) -> None:
-        group.add_argument('--sp-beta', type=float, default=3000.0, metavar='B',
-                           help='SP: weight β of the similarity-preserving loss (default 3000, RepDistiller)')
-
-    @classmethod
-    def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:
-        return dict(beta=args.sp_beta)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f', beta={self.beta}'

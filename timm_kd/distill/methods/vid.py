@@ -14,15 +14,16 @@ other pairs); maps of different size: the larger is average-pooled to the smalle
 variances train with the student and are not part of the exported student.
 """
 import math
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..features import check_feature_models, feature_channels, match_spatial, matched_stages
+from ..features import feature_channels, match_spatial, matched_stages
 from . import register_method
-from .base import Distiller, ModelOutputs
+from .base import ModelOutputs
+from .feature import FeatureDistiller
 
 __all__ = ['VID']
 
@@ -47,18 +48,14 @@ class _GaussianRegressor(nn.Module):
 
 
 @register_method('vid')
-class VID(Distiller):
+class VID(FeatureDistiller):
     """Variational information distillation on every matched stage."""
-    needs_features = True
-    loss_weights = (1.0, 0.0)
+    default_beta = 1.0
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, num_classes: int, temperature: float,
-                 beta: float = 1.0):
-        super().__init__(student, teacher, num_classes=num_classes, temperature=temperature)
-        check_feature_models(student, teacher, 'vid')
-        self.beta = float(beta)
+                 beta: Optional[float] = None):
+        super().__init__(student, teacher, num_classes=num_classes, temperature=temperature, beta=beta)
         self.student_levels, self.teacher_levels = matched_stages(student, teacher)
-        self.needs_pre_logits = False
         s_chs, t_chs = feature_channels(student), feature_channels(teacher)
         self.regressors = nn.ModuleList(
             _GaussianRegressor(s_chs[s], t_chs[t]) for s, t in zip(self.student_levels, self.teacher_levels))
@@ -69,15 +66,3 @@ class VID(Distiller):
         for regressor, f_s, f_t in zip(self.regressors, student.features, teacher.features):
             loss = loss + regressor(*match_spatial(f_s, f_t))
         return {'vid_loss': self.beta * loss}
-
-    @classmethod
-    def add_args(cls, group) -> None:
-        group.add_argument('--vid-beta', type=float, default=1.0, metavar='B',
-                           help='VID: weight β of the variational loss (default 1, RepDistiller)')
-
-    @classmethod
-    def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:
-        return dict(beta=args.vid_beta)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f', beta={self.beta}, levels={self.student_levels}<-{self.teacher_levels}'
