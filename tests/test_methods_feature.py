@@ -16,8 +16,14 @@ import timm_kd  # noqa: F401  (registers the CIFAR models)
 from timm_kd import DistillationTask, DistillMixup
 from timm_kd.distill.features import forward_with_features, matched_level, matched_stages
 from timm_kd.distill.methods import METHODS, ModelOutputs, create_method
+from timm_kd.train.args import parse_args, resolve_loss_weights, validate_args
 from test_train_kd import BASE, _rows, _state, teacher_ckpt, train_kd  # noqa: F401  (fixtures)
 
+COVERS = (
+    '--distill', '--fitnet-beta', '--hint-layer', '--at-beta', '--at-p', '--sp-beta', '--cc-beta', '--cc-feat-dim',
+    '--vid-beta', '--pkt-beta', '--crd-beta', '--crd-feat-dim', '--nce-k', '--nce-t', '--nce-m',
+    'DistillationTask.method', 'DistillationTask.method_kwargs',
+)
 FEATURE_METHODS = ('fitnet', 'at', 'sp', 'cc', 'vid', 'pkt', 'crd')
 NUM_CLASSES, BATCH, NUM_SAMPLES = 10, 6, 40
 
@@ -420,3 +426,28 @@ def test_features_of_a_ddp_student_go_through_ddp_so_gradients_are_reduced(tmp_p
         torch.testing.assert_close(forward_with_features(ddp, x, [1], pre_logits=True)[0], model(x))
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('name,flags,expect', [
+    ('fitnet', ['--fitnet-beta', '7', '--hint-layer', '1'], dict(beta=7.0, student_levels=[1])),
+    ('at', ['--at-beta', '7', '--at-p', '4'], dict(beta=7.0, p=4.0)),
+    ('sp', ['--sp-beta', '7'], dict(beta=7.0)),
+    ('cc', ['--cc-beta', '7', '--cc-feat-dim', '16'], dict(beta=7.0)),
+    ('vid', ['--vid-beta', '7'], dict(beta=7.0)),
+    ('pkt', ['--pkt-beta', '7'], dict(beta=7.0)),
+    ('crd', ['--crd-beta', '7', '--crd-feat-dim', '16', '--nce-k', '5', '--nce-t', '0.5', '--nce-m', '0.9',
+             '--seed', '11'], dict(beta=7.0, nce_k=5, nce_t=0.5, nce_m=0.9, seed=11)),
+])
+def test_method_flags_reach_the_method(cifar_pair, name, flags, expect):
+    args, explicit = parse_args(['--model', 'resnet8', '--teacher', 'resnet14', '--distill', name, *flags])
+    validate_args(args, explicit)
+    assert resolve_loss_weights(args) == (1.0, 0.0)  # RepDistiller's -r 1 -a 0 unless a weight flag is given
+    method = _build(name, *cifar_pair, **METHODS[name].kwargs_from_args(args)) if name != 'crd' else \
+        create_method(name, *cifar_pair, num_classes=NUM_CLASSES, temperature=4.0, num_samples=NUM_SAMPLES,
+                      **METHODS[name].kwargs_from_args(args))
+    for key, value in expect.items():
+        assert (list(getattr(method, key)) if key.endswith('levels') else getattr(method, key)) == value, key
+    if name in ('cc', 'crd'):
+        assert method.embed_s.out_features == 16
+    if name == 'crd':
+        assert method.memory_s.shape == (NUM_SAMPLES, 16)
