@@ -12,7 +12,8 @@ every timm model that implements it works (our CIFAR zoo, timm's ImageNet models
   then the classifier ``model.get_classifier()`` on it gives the logits.
 
 ``forward_with_features`` runs ONE forward per model: stem and stages once (keeping the requested
-levels), the head once on the final features, so its logits equal ``model(x)``.
+levels), the head once on the final features, so its logits equal ``model(x)``. A student wrapped by
+DistributedDataParallel runs it through the wrapper, so its gradients are still reduced across processes.
 
 Stage matching between a student and a teacher of different depths (``matched_stages``): the stem
 (level 0) is dropped as in RepDistiller (``feat[1:-1]``), and the deepest ``n = min(stages)`` stages of
