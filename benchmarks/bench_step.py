@@ -56,6 +56,7 @@ GOALS = {'ours_over_hand': 1.05, 'mixup_share': 0.02, 'pick_over_model': 1.05, '
 GOAL_VARIANTS = ('kd', 'tlcutmix', 'pick-kld')
 GOAL_THREADS = (1, 2)
 METHOD_PREFIX = 'distill-'  # variant name of a distillation method's step: distill-<name>
+BANK_SAMPLES = 50000  # CRD's memory bank: one row per CIFAR-100 training image
 
 
 def flop_model(variant: str, c: float, n_candidates: int = 2, pick_ratio: float = 0.5) -> float:
@@ -338,7 +339,9 @@ class Bench:
                 mix = make_mixup(v, nc, args.n_candidates, args.pick_ratio)
                 task = timm_kd.DistillationTask(
                     self.students['ours'], teacher, mixup=mix, method=method, temperature=4.0, task_loss_weight=0.1,
-                    distill_loss_weight=0.9).to(dev)
+                    distill_loss_weight=0.9,
+                    method_kwargs=dict(num_samples=BANK_SAMPLES) if timm_kd.distill.METHODS[method].needs_index
+                    else None).to(dev)
                 task.train()
                 extra = [q for q in task.distiller.parameters() if q.requires_grad]
                 if extra:  # a method's trainable parts step with the student

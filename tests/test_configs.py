@@ -12,9 +12,10 @@ from timm_kd.train.args import parse_args, validate_args
 from timm_kd.train.schedule import create_kd_scheduler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# the recipes: configs/<dataset>/*.yaml (configs/sweeps/ holds grids of timm_kd.sweep, tested in test_sweep.py)
-CONFIGS = sorted(c for c in glob.glob(os.path.join(ROOT, 'configs', '*', '*.yaml'))
-                 if os.path.basename(os.path.dirname(c)) != 'sweeps')
+# the recipes: configs/<dataset>/*.yaml, configs/<dataset>/<method>/*.yaml (configs/sweeps/ holds grids of
+# timm_kd.sweep, tested in test_sweep.py)
+CONFIGS = sorted(c for c in glob.glob(os.path.join(ROOT, 'configs', '**', '*.yaml'), recursive=True)
+                 if os.path.relpath(c, os.path.join(ROOT, 'configs')).split(os.sep)[0] != 'sweeps')
 KD_CONFIGS = [c for c in CONFIGS if '__' in os.path.basename(c)]
 SMALL_LR_STUDENTS = ('mobilenetv2_cifar', 'shufflenetv1_cifar', 'shufflenetv2_cifar')
 

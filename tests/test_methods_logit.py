@@ -233,8 +233,11 @@ def test_every_registered_method_and_pick_criterion_is_usable_from_train_kd_and_
         validate_args(args, explicit)
         gamma, alpha = resolve_loss_weights(args)
         assert (gamma, alpha) == cls.loss_weights
-        teacher = tiny_net(8, seed=1)
-        task = DistillationTask(tiny_net(8, seed=2), teacher, method=name, method_kwargs=cls.kwargs_from_args(args))
+        # feature methods need models with intermediates (timm's API), CRD the size of its training set
+        student, teacher = (timm.create_model('resnet8', num_classes=5), timm.create_model('resnet8', num_classes=5)) \
+            if cls.needs_features else (tiny_net(8, seed=2), tiny_net(8, seed=1))
+        kwargs = dict(cls.kwargs_from_args(args), **(dict(num_samples=100, nce_k=10) if cls.needs_index else {}))
+        task = DistillationTask(student, teacher, method=name, method_kwargs=kwargs)
         assert type(task.distiller) is cls
     for crit in PICK_CRITERIA:
         args, explicit = parse_args(base + ['--tl-cutmix', '--pick', crit])

@@ -36,6 +36,7 @@ from timm.task.classification import resolve_classification_loss
 from timm.utils import unwrap_model
 
 from timm_kd.data.mixup import DistillMixup, MixedViews
+from .features import forward_with_features
 from .losses import kd_loss, per_sample_kl, soft_target_cross_entropy
 from .methods import Distiller, ModelOutputs, create_method
 from .pick import PICK_CRITERIA, batchnorm_modules, frozen_bn_stats, pick_topk
@@ -47,13 +48,13 @@ _logger = logging.getLogger(__name__)
 VIEW_LOSSES = ('kl', 'method')
 
 
-def model_outputs(model: nn.Module, x: torch.Tensor, needs_features: bool) -> ModelOutputs:
-    """The outputs of ``model`` on ``x`` that a method sees: logits only on the fast path, else also the
-    intermediates and pre-logits (``timm_kd.distill.features``)."""
-    if not needs_features:
+def model_outputs(model: nn.Module, x: torch.Tensor, method: Distiller, role: str) -> ModelOutputs:
+    """The outputs of ``model`` (``role`` 'student' or 'teacher') on ``x`` that ``method`` sees: logits only on
+    the fast path, else also its feature levels and pre-logits, from the same forward (``features.py``)."""
+    if not method.needs_features:
         return ModelOutputs(logits=model(x))
-    from .features import model_outputs as with_features
-    return with_features(model, x, needs_features)
+    levels = method.student_levels if role == 'student' else method.teacher_levels
+    return ModelOutputs(*forward_with_features(model, x, levels, method.needs_pre_logits))
 
 
 def _unmixed_views(view_input: torch.Tensor, target: Optional[torch.Tensor]) -> MixedViews:
@@ -247,10 +248,9 @@ class DistillationTask(LogitDistillationTask):
 
     @torch.no_grad()
     def _teacher_outputs(self, x: torch.Tensor) -> ModelOutputs:
-        needs_features = self.distiller.needs_features
-        if not needs_features:
+        if not self.distiller.needs_features:
             return ModelOutputs(logits=self.teacher_logits(x))
-        return model_outputs(self.teacher.model, self._teacher_input(x), needs_features)
+        return model_outputs(self.teacher.model, self._teacher_input(x), self.distiller, 'teacher')
 
     def _views(self, input: torch.Tensor, target: torch.Tensor, views: Optional[MixedViews],
                view_input: Optional[torch.Tensor]) -> Optional[MixedViews]:
@@ -304,7 +304,7 @@ class DistillationTask(LogitDistillationTask):
             t_x, t_view = self._split_teacher(self._teacher_outputs(torch.cat([input, x_view])), batch_size)
 
         # 2. the student on x, the method's loss on x
-        s_x = model_outputs(student, input, method.needs_features)
+        s_x = model_outputs(student, input, method, 'student')
         output = s_x.logits
         task_loss = self.criterion(output, target)
         kd = method.logit_loss(output, t_x.logits, target)

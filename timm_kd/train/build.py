@@ -242,7 +242,8 @@ def create_datasets(args: argparse.Namespace, dc: Dict[str, Any]):
     return out
 
 
-def create_task(args: argparse.Namespace, dc: Dict[str, Any], student, teacher, device) -> Tuple[Any, Any]:
+def create_task(args: argparse.Namespace, dc: Dict[str, Any], student, teacher, device, train_ds=None
+                ) -> Tuple[Any, Any]:
     """(task, timm Mixup or None): DistillationTask with a teacher, timm's ClassificationTask without."""
     from timm.data import Mixup
     timm_mix = args.mixup > 0 or args.cutmix > 0 or (args.cutmix_minmax is not None and not kd_view_modes(args))
@@ -276,12 +277,25 @@ def create_task(args: argparse.Namespace, dc: Dict[str, Any], student, teacher, 
     try:
         task = timm_kd.DistillationTask(
             student, teacher, mixup=mixer, method=args.distill,
-            method_kwargs=METHODS[args.distill].kwargs_from_args(args), view_loss=args.view_loss,
+            method_kwargs=_method_kwargs(args, train_ds), view_loss=args.view_loss,
             temperature=args.kd_temperature, task_loss_weight=gamma, distill_loss_weight=alpha,
             mixed_kd_weight=args.mixed_kd_weight, criterion_kwargs=criterion_kwargs, device=device)
     except ValueError as e:
         raise UsageError(str(e)) from e
     return task, mixup_fn
+
+
+def _method_kwargs(args: argparse.Namespace, train_ds) -> Dict[str, Any]:
+    """The hyper-parameters of --distill: its flags, and for a method with a row per training sample (CRD's
+    memory bank) the size of the training set, whose loader then yields sample indices."""
+    cls = METHODS[args.distill]
+    kwargs = cls.kwargs_from_args(args)
+    if cls.needs_index:
+        if isinstance(train_ds, torch.utils.data.IterableDataset) or not hasattr(train_ds, '__len__'):
+            raise UsageError(f'--distill {args.distill} keeps one memory row per training sample and needs sample '
+                             f'indices, which the stream {args.dataset!r} does not have: use a map-style dataset.')
+        kwargs['num_samples'] = len(train_ds)
+    return kwargs
 
 
 def distill_record(args: argparse.Namespace) -> Optional[Dict[str, Any]]:

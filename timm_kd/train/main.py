@@ -112,7 +112,7 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
     updates_per_epoch = len(loader_train)
     loader_eval = create_eval_loader(eval_ds, args.validation_batch_size or args.batch_size, args.workers,
                                      args.pin_mem, seed=args.seed)
-    task, mixup_fn = create_task(args, dc, student, teacher, device)
+    task, mixup_fn = create_task(args, dc, student, teacher, device, train_ds)
     task.to(device)
     if args.channels_last:
         task.to(memory_format=torch.channels_last)
