@@ -14,7 +14,8 @@ from timm_kd.train.schedule import create_kd_scheduler
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the recipes: configs/<dataset>/*.yaml, configs/<dataset>/<method>/*.yaml (configs/sweeps/ holds grids of
 # timm_kd.sweep, tested in test_sweep.py)
-CONFIGS = sorted(c for c in glob.glob(os.path.join(ROOT, 'configs', '**', '*.yaml'), recursive=True)
+CONFIGS = sorted(c for pattern in (('*', '*.yaml'), ('*', '*', '*.yaml'))
+                 for c in glob.glob(os.path.join(ROOT, 'configs', *pattern))
                  if os.path.relpath(c, os.path.join(ROOT, 'configs')).split(os.sep)[0] != 'sweeps')
 KD_CONFIGS = [c for c in CONFIGS if '__' in os.path.basename(c)]
 SMALL_LR_STUDENTS = ('mobilenetv2_cifar', 'shufflenetv1_cifar', 'shufflenetv2_cifar')
