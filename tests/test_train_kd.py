@@ -157,7 +157,17 @@ def test_kd_tlcutmix_pick_run_writes_timm_layout(tmp_path, train_kd, teacher_ckp
     on_disk = json.loads((run / 'results.json').read_text())
     assert RESULT_KEYS <= on_disk.keys() and on_disk == json.loads(json.dumps(res))
     assert res['finished'] and res['last_epoch'] == 1 and res['model'] == 'resnet8' and res['num_classes'] == 10
-    assert 0 <= res['teacher_top1'] <= 100
+    # the teacher's accuracy, recomputed: its weights on the 32 eval images, normalized as the run records
+    from torchvision import transforms as T
+    from timm_kd.data.datasets import SyntheticDataset
+    dc = res['data_config']
+    val = SyntheticDataset(10, 16, split='validation', num_samples=32,
+                           transform=T.Compose([T.ToTensor(), T.Normalize(dc['mean'], dc['std'])]))
+    teacher = timm.create_model('resnet8', num_classes=10)
+    teacher.load_state_dict(torch.load(teacher_ckpt, weights_only=True))
+    with torch.no_grad():
+        hits = [int(teacher.eval()(x[None]).argmax()) == y for x, y in val]
+    assert math.isclose(res['teacher_top1'], 100. * sum(hits) / len(hits))
     assert (res['best_top1'], res['last_top1']) == (max(float(r['eval_top1']) for r in _rows(run)),
                                                     float(_rows(run)[-1]['eval_top1']))
     assert res['recipe']['pick'] == 'kld' and res['recipe']['tl_cutmix'] == 1.0 and res['recipe']['epochs'] == 2

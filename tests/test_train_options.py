@@ -36,7 +36,7 @@ COVERS = (
     '--clip-grad', '--clip-mode', '--channels-last', '--torchcompile', '--grad-checkpointing', '--initial-checkpoint',
     '--pretrained', '--model', '--drop', '--drop-path', '--gp', '--model-kwargs', '--seed', '--smoothing',
     # optimizer and lr
-    '--opt', '--opt-eps', '--opt-betas', '--momentum', '--weight-decay', '--layer-decay', '--opt-kwargs', '--lr',
+    '--opt', '--opt-eps', '--opt-betas', '--momentum', '--layer-decay', '--opt-kwargs', '--lr',
     '--lr-base', '--lr-base-size', '--lr-base-scale', '--epochs', '--epoch-scale',
     # schedule (checked lr by lr against timm's scheduler classes)
     '--sched', '--lr-noise', '--lr-noise-pct', '--lr-noise-std', '--lr-cycle-mul', '--lr-cycle-decay',
@@ -50,7 +50,7 @@ COVERS = (
     # data and loaders
     '--dataset', '--data-dir', '--train-split', '--val-split', '--dataset-download', '--class-map', '--input-key',
     '--target-key', '--num-classes', '--train-num-samples', '--val-num-samples', '--batch-size',
-    '--validation-batch-size', '--workers', '--pin-mem', '--img-size', '--in-chans', '--input-size', '--mean', '--std',
+    '--validation-batch-size', '--pin-mem', '--img-size', '--in-chans', '--input-size', '--mean', '--std',
     '--interpolation', '--crop-pct', '--std-aug', '--crop-padding', '--no-aug', '--scale', '--ratio', '--hflip',
     '--vflip', '--color-jitter', '--aa', '--reprob', '--remode', '--recount', '--train-interpolation',
     # output
@@ -394,6 +394,30 @@ def test_log_interval_sets_the_progress_lines(tmp_path, train_kd):
     run = _run(train_kd, tmp_path, 'log', *BASE, '--epochs', '1', '--train-num-samples', '20', '--log-interval', '2')
     lines = [ln for ln in (run / 'log.txt').read_text().splitlines() if 'Train: 0 [' in ln]
     assert len(lines) == 3  # steps 2, 4 and the last (5) of 5
+
+
+def test_sample_counts_and_grad_checkpointing(tmp_path, train_kd, monkeypatch):
+    """--train/val-num-samples size the run; --grad-checkpointing recomputes the checkpointed blocks in the backward
+    pass (BatchNorm runs more often), with the same gradients."""
+    calls = []
+    forward = torch.nn.BatchNorm2d.forward
+
+    def counting(self, x):
+        calls.append(1)
+        return forward(self, x)
+    monkeypatch.setattr(torch.nn.BatchNorm2d, 'forward', counting)
+    counts, weights = [], []
+    for extra in ([], ['--grad-checkpointing']):
+        calls.clear()
+        run = _run(train_kd, tmp_path, f'gc{len(extra)}', *BASE, '--epochs', '1', '--val-num-samples', '5', *extra)
+        res = json.loads((run / 'results.json').read_text())
+        assert (res['train_images'], res['eval_images']) == (12, 5)
+        counts.append(len(calls))
+        weights.append(_ck(run / 'last.pth.tar')['state_dict'])
+    assert counts[1] > counts[0]
+    # the same gradients, so the same parameters. Known gap: the recomputation also updates the BatchNorm
+    # running statistics a second time, so buffers differ (timm's checkpoint_seq does not guard against it)
+    _assert_equal_state(_params(weights[0]), _params(weights[1]), 'grad checkpointing')
 
 
 def test_torchcompile_backend_reaches_torch_compile_and_a_bad_one_is_a_usage_error(tmp_path, train_kd, monkeypatch,
