@@ -166,8 +166,9 @@ def test_kd_tlcutmix_pick_run_writes_timm_layout(tmp_path, train_kd, teacher_ckp
     teacher = timm.create_model('resnet8', num_classes=10)
     teacher.load_state_dict(torch.load(teacher_ckpt, weights_only=True))
     with torch.no_grad():
-        hits = [int(teacher.eval()(x[None]).argmax()) == y for x, y in val]
-    assert math.isclose(res['teacher_top1'], 100. * sum(hits) / len(hits))
+        top5 = [(teacher.eval()(x[None])[0].topk(5).indices == y).tolist() for x, y in val]
+    assert math.isclose(res['teacher_top1'], 100. * sum(t[0] for t in top5) / len(top5))
+    assert math.isclose(res['teacher_top5'], 100. * sum(any(t) for t in top5) / len(top5))
     assert (res['best_top1'], res['last_top1']) == (max(float(r['eval_top1']) for r in _rows(run)),
                                                     float(_rows(run)[-1]['eval_top1']))
     assert res['recipe']['pick'] == 'kld' and res['recipe']['tl_cutmix'] == 1.0 and res['recipe']['epochs'] == 2
@@ -364,8 +365,9 @@ def test_sigkill_mid_run_then_resume_gives_the_same_weights(tmp_path, train_kd, 
 
 # ------------------------------------------------------------------------------------------------ 2 processes
 def test_two_process_accelerate_launch_kd_pick_and_exact_resume(tmp_path, train_kd, teacher_ckpt):
-    """Also: --no-ddp-bb lets BatchNorm statistics drift apart between the processes, --dist-bn reduce makes them
-    one again at every epoch end, and a 2-process checkpoint resumes with 1 process after the samples seen."""
+    """Also: the processes' BatchNorm statistics differ inside an epoch (each updates them on its own batches,
+    --no-ddp-bb), --dist-bn reduce makes them one at every epoch end, and a 2-process checkpoint resumes with
+    1 process after the samples both had seen."""
     launch = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
               '--num_machines', '1', '--main_process_port', '0', '--mixed_precision', 'no', '--dynamo_backend', 'no',
               str(SCRIPT)]

@@ -31,7 +31,7 @@ STEPS = 3  # updates per epoch: 12 samples / batch 4
 COVERS = (
     # resume, checkpoints, process count
     '--resume', '--no-resume-opt', '--model-ema', '--model-ema-decay', '--model-ema-warmup', '--sched-on-updates',
-    '--checkpoint-every', '--checkpoint-hist', '--eval-metric', '--amp', '--amp-dtype',
+    '--checkpoint-every', '--checkpoint-hist', '--eval-metric', '--amp', '--amp-dtype', '--no-ddp-bb',
     # the step
     '--clip-grad', '--clip-mode', '--channels-last', '--torchcompile', '--grad-checkpointing', '--initial-checkpoint',
     '--pretrained', '--model', '--drop', '--drop-path', '--gp', '--model-kwargs', '--seed', '--smoothing',
@@ -418,6 +418,15 @@ def test_sample_counts_and_grad_checkpointing(tmp_path, train_kd, monkeypatch):
     # the same gradients, so the same parameters. Known gap: the recomputation also updates the BatchNorm
     # running statistics a second time, so buffers differ (timm's checkpoint_seq does not guard against it)
     _assert_equal_state(_params(weights[0]), _params(weights[1]), 'grad checkpointing')
+
+
+def test_no_ddp_bb_reaches_ddp(tmp_path, train_kd, monkeypatch):
+    """DDP's buffer broadcast is what --no-ddp-bb turns off (its effect over 2 processes is in test_train_kd)."""
+    from accelerate.utils import DistributedDataParallelKwargs
+    ddp = Spy(monkeypatch, DistributedDataParallelKwargs)
+    for extra, broadcast in (([], True), (['--no-ddp-bb'], False)):
+        _run(train_kd, tmp_path, f'bb{len(extra)}', *BASE, '--epochs', '1', '--train-num-samples', '4', *extra)
+        assert ddp.calls[-1]['broadcast_buffers'] is broadcast
 
 
 def test_torchcompile_backend_reaches_torch_compile_and_a_bad_one_is_a_usage_error(tmp_path, train_kd, monkeypatch,
