@@ -18,13 +18,14 @@ import ast
 
 import yaml
 
+from timm_kd.data.views import resolve_view, sample_view_names
 from timm_kd.distill.methods import METHODS
 from timm_kd.distill.pick import PICK_CRITERIA
 from timm_kd.distill.task import VIEW_LOSSES
 
 __all__ = [
     'UsageError', 'is_main_process_env', 'build_parser', 'parse_args', 'validate_args', 'kd_view_modes',
-    'resolve_loss_weights', 'resume_flag_changes', 'check_numbers', 'RESUME_SCHEDULE_FLAGS', 'RESUME_RUN_FLAGS', 'STD_AUG_MODES',
+    'resolve_loss_weights', 'tl_aug_on', 'resume_flag_changes', 'check_numbers', 'RESUME_SCHEDULE_FLAGS', 'RESUME_RUN_FLAGS', 'STD_AUG_MODES',
     'PICK_CHOICES', 'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS',
 ]
 
@@ -325,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
               'flip (timm: i with B-1-i, needs an even batch)')
     _add(g, '--mix-fraction', type=float, default=1.0, metavar='F',
          help='share of the batch that gets a mixed view (partial mixup, Choi et al.; default 1.0)')
+    # teacher-labelled per-sample views (timm_kd/data/views.py, docs/views.md)
+    _add(g, '--tl-aug', default=None, metavar='POLICY',
+         help='add a teacher-labelled per-sample view made in the loader from each image: '
+              f'{", ".join(n for n in sample_view_names() if n not in ("rand", "augmix"))} or a timm --aa '
+              'policy string (rand-m9-mstd0.5, augmix-m3-w3, ...). With --tl-mixup/--tl-cutmix/--cutout the '
+              'mixing is applied to this view')
     _add(g, '--kd-temperature', type=float, default=4.0, metavar='T', help='KD softmax temperature (default 4)')
     _add(g, '--kd-alpha', type=float, default=None, metavar='A',
          help='paper alpha: loss = (1-A) CE + A KL (default 0.9); --task-loss-weight overrides the CE weight')
@@ -482,6 +489,29 @@ def kd_view_modes(args: argparse.Namespace) -> List[str]:
                            ('--cutmix-hard', args.cutmix_hard), ('--cutout', args.cutout)) if v]
 
 
+def tl_aug_on(args: argparse.Namespace) -> bool:
+    """A per-sample teacher-labelled view (--tl-aug) is asked for."""
+    return getattr(args, 'tl_aug', None) not in (None, '', 'none')
+
+
+def _validate_tl_aug(args: argparse.Namespace) -> None:
+    """--tl-aug names a per-sample view of the VIEWS table (the image-size check comes with the data)."""
+    if not tl_aug_on(args):
+        return
+    try:
+        view, _ = resolve_view(args.tl_aug)
+    except ValueError as e:
+        raise UsageError(f'--tl-aug: {e}') from e
+    if view.kind != 'sample':
+        raise UsageError(f'--tl-aug {args.tl_aug} is a mixing view, made with {" ".join(view.train_flags)}; '
+                         f'--tl-aug takes a per-sample view ({", ".join(sample_view_names())}).')
+    if not args.teacher:
+        raise UsageError('--tl-aug needs a teacher: add --teacher MODEL (and --teacher-checkpoint PATH).')
+    if args.mixup > 0 or args.cutmix > 0:
+        raise UsageError("--tl-aug adds a view next to the original batch; timm's --mixup/--cutmix mix the batch "
+                         'itself: use one or the other.')
+
+
 def resolve_loss_weights(args: argparse.Namespace) -> Tuple[float, float]:
     """(task CE weight gamma, logit-term weight alpha) from --kd-alpha / --distill-loss-weight /
     --task-loss-weight. Nothing given: the published weights of --distill (KD: the paper's 0.1 / 0.9).
@@ -597,6 +627,7 @@ def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] =
              f'--teacher-checkpoint {args.teacher_checkpoint!r} does not exist.')
     need(args.teacher or not args.teacher_checkpoint, '--teacher-checkpoint needs --teacher (the architecture).')
 
+    _validate_tl_aug(args)
     views = kd_view_modes(args)
     # --cutmix-minmax shapes the boxes of --tl-cutmix / --cutmix-hard when those are on, else timm's batch CutMix
     timm_mix = args.mixup > 0 or args.cutmix > 0 or (args.cutmix_minmax is not None and not views)

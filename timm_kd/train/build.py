@@ -14,14 +14,15 @@ import timm
 import timm_kd
 from timm_kd.data.datasets import DatasetNotFoundError, create_kd_dataset, dataset_defaults
 from timm_kd.data.transforms import SMALL_INPUT_LIMIT, create_kd_transform
+from timm_kd.data.views import ImageSpec, PairedTransform, create_view_transform, images_per_step
 from timm_kd.distill import teacher as teacher_lib
 from timm_kd.distill.methods import METHODS
 from timm_kd.messages import first_line
-from .args import LARGE_INPUT_AUG_FLAGS, UsageError, build_parser, kd_view_modes, resolve_loss_weights
+from .args import LARGE_INPUT_AUG_FLAGS, UsageError, build_parser, kd_view_modes, resolve_loss_weights, tl_aug_on
 from .schedule import schedule_lengths
 
-__all__ = ['data_config', 'create_student', 'build_teacher', 'create_datasets', 'subset_indices', 'create_task',
-           'resolve_lr', 'load_weights', 'recipe_of', 'distill_record']
+__all__ = ['data_config', 'create_student', 'build_teacher', 'create_datasets', 'subset_indices', 'create_mixer',
+           'create_task', 'resolve_lr', 'load_weights', 'recipe_of', 'distill_record', 'views_record']
 
 _logger = logging.getLogger('train_kd')
 _TORCH_NAMES = ('cifar10', 'cifar100', 'mnist', 'fashionmnist', 'kmnist', 'qmnist', 'svhn', 'stl10')
@@ -76,9 +77,10 @@ def data_config(args: argparse.Namespace, explicit: Dict[str, Any]) -> Dict[str,
     return dict(num_classes=int(num_classes), in_chans=in_chans, size=int(size), mean=mean, std=std,
                 crop_padding=int(crop_padding), std_aug=std_aug, interpolation=args.interpolation or 'bilinear',
                 train_interpolation=args.train_interpolation, crop_pct=args.crop_pct, timm_kwargs=timm_kwargs,
-                # the small-image recipe is torchvision crop + flip (torch RNG only); timm's transforms also
-                # draw from python's random and numpy
-                rngs=('torch',) if size < SMALL_INPUT_LIMIT else ('torch', 'random', 'numpy'))
+                # the small-image recipe is torchvision crop + flip (torch RNG only); timm's transforms (and
+                # the --tl-aug policies) also draw from python's random and numpy
+                rngs=('torch',) if size < SMALL_INPUT_LIMIT and not tl_aug_on(args) else ('torch', 'random', 'numpy'),
+                loader_extras=('view_input',) if tl_aug_on(args) else ())
 
 
 def _set_norm_cfg(model: torch.nn.Module, dc: Dict[str, Any], input_size: bool = True) -> None:
@@ -218,6 +220,12 @@ def create_datasets(args: argparse.Namespace, dc: Dict[str, Any]):
     common = dict(input_size=dc['size'], mean=dc['mean'], std=dc['std'], crop_padding=dc['crop_padding'])
     train_tf = create_kd_transform(is_training=True, std_aug=dc['std_aug'], interpolation=dc['train_interpolation'],
                                    **common, **dc['timm_kwargs'])
+    if tl_aug_on(args):  # the teacher-labelled per-sample view, made from the original's crop / flip
+        spec = ImageSpec(dc['size'], dc['mean'], dc['std'], dc['crop_padding'], dc['interpolation'])
+        try:
+            train_tf = PairedTransform(train_tf, *create_view_transform(args.tl_aug, spec))
+        except ValueError as e:
+            raise UsageError(f'--tl-aug: {e}') from e
     eval_kw = {'crop_pct': dc['crop_pct']} if dc['crop_pct'] is not None and dc['timm_kwargs'] else {}
     eval_tf = create_kd_transform(is_training=False, interpolation=dc['interpolation'], **common, **eval_kw)
     out = []
@@ -242,20 +250,8 @@ def create_datasets(args: argparse.Namespace, dc: Dict[str, Any]):
     return out
 
 
-def create_task(args: argparse.Namespace, dc: Dict[str, Any], student, teacher, device, train_ds=None
-                ) -> Tuple[Any, Any]:
-    """(task, timm Mixup or None): DistillationTask with a teacher, timm's ClassificationTask without."""
-    from timm.data import Mixup
-    timm_mix = args.mixup > 0 or args.cutmix > 0 or (args.cutmix_minmax is not None and not kd_view_modes(args))
-    mixup_fn = None
-    if timm_mix:
-        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                         prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                         label_smoothing=args.smoothing, num_classes=dc['num_classes'])
-    criterion_kwargs = dict(smoothing=args.smoothing, soft_targets=timm_mix)
-    if teacher is None:
-        from timm.task import ClassificationTask
-        return ClassificationTask(student, criterion_kwargs=criterion_kwargs, device=device, verbose=False), mixup_fn
+def create_mixer(args: argparse.Namespace, dc: Dict[str, Any]) -> Optional['timm_kd.DistillMixup']:
+    """The DistillMixup of the KD view flags (--tl-mixup, --tl-cutmix, --cutmix-hard, --cutout, --pick ...), or None."""
     mixer = None
     if kd_view_modes(args):
         hard = args.cutmix_hard > 0
@@ -273,10 +269,27 @@ def create_task(args: argparse.Namespace, dc: Dict[str, Any], student, teacher, 
                 pick=pick, pick_ratio=args.pick_ratio)
         except ValueError as e:
             raise UsageError(str(e)) from e
+    return mixer
+
+
+def create_task(args: argparse.Namespace, dc: Dict[str, Any], student, teacher, device, train_ds=None
+                ) -> Tuple[Any, Any]:
+    """(task, timm Mixup or None): DistillationTask with a teacher, timm's ClassificationTask without."""
+    from timm.data import Mixup
+    timm_mix = args.mixup > 0 or args.cutmix > 0 or (args.cutmix_minmax is not None and not kd_view_modes(args))
+    mixup_fn = None
+    if timm_mix:
+        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                         prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                         label_smoothing=args.smoothing, num_classes=dc['num_classes'])
+    criterion_kwargs = dict(smoothing=args.smoothing, soft_targets=timm_mix)
+    if teacher is None:
+        from timm.task import ClassificationTask
+        return ClassificationTask(student, criterion_kwargs=criterion_kwargs, device=device, verbose=False), mixup_fn
     gamma, alpha = resolve_loss_weights(args)
     try:
         task = timm_kd.DistillationTask(
-            student, teacher, mixup=mixer, method=args.distill,
+            student, teacher, mixup=create_mixer(args, dc), method=args.distill,
             method_kwargs=_method_kwargs(args, train_ds), view_loss=args.view_loss,
             temperature=args.kd_temperature, task_loss_weight=gamma, distill_loss_weight=alpha,
             mixed_kd_weight=args.mixed_kd_weight, criterion_kwargs=criterion_kwargs, device=device)
@@ -328,6 +341,16 @@ def load_weights(model: torch.nn.Module, state_dict: Dict[str, Any], what: str) 
         raise UsageError(f'{what}: missing keys {res.missing_keys[:5]}, unexpected keys {res.unexpected_keys[:5]}.')
 
 
+def views_record(args: argparse.Namespace, task) -> Dict[str, Any]:
+    """What a step trains on (results.json 'views', the model card): the views, the images per step of one process
+    and the loss weights (task CE on x, KL on x, KL on the views)."""
+    gamma, alpha = resolve_loss_weights(args)
+    mixer = getattr(task, 'mixup', None)
+    return dict(sample_view=args.tl_aug if tl_aug_on(args) else None, mix_view=repr(mixer) if mixer else None,
+                images_per_step=images_per_step(args.batch_size, tl_aug_on(args), mixer),
+                loss_weights=dict(task=gamma, kd=alpha, views=alpha * args.mixed_kd_weight))
+
+
 def recipe_of(args: argparse.Namespace, dc: Dict[str, Any], world: int, mixed_precision: str) -> Dict[str, Any]:
     lengths = schedule_lengths(args)
     gamma, alpha = resolve_loss_weights(args)
@@ -345,5 +368,5 @@ def recipe_of(args: argparse.Namespace, dc: Dict[str, Any], world: int, mixed_pr
                       mixed_kd_weight=args.mixed_kd_weight, tl_mixup=args.tl_mixup, tl_cutmix=args.tl_cutmix,
                       cutmix_hard=args.cutmix_hard, cutout=args.cutout, pick=args.pick,
                       pick_candidates=args.pick_candidates, pick_ratio=args.pick_ratio,
-                      mix_fraction=args.mix_fraction, mix_pairing=args.mix_pairing)
+                      mix_fraction=args.mix_fraction, mix_pairing=args.mix_pairing, tl_aug=args.tl_aug)
     return recipe

@@ -22,7 +22,7 @@ import torch
 
 from .args import UsageError
 
-__all__ = ['TEMP_PREFIX', 'OutputError', 'atomic_save', 'atomic_write_text', 'atomic_copy', 'remove_stale_temp_files',
+__all__ = ['TEMP_PREFIX', 'OutputError', 'atomic_save', 'atomic_write_text', 'atomic_write_bytes', 'atomic_copy', 'remove_stale_temp_files',
            'capture_rng_state', 'restore_rng_state']
 
 TEMP_PREFIX = '.timm-kd-tmp-'
@@ -110,6 +110,11 @@ def remove_stale_temp_files(folder: str) -> List[str]:
             os.remove(p)
             removed.append(name)
     return removed
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write bytes (e.g. a rendered figure) to ``path`` atomically."""
+    _atomic_write(path, data, 'wb', lambda d, f: f.write(d))
 
 
 def capture_rng_state() -> Dict[str, Any]:

@@ -15,6 +15,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from timm_kd.da_score import TeacherProbStats
+
 __all__ = ['NonFiniteLossError', 'EpochMeters', 'train_one_epoch', 'evaluate']
 
 _logger = logging.getLogger('train_kd')
@@ -30,6 +32,7 @@ class EpochMeters:
     def __init__(self):
         self.sums: Dict[str, torch.Tensor] = {}
         self.counts: Dict[str, int] = {}
+        self.teacher = TeacherProbStats()  # the teacher-only augmentation score of the epoch's views
 
     def update(self, out: Dict[str, Any], target: torch.Tensor) -> None:
         for k, v in out.items():
@@ -38,6 +41,9 @@ class EpochMeters:
             v = v.detach().float().reshape(())
             self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
             self.counts[k] = self.counts.get(k, 0) + 1
+        if torch.is_tensor(out.get('teacher_output')):
+            view = out.get('teacher_view_output')
+            self.teacher.update(out['teacher_output'], view if torch.is_tensor(view) else None, target)
         logits = out.get('output')
         if torch.is_tensor(logits) and target.ndim == 1 and logits.ndim == 2:  # hard labels: train top-1 on x
             acc = (logits.detach().argmax(-1) == target).float().mean() * 100.
@@ -45,14 +51,19 @@ class EpochMeters:
             self.counts['top1'] = self.counts.get('top1', 0) + 1
 
     def averages(self) -> Dict[str, float]:
-        return {k: float(v) / self.counts[k] for k, v in self.sums.items()}
+        avg = {k: float(v) / self.counts[k] for k, v in self.sums.items()}
+        avg.update({f't_{k}': v for k, v in self.teacher.summary().items()})
+        return avg
 
     def state_dict(self) -> Dict[str, Any]:
-        return {'sums': {k: v.detach().cpu() for k, v in self.sums.items()}, 'counts': dict(self.counts)}
+        return {'sums': {k: v.detach().cpu() for k, v in self.sums.items()}, 'counts': dict(self.counts),
+                'teacher': self.teacher.state_dict()}
 
     def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None:
         self.sums = {k: v.to(device) for k, v in state['sums'].items()}
         self.counts = dict(state['counts'])
+        if state.get('teacher'):
+            self.teacher.load_state_dict(state['teacher'], device)
 
 
 def _lr(optimizer) -> float:

@@ -17,7 +17,8 @@ import yaml
 from .args import UsageError, is_main_process_env, parse_args, resume_flag_changes, validate_args
 from timm_kd.messages import first_line
 from .build import (
-    build_teacher, create_datasets, create_student, create_task, data_config, distill_record, recipe_of, resolve_lr)
+    build_teacher, create_datasets, create_student, create_task, data_config, distill_record, recipe_of, resolve_lr,
+    views_record)
 from .checkpoint import atomic_write_text, output_error, remove_stale_temp_files
 from .data import create_eval_loader, create_train_loader
 from .loop import EpochMeters, NonFiniteLossError, evaluate, train_one_epoch
@@ -105,7 +106,7 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
     teacher = build_teacher(args, dc) if args.teacher else None
     try:
         loader_train = create_train_loader(train_ds, args.batch_size, args.seed, rank, world, args.workers,
-                                           args.pin_mem, rngs=dc['rngs'])
+                                           args.pin_mem, rngs=dc['rngs'], extras=dc['loader_extras'])
     except ValueError as e:
         raise UsageError(f'Dataset {args.dataset!r}: {e}.') from e
     sampler = loader_train.batch_sampler.sampler
@@ -189,6 +190,8 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
         train_images=len(train_ds), eval_images=len(eval_ds),
         recipe=recipe_of(args, dc, world, accelerator.mixed_precision), data_config=training.export_data_config(),
         world_size=world, run_dir=run_dir, finished=False)
+    if teacher is not None:
+        results['views'] = views_record(args, task)
 
     # 6. epochs
     num_updates = start_epoch * updates_per_epoch + start_step

@@ -1,0 +1,400 @@
+""" Which augmentation should I distil with? The teacher-only score of Wang et al., for any view
+
+    python -m timm_kd.da_score --teacher resnet14 --teacher-checkpoint teacher/last.pth.tar \\
+        --dataset sklearn/digits --img-size 12 --std-aug crop \\
+        --views none,flip,crop_flip,cutout,autoaugment,mixup,cutmix,cutmix_pick_tent --seeds 0,1,2
+
+The frozen teacher runs over training batches under each view (the ``VIEWS`` table of
+``timm_kd/data/views.py``, made exactly as ``train_kd.py`` makes it: per-sample views by the training
+loader, mixing views by ``DistillMixup``) and the authors' statistic is computed from its softmax
+probabilities (``TeacherProbStats``): the rows of the original batch and of the view are collected,
+every ``--chunk`` blocks the mean probability vector is kept, and T. stddev is the standard deviation of
+the kept vectors per class, averaged over classes. Lower is claimed to be better for KD. Also the mean
+teacher entropy and the share of originals the teacher gets wrong. Each view is scored once per
+``--seeds`` entry (another sample order and other augmentation draws); the table shows the mean and
+the standard deviation over seeds, ranked by mean T. stddev. Writes scores.json, scores.csv and
+scores.png / scores.svg into ``--output``.
+
+A mistake (unknown view, a policy that cannot apply to the image size, a teacher for other classes)
+prints one sentence and exits with code 2 before any scoring.
+"""
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import os
+import sys
+import time
+from datetime import datetime
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+__all__ = ['TeacherProbStats', 'score_view', 'main']
+
+_logger = logging.getLogger('da_score')
+
+
+class TeacherProbStats:
+    """The teacher-only augmentation score, accumulated batch by batch on the logits' device (no host sync).
+
+    ``update(logits, view_logits, target)`` adds one batch: the teacher's softmax (T = 1) of the original
+    rows is one block, of the view rows (when there are any) a second block. Once ``chunk`` blocks are
+    collected, the mean probability vector of their rows is kept and collection restarts; ``chunk`` None
+    is the authors' rule: 10 blocks when batches come with a view, 5 without (five batches either way).
+
+    ``summary()``: ``stddev`` = unbiased standard deviation across the kept vectors, per class, averaged
+    over classes (NaN with fewer than two kept vectors); ``entropy`` = mean entropy (nats) of all
+    collected rows; ``disagreement`` = share of original rows whose teacher argmax differs from the label.
+    """
+
+    def __init__(self, chunk: Optional[int] = None):
+        if chunk is not None and chunk < 1:
+            raise ValueError(f'chunk must be >= 1 blocks, got {chunk}')
+        self.chunk = chunk
+        self.kept: List[torch.Tensor] = []
+        self._sum: Optional[torch.Tensor] = None
+        self._rows = self._blocks = 0
+        self._entropy: Optional[torch.Tensor] = None
+        self._entropy_rows = 0
+        self._wrong: Optional[torch.Tensor] = None
+        self._labelled = 0
+
+    @staticmethod
+    def _add(total: Optional[torch.Tensor], value: torch.Tensor) -> torch.Tensor:
+        return value if total is None else total + value
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, view_logits: Optional[torch.Tensor] = None,
+               target: Optional[torch.Tensor] = None) -> None:
+        blocks = [logits] if view_logits is None else [logits, view_logits]
+        for block in blocks:
+            p = block.detach().float().softmax(-1)
+            self._sum = self._add(self._sum, p.sum(0))
+            self._entropy = self._add(self._entropy, -torch.special.xlogy(p, p).sum())
+            self._rows += p.shape[0]
+            self._entropy_rows += p.shape[0]
+            self._blocks += 1
+        if target is not None and target.ndim == 1:
+            self._wrong = self._add(self._wrong, (logits.argmax(-1) != target).sum())
+            self._labelled += target.shape[0]
+        if self._blocks >= (self.chunk or (5 if view_logits is None else 10)):
+            self.kept.append(self._sum / self._rows)
+            self._sum, self._rows, self._blocks = None, 0, 0
+
+    def summary(self) -> Dict[str, float]:
+        """{} before any update, else stddev, entropy and disagreement (floats: one host sync)."""
+        if not self._entropy_rows:
+            return {}
+        out = {'stddev': float(torch.stack(self.kept).std(0).mean()) if len(self.kept) > 1 else math.nan,
+               'entropy': float(self._entropy) / self._entropy_rows}
+        if self._labelled:
+            out['disagreement'] = float(self._wrong) / self._labelled
+        return out
+
+    def state_dict(self) -> Dict[str, Any]:
+        cpu = (lambda t: None if t is None else t.detach().cpu())
+        return dict(kept=[cpu(k) for k in self.kept], sum=cpu(self._sum), rows=self._rows, blocks=self._blocks,
+                    entropy=cpu(self._entropy), entropy_rows=self._entropy_rows, wrong=cpu(self._wrong),
+                    labelled=self._labelled)
+
+    def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None:
+        dev = (lambda t: None if t is None else t.to(device))
+        self.kept = [dev(k) for k in state['kept']]
+        self._sum, self._rows, self._blocks = dev(state['sum']), state['rows'], state['blocks']
+        self._entropy, self._entropy_rows = dev(state['entropy']), state['entropy_rows']
+        self._wrong, self._labelled = dev(state['wrong']), state['labelled']
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scoring
+
+
+def _teacher_rows(teacher, x: torch.Tensor, y: torch.Tensor, view_input: Optional[torch.Tensor], mixer,
+                  student=None, temperature: float = 4.0):
+    """(teacher logits of x, teacher logits of the view rows the student would train on, or None).
+
+    The rows are those of ``DistillationTask``: a per-sample view as it is, or the mixer's pool made from
+    it (or from x), reduced to the picked rows when the view picks."""
+    from timm.utils import unwrap_model
+    from timm_kd.distill.pick import batchnorm_modules, frozen_bn_stats, pick_scores, pick_topk
+    base = x if view_input is None else view_input
+    if mixer is None:
+        if view_input is None:
+            return teacher(x), None
+        t_all = teacher(torch.cat([x, view_input]))
+        return t_all[:x.shape[0]], t_all[x.shape[0]:]
+    views = mixer(base, y)
+    pool = views.x_mix if views.pick != 'random' else views.x_mix.index_select(0, views.pick_index)
+    t_all = teacher(torch.cat([x, pool]))
+    t_x, t_pool = t_all[:x.shape[0]], t_all[x.shape[0]:]
+    if views.pick in (None, 'random'):
+        return t_x, t_pool
+    s_pool = None
+    if views.pick in ('kld', 's_ent'):
+        with frozen_bn_stats(batchnorm_modules(unwrap_model(student))):
+            s_pool = student(pool)
+    rows = pick_topk(pick_scores(views.pick, s_pool, t_pool, temperature), views.num_pick)
+    return t_x, t_pool.index_select(0, rows)
+
+
+@torch.no_grad()
+def score_view(teacher, loader, mixer, batches: int, chunk: Optional[int] = None, student=None,
+               temperature: float = 4.0, device: torch.device = torch.device('cpu')) -> Dict[str, float]:
+    """Run ``batches`` training batches of ``loader`` (epoch after epoch) under one view; the summary of
+    ``TeacherProbStats`` plus ``batches`` and ``kept`` (the number of chunk vectors)."""
+    stats = TeacherProbStats(chunk)
+    sampler = loader.batch_sampler.sampler
+    done, epoch = 0, 0
+    while done < batches:
+        sampler.set_epoch(epoch)
+        for x, y, *more in loader:
+            view = more[0]['view_input'].to(device) if more else None
+            x, y = x.to(device), y.to(device)
+            t_x, t_view = _teacher_rows(teacher, x, y, view, mixer, student, temperature)
+            stats.update(t_x, t_view, y)
+            done += 1
+            if done == batches:
+                break
+        epoch += 1
+    return dict(stats.summary(), batches=done, kept=len(stats.kept))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from timm_kd.data.views import VIEWS
+    p = argparse.ArgumentParser(
+        prog='python -m timm_kd.da_score', formatter_class=argparse.RawDescriptionHelpFormatter,
+        description='Rank teacher-labelled views for distillation by the teacher-only score (T. stddev of the '
+                    'teacher\'s chunk-mean probability, Wang et al.): lower is claimed better.',
+        epilog='views:\n' + '\n'.join(f'  {n:20s} {v.help}' for n, v in VIEWS.items()))
+    p.add_argument('--teacher', required=True, metavar='MODEL', help='as train_kd.py --teacher')
+    p.add_argument('--teacher-checkpoint', default=None, metavar='PATH', help='as train_kd.py')
+    p.add_argument('--dataset', required=True, metavar='NAME', help='as train_kd.py (e.g. sklearn/digits)')
+    p.add_argument('--data-dir', default=None, metavar='DIR')
+    p.add_argument('--num-classes', type=int, default=None)
+    p.add_argument('--img-size', type=int, default=None, metavar='N', help='image size (default: dataset recipe)')
+    p.add_argument('--std-aug', default='crop_flip', help='augmentation of the original view (train_kd.py --std-aug)')
+    p.add_argument('--crop-padding', type=int, default=None, metavar='PX')
+    p.add_argument('--train-num-samples', type=int, default=None, metavar='N')
+    p.add_argument('--views', default='none,flip,crop_flip,cutout,autoaugment,mixup,cutmix,cutmix_pick_tent',
+                   help='comma list of VIEWS names or timm policy strings (default: the authors\' eight)')
+    p.add_argument('--student', default=None, metavar='MODEL',
+                   help='student for the views that pick with it (cutmix_pick_kld / _sent); randomly initialised '
+                        'unless --student-checkpoint (the authors score with an untrained student)')
+    p.add_argument('--student-checkpoint', default=None, metavar='PATH')
+    p.add_argument('--batches', type=int, default=None, metavar='N',
+                   help='training batches per view and seed (default: one epoch)')
+    p.add_argument('-b', '--batch-size', type=int, default=64, help='batch size (default 64, the authors)')
+    p.add_argument('--chunk', type=int, default=None, metavar='BLOCKS',
+                   help='blocks per kept mean vector (a batch gives 1 block, 2 with a view; default: the '
+                        "authors' 10 with a view, 5 without)")
+    p.add_argument('--seeds', default='0,1,2', help='comma list of seeds; one score per view and seed')
+    p.add_argument('--kd-temperature', type=float, default=4.0, help="temperature of the 'kld' pick score")
+    p.add_argument('-j', '--workers', type=int, default=0, help='data loader workers (default 0)')
+    p.add_argument('--output', default='', metavar='DIR', help='default: output/da_score/<date-time>')
+    p.add_argument('--no-plot', action='store_true', help='skip the bar plot')
+    return p
+
+
+class _Usage(ValueError):
+    """A user mistake of da_score: one sentence, exit code 2."""
+
+
+def _train_argv(args: argparse.Namespace, model: str, view_flags: Sequence[str], seed: int) -> List[str]:
+    """train_kd.py arguments that build this data / view setup (so the views are made by train_kd's own code)."""
+    argv = ['--dataset', args.dataset, '--model', model, '--teacher', args.teacher, '--std-aug', args.std_aug,
+            '--batch-size', str(args.batch_size), '--seed', str(seed), '--workers', str(args.workers),
+            '--kd-temperature', str(args.kd_temperature), *view_flags]
+    for flag, value in (('--teacher-checkpoint', args.teacher_checkpoint), ('--data-dir', args.data_dir),
+                        ('--num-classes', args.num_classes), ('--img-size', args.img_size),
+                        ('--crop-padding', args.crop_padding), ('--train-num-samples', args.train_num_samples),
+                        ('--initial-checkpoint', args.student_checkpoint if model == args.student else None)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _setup(args: argparse.Namespace, flags: Sequence[str], seed: int):
+    """(train_kd args, data config) for one view; UsageError when train_kd rejects the combination."""
+    from timm_kd.train.args import parse_args, validate_args
+    targs, explicit = parse_args(_train_argv(args, args.student or args.teacher, flags, seed))
+    validate_args(targs, explicit)
+    from timm_kd.train.build import data_config
+    return targs, data_config(targs, explicit)
+
+
+def _check_views(args: argparse.Namespace) -> List[Any]:
+    """Resolve every view name and check it against train_kd's checks, before any scoring."""
+    from timm_kd.data.views import resolve_view
+    from timm_kd.train.args import UsageError
+    from timm_kd.train.build import create_datasets
+    out = []
+    for name in [v.strip() for v in args.views.split(',') if v.strip()]:
+        try:
+            view, config = resolve_view(name)
+        except ValueError as e:
+            raise _Usage(str(e)) from e
+        if view.needs_student and not args.student:
+            raise _Usage(f'The view {name!r} picks with the student: add --student MODEL (e.g. the student you plan '
+                         f'to train; randomly initialised as the authors, or --student-checkpoint).')
+        try:
+            targs, dc = _setup(args, view.flags(config) if view.kind != 'none' else [], 0)
+            if view.kind == 'sample':
+                create_datasets(targs, dc)  # builds the view transform: checks the policy on this image size
+        except UsageError as e:
+            raise _Usage(f'{name}: {e}') from e
+        out.append((name, view, config))
+    if not out:
+        raise _Usage('--views is empty: give a comma list of view names.')
+    return out
+
+
+def _plot(path_stem: str, rows: List[Dict[str, Any]], title: str) -> None:
+    """Horizontal bars of the mean T. stddev per view, error bars = standard deviation over seeds."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from timm_kd.train.checkpoint import atomic_write_bytes
+    names = [r['view'] for r in rows][::-1]
+    means = [r['stddev_mean'] for r in rows][::-1]
+    errs = [r['stddev_sd'] if r['seeds'] > 1 else 0. for r in rows][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.4), dpi=110)
+    colors = ['tab:green' if r['kind'] == 'sample' else 'tab:blue' if r['kind'] == 'mix' else 'tab:gray'
+              for r in rows][::-1]
+    ax.barh(range(len(names)), means, xerr=errs, color=colors, capsize=3)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel('T. stddev of the chunk-mean teacher probability (lower = better, claimed)')
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis='x', alpha=0.3)
+    fig.tight_layout()
+    for ext in ('png', 'svg'):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext)
+        atomic_write_bytes(f'{path_stem}.{ext}', buf.getvalue())
+    plt.close(fig)
+
+
+def _mean_sd(values: Sequence[float]):
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return math.nan, math.nan
+    m = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else math.nan
+    return m, sd
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    """Score every view for every seed; returns the result dict (also written to --output)."""
+    import numpy as np
+    from timm_kd.train.build import build_teacher, create_datasets, create_mixer, create_student
+    from timm_kd.train.checkpoint import atomic_write_text
+    from timm_kd.train.data import create_train_loader
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
+    except ValueError:
+        raise _Usage(f'--seeds must be a comma list of integers, got {args.seeds!r}.') from None
+    if not seeds:
+        raise _Usage('--seeds is empty.')
+    if args.batches is not None and args.batches < 1:
+        raise _Usage(f'--batches must be >= 1, got {args.batches}.')
+    if args.chunk is not None and args.chunk < 1:
+        raise _Usage(f'--chunk must be >= 1, got {args.chunk}.')
+    views = _check_views(args)
+    from timm_kd.train.args import UsageError
+    targs, dc = _setup(args, [], seeds[0])
+    try:
+        teacher = build_teacher(targs, dc).eval()
+        student = create_student(targs, dc) if args.student else None
+    except UsageError as e:
+        raise _Usage(str(e)) from e
+    out_dir = os.path.abspath(args.output or os.path.join('output', 'da_score', datetime.now().strftime('%Y%m%d-%H%M%S')))
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise _Usage(f'--output {out_dir} is not empty: pass another folder.')
+    os.makedirs(out_dir, exist_ok=True)
+    if student is not None:
+        student.train()  # the pick pass scores with batch statistics (frozen running stats), as in training
+
+    t0 = time.perf_counter()
+    per_seed: List[Dict[str, Any]] = []
+    for name, view, config in views:
+        flags = view.flags(config) if view.kind != 'none' else []
+        for seed in seeds:
+            targs, dc = _setup(args, flags, seed)
+            train_ds, _ = create_datasets(targs, dc)
+            loader = create_train_loader(train_ds, args.batch_size, seed, 0, 1, args.workers,
+                                         rngs=dc['rngs'], extras=dc['loader_extras'])
+            mixer = create_mixer(targs, dc)
+            np.random.seed(seed)  # DistillMixup draws from numpy's global RNG, as timm's Mixup
+            torch.manual_seed(seed)
+            t1 = time.perf_counter()
+            res = score_view(teacher, loader, mixer, args.batches or len(loader), args.chunk, student,
+                             args.kd_temperature)
+            per_seed.append(dict(view=name, kind=view.kind, config=config, seed=seed, seconds=time.perf_counter() - t1,
+                                 **res))
+            print(f'  {name:20s} seed {seed}: T. stddev {res.get("stddev", math.nan):.6f}  entropy '
+                  f'{res["entropy"]:.4f}  disagreement {res.get("disagreement", math.nan):.4f}  ({res["batches"]} '
+                  f'batches, {res["kept"]} chunks, {time.perf_counter() - t1:.1f} s)', flush=True)
+
+    rows = []
+    for name, view, config in views:
+        mine = [r for r in per_seed if r['view'] == name]
+        row = dict(view=name, kind=view.kind, config=config, seeds=len(mine), help=view.help)
+        for key in ('stddev', 'entropy', 'disagreement'):
+            row[f'{key}_mean'], row[f'{key}_sd'] = _mean_sd([r.get(key, math.nan) for r in mine])
+        rows.append(row)
+    rows.sort(key=lambda r: (math.isnan(r['stddev_mean']), r['stddev_mean']))
+    for rank, row in enumerate(rows, 1):
+        row['rank'] = rank
+
+    header = f'{"rank":>4s}  {"view":20s} {"T. stddev":>20s} {"entropy":>16s} {"disagreement":>16s}'
+    lines = [header] + [
+        f'{r["rank"]:>4d}  {r["view"]:20s} {r["stddev_mean"]:>10.6f} ± {r["stddev_sd"]:<8.6f} '
+        f'{r["entropy_mean"]:>7.4f} ± {r["entropy_sd"]:<6.4f} {r["disagreement_mean"]:>7.4f} ± '
+        f'{r["disagreement_sd"]:<6.4f}' for r in rows]
+    total = time.perf_counter() - t0
+    lines.append(f'(mean ± standard deviation over {len(seeds)} seed(s); {per_seed[0]["batches"]} batches of '
+                 f'{args.batch_size} per view and seed; {total:.0f} s)')
+    print('\n'.join(lines), flush=True)
+
+    result = dict(teacher=args.teacher, teacher_checkpoint=args.teacher_checkpoint, dataset=args.dataset,
+                  img_size=dc['size'], std_aug=args.std_aug, batch_size=args.batch_size, chunk=args.chunk,
+                  seeds=seeds, batches=args.batches, ranking=rows, per_seed=per_seed, seconds=round(total, 1),
+                  cpu_count=os.cpu_count(), load_average=list(os.getloadavg()),
+                  time=time.strftime('%Y-%m-%d %H:%M:%S %z'), command=' '.join(sys.argv))
+    atomic_write_text(os.path.join(out_dir, 'scores.json'), json.dumps(result, indent=2, default=str) + '\n')
+    buf = io.StringIO()
+    fields = ['rank', 'view', 'kind', 'config', 'seeds', 'stddev_mean', 'stddev_sd', 'entropy_mean', 'entropy_sd',
+              'disagreement_mean', 'disagreement_sd']
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(os.path.join(out_dir, 'scores.csv'), buf.getvalue())
+    if not args.no_plot:
+        _plot(os.path.join(out_dir, 'scores'), rows, f'teacher {args.teacher} on {args.dataset}: '
+                                                      f'{len(seeds)} seed(s), error bars = sd over seeds')
+    print(f'Wrote {out_dir}/scores.json, scores.csv' + ('' if args.no_plot else ', scores.png, scores.svg'), flush=True)
+    result['output'] = out_dir
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Command line entry point; a user mistake prints one sentence and raises SystemExit(2)."""
+    logging.basicConfig(level=logging.WARNING, format='%(message)s')
+    args = build_parser().parse_args(argv)
+    from timm_kd.train.args import UsageError
+    try:
+        return run(args)
+    except (_Usage, UsageError) as e:
+        print(f'da_score: error: {e}', file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+if __name__ == '__main__':
+    main()
