@@ -248,7 +248,8 @@ def _check_views(args: argparse.Namespace) -> List[Any]:
             if view.kind == 'sample':
                 create_datasets(targs, dc)  # builds the view transform: checks the policy on this image size
         except UsageError as e:
-            raise _Usage(f'{name}: {e}') from e
+            msg = str(e)
+            raise _Usage(msg[len('--tl-aug: '):] if msg.startswith('--tl-aug: ') else f'{name}: {msg}') from e
         out.append((name, view, config))
     if not out:
         raise _Usage('--views is empty: give a comma list of view names.')
