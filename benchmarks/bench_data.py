@@ -8,6 +8,8 @@ loader of ``train_kd.py`` (``timm_kd.train.data.create_train_loader``, per-sampl
 resume) with train_kd.py's default number of workers. Measured, interleaved over repeats:
 
   * ``train_kd``: train_kd.py's loader (default workers, and any ``--workers-list``),
+  * ``train_kd_view``: the same loader with a teacher-labelled per-sample second view (``--tl-aug``, policy
+    ``--view``, default RandAugment ``rand-m9-mstd0.5``): two images per sample,
   * ``plain``: a plain shuffled ``DataLoader`` over the same dataset and transform (no per-sample seeding),
   * ``device_aug``: the on-device path: the uint8 set as one tensor on the device, batches by index,
     crop + flip + normalize on the batch (``timm_kd.data.gpu_aug.DeviceAugment``),
@@ -69,10 +71,22 @@ def recipe_transform(size: int = 32, padding: int = 4):
     return create_kd_transform(size, is_training=True, mean=CIFAR100_MEAN, std=CIFAR100_STD, crop_padding=padding)
 
 
+def view_dataset(ds: 'SyntheticCifar', policy: str) -> 'SyntheticCifar':
+    """The same images with train_kd.py's two-view transform (original + ``policy``, see --tl-aug)."""
+    from timm_kd.data.views import ImageSpec, PairedTransform, create_view_transform
+    from timm_kd.models import CIFAR100_MEAN, CIFAR100_STD
+    paired = SyntheticCifar.__new__(SyntheticCifar)
+    paired.data, paired.targets = ds.data, ds.targets
+    paired.transform = PairedTransform(ds.transform, *create_view_transform(
+        policy, ImageSpec(ds.data.shape[1], CIFAR100_MEAN, CIFAR100_STD, 4)))
+    return paired
+
+
 def make_loader(kind: str, ds, batch_size: int, workers: int, seed: int = 0):
-    if kind == 'train_kd':
+    if kind in ('train_kd', 'train_kd_view'):
         from timm_kd.train.data import create_train_loader
-        return create_train_loader(ds, batch_size, seed, 0, 1, workers)
+        return create_train_loader(ds, batch_size, seed, 0, 1, workers,
+                                   extras=('view_input',) if kind == 'train_kd_view' else ())
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
@@ -146,7 +160,7 @@ def time_batches(source, n: int, device: torch.device) -> float:
     sync(device)
     t0 = time.perf_counter()
     for _ in range(n):
-        x, _ = source.next()
+        source.next()
     sync(device)
     return (time.perf_counter() - t0) / max(n, 1)
 
@@ -157,7 +171,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--num-samples', type=int, default=10000, help='synthetic training set size')
     p.add_argument('--workers', type=int, default=None, help="default: train_kd.py's default (--workers)")
     p.add_argument('--workers-list', default='', help='more worker counts to measure, e.g. 0,2')
-    p.add_argument('--sources', default='train_kd,plain,device_aug', help='comma list of train_kd,plain,device_aug')
+    p.add_argument('--sources', default='train_kd,train_kd_view,plain,device_aug',
+                   help='comma list of train_kd,train_kd_view,plain,device_aug')
+    p.add_argument('--view', default='rand-m9-mstd0.5', help='per-sample view of train_kd_view (--tl-aug POLICY)')
     p.add_argument('--batches', type=int, default=30, help='timed batches per repeat')
     p.add_argument('--warmup-batches', type=int, default=5)
     p.add_argument('--repeats', type=int, default=3)
@@ -179,7 +195,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.workers = default_workers()
     args.sources = [s for s in args.sources.split(',') if s]
     for s in args.sources:
-        if s not in ('train_kd', 'plain', 'device_aug'):
+        if s not in ('train_kd', 'train_kd_view', 'plain', 'device_aug'):
             p.error(f'unknown source {s!r}')
     extra = [int(w) for w in args.workers_list.split(',') if w != '']
     args.worker_counts = [args.workers] + [w for w in extra if w != args.workers]
@@ -218,10 +234,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     per_sample = per_sample_costs(ds, n=min(256, len(ds)))
     result['per_sample_us'] = per_sample
     sources: Dict[str, Any] = {}
-    for kind in ('train_kd', 'plain'):
+    for kind in ('train_kd', 'train_kd_view', 'plain'):
         if kind in args.sources:
             for w in args.worker_counts:
-                sources[f'{kind}/w{w}'] = EpochBatches(make_loader(kind, ds, args.batch_size, w, args.seed))
+                data = view_dataset(ds, args.view) if kind == 'train_kd_view' else ds
+                sources[f'{kind}/w{w}'] = EpochBatches(make_loader(kind, data, args.batch_size, w, args.seed))
     if 'device_aug' in args.sources:
         sources['device_aug'] = DeviceBatches(ds.data, ds.targets, args.batch_size, device, seed=args.seed)
 
@@ -264,7 +281,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         feeds: Dict[str, Callable[[], Tuple[torch.Tensor, torch.Tensor]]] = {'fixed_batch': bench.batch}
         if args.e2e:
             for name, src in sources.items():
-                feeds[name] = (lambda s=src: tuple(t.to(device, non_blocking=True) for t in s.next()))
+                feeds[name] = (lambda s=src: tuple(t.to(device, non_blocking=True) for t in s.next()[:2]))
         e2e = {k: [] for k in feeds}
         n = args.e2e_steps if args.e2e else max(args.e2e_steps, 3)
         for r in range(args.step_repeats):
@@ -300,6 +317,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         r = out_sources[main_name]['over_step']['kd']
         goals['loader_over_kd_step'] = {'value': r, 'goal': GOAL_LOADER_OVER_STEP, 'met': r >= GOAL_LOADER_OVER_STEP,
                                         'loader': main_name}
+    view_name = f'train_kd_view/w{args.workers}'
+    if view_name in out_sources and 'kd' in step_ips:
+        r = out_sources[view_name]['over_step']['kd']
+        goals['loader_with_view_over_kd_step'] = {'value': r, 'goal': GOAL_LOADER_OVER_STEP,
+                                                  'met': r >= GOAL_LOADER_OVER_STEP, 'loader': view_name,
+                                                  'view': args.view}
     result['goals'] = goals
     result['env']['load_average_end'] = load_average()
     result['wall_seconds'] = time.perf_counter() - t_start

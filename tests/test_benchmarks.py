@@ -186,13 +186,16 @@ def test_bench_data_smoke(tmp_path):
         '--step-repeats', '1', '--e2e-steps', '1', '--quiet', '--json', str(out)])
     saved = json.loads(out.read_text())
     assert saved['benchmark'] == 'data' and saved['config']['worker_counts'] == [1, 0]
-    assert set(saved['sources']) == {'train_kd/w1', 'train_kd/w0', 'plain/w1', 'plain/w0', 'device_aug'}
+    assert set(saved['sources']) == {'train_kd/w1', 'train_kd/w0', 'train_kd_view/w1', 'train_kd_view/w0', 'plain/w1',
+                                     'plain/w0', 'device_aug'}
     for name, o in saved['sources'].items():
         assert o['images_per_s'] > 0 and o['over_step']['kd'] > 0
         assert o['e2e_kd_step']['images_per_s'] > 0
     assert saved['step']['source'].startswith('measured')
     g = saved['goals']['loader_over_kd_step']
     assert g['loader'] == 'train_kd/w1' and isinstance(g['met'], bool)
+    g = saved['goals']['loader_with_view_over_kd_step']  # two images per sample: original + RandAugment view
+    assert g['loader'] == 'train_kd_view/w1' and g['view'] == 'rand-m9-mstd0.5' and isinstance(g['met'], bool)
     assert res['step']['images_per_s']['kd'] > 0
     assert set(saved['per_sample_us']) == {'transform', 'seeded_transform', 'seeding_overhead'}
     assert saved['per_sample_us']['transform'] > 0

@@ -142,10 +142,13 @@ def _teacher_rows(teacher, x: torch.Tensor, y: torch.Tensor, view_input: Optiona
 
 @torch.no_grad()
 def score_view(teacher, loader, mixer, batches: int, chunk: Optional[int] = None, student=None,
-               temperature: float = 4.0, device: torch.device = torch.device('cpu')) -> Dict[str, float]:
+               temperature: float = 4.0, device: torch.device = torch.device('cpu'),
+               chunk_study: Sequence[int] = ()) -> Dict[str, Any]:
     """Run ``batches`` training batches of ``loader`` (epoch after epoch) under one view; the summary of
-    ``TeacherProbStats`` plus ``batches`` and ``kept`` (the number of chunk vectors)."""
+    ``TeacherProbStats`` plus ``batches``, ``kept`` (the number of chunk vectors) and, for ``chunk_study``,
+    ``stddev_by_chunk`` (T. stddev of the same teacher outputs for other chunk sizes)."""
     stats = TeacherProbStats(chunk)
+    others = {c: TeacherProbStats(c) for c in chunk_study}
     sampler = loader.batch_sampler.sampler
     done, epoch = 0, 0
     while done < batches:
@@ -154,12 +157,16 @@ def score_view(teacher, loader, mixer, batches: int, chunk: Optional[int] = None
             view = more[0]['view_input'].to(device) if more else None
             x, y = x.to(device), y.to(device)
             t_x, t_view = _teacher_rows(teacher, x, y, view, mixer, student, temperature)
-            stats.update(t_x, t_view, y)
+            for st in (stats, *others.values()):
+                st.update(t_x, t_view, y)
             done += 1
             if done == batches:
                 break
         epoch += 1
-    return dict(stats.summary(), batches=done, kept=len(stats.kept))
+    out = dict(stats.summary(), batches=done, kept=len(stats.kept))
+    if others:
+        out['stddev_by_chunk'] = {c: st.summary()['stddev'] for c, st in others.items()}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -194,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--chunk', type=int, default=None, metavar='BLOCKS',
                    help='blocks per kept mean vector (a batch gives 1 block, 2 with a view; default: the '
                         "authors' 10 with a view, 5 without)")
+    p.add_argument('--chunk-study', default='', metavar='LIST',
+                   help='also record T. stddev for these chunk sizes (comma list of blocks) from the same outputs')
     p.add_argument('--seeds', default='0,1,2', help='comma list of seeds; one score per view and seed')
     p.add_argument('--kd-temperature', type=float, default=4.0, help="temperature of the 'kld' pick score")
     p.add_argument('-j', '--workers', type=int, default=0, help='data loader workers (default 0)')
@@ -305,8 +314,12 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         raise _Usage('--seeds is empty.')
     if args.batches is not None and args.batches < 1:
         raise _Usage(f'--batches must be >= 1, got {args.batches}.')
-    if args.chunk is not None and args.chunk < 1:
-        raise _Usage(f'--chunk must be >= 1, got {args.chunk}.')
+    try:
+        study = [int(c) for c in args.chunk_study.split(',') if c.strip()]
+    except ValueError:
+        study = [0]
+    if (args.chunk is not None and args.chunk < 1) or any(c < 1 for c in study):
+        raise _Usage(f'--chunk and --chunk-study take block counts >= 1, got {args.chunk} / {args.chunk_study!r}.')
     views = _check_views(args)
     from timm_kd.train.args import UsageError
     targs, dc = _setup(args, [], seeds[0])
@@ -336,7 +349,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             torch.manual_seed(seed)
             t1 = time.perf_counter()
             res = score_view(teacher, loader, mixer, args.batches or len(loader), args.chunk, student,
-                             args.kd_temperature)
+                             args.kd_temperature, chunk_study=study)
             per_seed.append(dict(view=name, kind=view.kind, config=config, seed=seed, seconds=time.perf_counter() - t1,
                                  **res))
             print(f'  {name:20s} seed {seed}: T. stddev {res.get("stddev", math.nan):.6f}  entropy '
