@@ -98,6 +98,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                    help='views the timed score command ranks (a superset of --views)')
     p.add_argument('--seeds', default='0,1', help='student seeds')
     p.add_argument('--score-seeds', default='0,1,2')
+    p.add_argument('--chunk-study', default='2,4,10,20,40', help='chunk sizes (blocks) also recorded by the score')
     p.add_argument('--score-batches', type=int, default=36, help='batches per view and seed (36 = 2 epochs)')
     p.add_argument('--epochs', type=int, default=10, help='student epochs')
     p.add_argument('--teacher-checkpoint', default=None)
@@ -125,22 +126,17 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     with open(os.path.join(os.path.dirname(teacher), 'results.json')) as f:
         result['teacher_top1'] = json.load(f)['last_top1']
 
-    # the timed score command, on both cores as a user would run it
+    # the score command (two threads, as a user would run it) and the students (``--parallel`` at a time,
+    # one thread each) run at the same time; the score's CPU time is its own, its wall time depends on the load
     score_dir = os.path.join(args.work, f'score-{time.strftime("%Y%m%d-%H%M%S")}')
     load_before = load_average()
-    t0, cpu0 = time.perf_counter(), os.times()
-    _run_all([(['-m', 'timm_kd.da_score', '--teacher', 'resnet14', '--teacher-checkpoint', teacher,
-                '--dataset', 'sklearn/digits', '--img-size', '12', '--crop-padding', '2', '--std-aug', 'crop',
-                '--views', args.score_views, '--seeds', args.score_seeds, '--batches', str(args.score_batches),
-                '--output', score_dir], os.path.join(args.work, 'score.log'))], 1,
-             dict(env, OMP_NUM_THREADS='2', MKL_NUM_THREADS='2'))
-    with open(os.path.join(score_dir, 'scores.json')) as f:
-        scores = json.load(f)
-    cpu1 = os.times()
-    # CPU time of the score process: on a busy machine the wall time mostly measures the other processes
-    result['score'] = dict(seconds=time.perf_counter() - t0, load_average_before=load_before,
-                           cpu_seconds=(cpu1.children_user + cpu1.children_system) - (cpu0.children_user + cpu0.children_system),
-                           load_average_after=load_average(), ranking=scores['ranking'], output=score_dir)
+    t0 = time.perf_counter()
+    score_log = os.path.join(args.work, 'score.log')
+    score = _python(['-m', 'timm_kd.da_score', '--teacher', 'resnet14', '--teacher-checkpoint', teacher,
+                     '--dataset', 'sklearn/digits', '--img-size', '12', '--crop-padding', '2', '--std-aug', 'crop',
+                     '--views', args.score_views, '--seeds', args.score_seeds, '--batches', str(args.score_batches),
+                     '--chunk-study', args.chunk_study, '--output', score_dir], score_log,
+                    dict(env, OMP_NUM_THREADS='2', MKL_NUM_THREADS='2'))
 
     from timm_kd.data.views import resolve_view
     views = [v for v in args.views.split(',') if v]
@@ -157,9 +153,15 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                               '--teacher', 'resnet14', '--teacher-checkpoint', teacher, '--kd-temperature', '4',
                               '--kd-alpha', '0.9', *flags, '--experiment', name],
                              os.path.join(args.work, f'{name}.log')))
-    t0 = time.perf_counter()
     _run_all(jobs, args.parallel, env)
     result['students_seconds'] = time.perf_counter() - t0
+    if score.wait() != 0:
+        with open(score_log) as f:
+            raise SystemExit('bench_views: the score command failed:\n' + ''.join(f.readlines()[-10:]))
+    with open(os.path.join(score_dir, 'scores.json')) as f:
+        scores = json.load(f)
+    result['score'] = dict(seconds=scores['seconds'], cpu_seconds=scores['cpu_seconds'], load_average_before=load_before,
+                           load_average_after=load_average(), ranking=scores['ranking'], output=score_dir)
 
     per_seed_score = {r['view']: [q['stddev'] for q in scores['per_seed'] if q['view'] == r['view']]
                       for r in scores['ranking'] if r['view'] in views}

@@ -122,11 +122,10 @@ def test_copy_scores_like_no_view_and_a_label_destroying_view_lowers_stddev(digi
 
 
 # ------------------------------------------------------------------------------------------------ the CLI
-@pytest.fixture(scope='module')
-def teacher_ckpt(tmp_path_factory):
+def _random_teacher(path, num_classes=10) -> str:
+    """A randomly initialised resnet8 checkpoint (the CLI's plumbing does not need a trained teacher)."""
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('teacher') / 'resnet8.pth'
-    torch.save(timm.create_model('resnet8', num_classes=10).state_dict(), path)
+    torch.save(timm.create_model('resnet8', num_classes=num_classes).state_dict(), path)
     return str(path)
 
 
@@ -135,7 +134,8 @@ def _cli(teacher_ckpt, *extra):
             '--train-num-samples', '64', '-b', '16', *extra]
 
 
-def test_cli_ranks_views_and_writes_json_csv_plot(tmp_path, teacher_ckpt):
+def test_cli_ranks_views_and_writes_json_csv_plot(tmp_path):
+    teacher_ckpt = _random_teacher(tmp_path / 'teacher.pth')
     out = tmp_path / 'score'
     res = main(_cli(teacher_ckpt, '--views', 'none,flip,cutmix_pick_tent', '--seeds', '0,1',
                     '--batches', '6', '--chunk', '2', '--output', str(out)))
@@ -152,14 +152,13 @@ def test_cli_ranks_views_and_writes_json_csv_plot(tmp_path, teacher_ckpt):
     assert (out / 'scores.png').stat().st_size > 1000 and (out / 'scores.svg').read_text().lstrip().startswith('<?xml')
 
 
-def test_cli_mistakes_exit_2_with_one_sentence(tmp_path, teacher_ckpt, capsys):
-    other = tmp_path / 'five.pth'
-    torch.save(timm.create_model('resnet8', num_classes=5).state_dict(), other)
+def test_cli_mistakes_exit_2_with_one_sentence(tmp_path, capsys):
+    teacher_ckpt, other = _random_teacher(tmp_path / 'ten.pth'), _random_teacher(tmp_path / 'five.pth', 5)
     for argv, phrase in (
             (_cli(teacher_ckpt, '--views', 'flip,warp'), "Unknown view 'warp'"),
             (_cli(teacher_ckpt, '--views', 'patch_shuffle', '--img-size', '3'), 'cannot apply to 3 px images'),
             (_cli(teacher_ckpt, '--views', 'cutmix_pick_kld'), 'picks with the student: add --student'),
-            (_cli(str(other), '--views', 'none'), 'predicts 5 classes'),
+            (_cli(other, '--views', 'none'), 'predicts 5 classes'),
             (_cli(teacher_ckpt, '--views', 'none', '--seeds', 'a'), '--seeds must be'),
     ):
         with pytest.raises(SystemExit) as e:

@@ -190,3 +190,10 @@ def test_images_per_step_counts_what_the_task_runs():
     assert images_per_step(8, False, DistillMixup(cutmix_alpha=1.0, label_mode='hard', num_classes=10)) == \
         dict(student=16, teacher=8)
     assert set(mix_view_names()) >= {'mixup', 'cutmix', 'cutout', 'pmu', 'cutmix_hard', 'cutmix_pick_kld'}
+
+
+def test_docs_list_every_view():
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / 'docs' / 'views.md').read_text()
+    missing = [n for n in VIEWS if f'`{n}`' not in text and not n.startswith('cutmix_pick_')]
+    assert not missing and '`cutmix_pick_kld`' in text, missing

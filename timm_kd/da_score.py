@@ -112,6 +112,18 @@ class TeacherProbStats:
 # scoring
 
 
+def _teacher_on_data(teacher: torch.nn.Module, mean: Sequence[float], std: Sequence[float]):
+    """The teacher as a function of batches normalized with the data's mean / std: re-normalized when its own
+    ``pretrained_cfg`` (a published teacher) says it was trained with others, as ``DistillationTask`` does."""
+    cfg = getattr(teacher, 'pretrained_cfg', None) or {}
+    if cfg.get('mean') is None or cfg.get('std') is None or (
+            tuple(cfg['mean']), tuple(cfg['std'])) == (tuple(mean), tuple(std)):
+        return teacher
+    view = (lambda v: torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1))
+    d_mean, d_std, t_mean, t_std = view(mean), view(std), view(cfg['mean']), view(cfg['std'])
+    return lambda x: teacher((x * d_std + d_mean - t_mean) / t_std)
+
+
 def _teacher_rows(teacher, x: torch.Tensor, y: torch.Tensor, view_input: Optional[torch.Tensor], mixer,
                   student=None, temperature: float = 4.0):
     """(teacher logits of x, teacher logits of the view rows the student would train on, or None).
@@ -324,7 +336,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     from timm_kd.train.args import UsageError
     targs, dc = _setup(args, [], seeds[0])
     try:
-        teacher = build_teacher(targs, dc).eval()
+        teacher = _teacher_on_data(build_teacher(targs, dc).eval(), dc['mean'], dc['std'])
         student = create_student(targs, dc) if args.student else None
     except UsageError as e:
         raise _Usage(str(e)) from e
@@ -335,7 +347,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if student is not None:
         student.train()  # the pick pass scores with batch statistics (frozen running stats), as in training
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     per_seed: List[Dict[str, Any]] = []
     for name, view, config in views:
         flags = view.flags(config) if view.kind != 'none' else []
@@ -380,6 +392,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     result = dict(teacher=args.teacher, teacher_checkpoint=args.teacher_checkpoint, dataset=args.dataset,
                   img_size=dc['size'], std_aug=args.std_aug, batch_size=args.batch_size, chunk=args.chunk,
                   seeds=seeds, batches=args.batches, ranking=rows, per_seed=per_seed, seconds=round(total, 1),
+                  cpu_seconds=round(time.process_time() - cpu0, 1), torch_threads=torch.get_num_threads(),
                   cpu_count=os.cpu_count(), load_average=list(os.getloadavg()),
                   time=time.strftime('%Y-%m-%d %H:%M:%S %z'), command=' '.join(sys.argv))
     atomic_write_text(os.path.join(out_dir, 'scores.json'), json.dumps(result, indent=2, default=str) + '\n')
