@@ -156,7 +156,7 @@ def test_cli_mistakes_exit_2_with_one_sentence(tmp_path, capsys):
     teacher_ckpt, other = _random_teacher(tmp_path / 'ten.pth'), _random_teacher(tmp_path / 'five.pth', 5)
     for argv, phrase in (
             (_cli(teacher_ckpt, '--views', 'flip,warp'), "Unknown view 'warp'"),
-            (_cli(teacher_ckpt, '--views', 'patch_shuffle', '--img-size', '3'), 'cannot apply to 3 px images'),
+            (_cli(teacher_ckpt, '--views', 'none,rand-m9-zz'), "unknown section 'zz'"),
             (_cli(teacher_ckpt, '--views', 'cutmix_pick_kld'), 'picks with the student: add --student'),
             (_cli(other, '--views', 'none'), 'predicts 5 classes'),
             (_cli(teacher_ckpt, '--views', 'none', '--seeds', 'a'), '--seeds must be'),
