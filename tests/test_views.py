@@ -197,3 +197,12 @@ def test_docs_list_every_view():
     text = (Path(__file__).resolve().parents[1] / 'docs' / 'views.md').read_text()
     missing = [n for n in VIEWS if f'`{n}`' not in text and not n.startswith('cutmix_pick_')]
     assert not missing and '`cutmix_pick_kld`' in text, missing
+
+
+def test_loader_gives_sample_indices_to_methods_that_need_them():
+    args, dc = _train_setup(['--distill', 'crd', '--tl-aug', 'flip'])
+    assert dc['loader_extras'] == ('view_input', 'index')
+    train_ds, _ = create_datasets(args, dc)
+    x, y, extras = SeededSamples(train_ds, dc['rngs'], dc['loader_extras'])[(5, 9)]
+    assert extras['index'] == 5 and extras['view_input'].shape == x.shape
+    assert _train_setup([])[1]['loader_extras'] == ()

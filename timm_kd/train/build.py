@@ -80,7 +80,9 @@ def data_config(args: argparse.Namespace, explicit: Dict[str, Any]) -> Dict[str,
                 # the small-image recipe is torchvision crop + flip (torch RNG only); timm's transforms (and
                 # the --tl-aug policies) also draw from python's random and numpy
                 rngs=('torch',) if size < SMALL_INPUT_LIMIT and not tl_aug_on(args) else ('torch', 'random', 'numpy'),
-                loader_extras=('view_input',) if tl_aug_on(args) else ())
+                # task kwargs the loader adds: the per-sample view, sample indices for methods with a row per sample
+                loader_extras=(('view_input',) if tl_aug_on(args) else ()) + (
+                    ('index',) if METHODS[args.distill].needs_index else ()))
 
 
 def _set_norm_cfg(model: torch.nn.Module, dc: Dict[str, Any], input_size: bool = True) -> None:
