@@ -98,7 +98,7 @@ class CRD(FeatureDistiller):
             self._generator = torch.Generator(device=device)
         self._generator.manual_seed(self.seed * 2 ** 31 + self.step)
         keys = torch.rand(index.shape[0], self.num_samples, generator=self._generator, device=device)
-        keys = keys - (self.labels[None, :] == target[:, None]).to(keys.dtype)
+        keys.sub_((self.labels[None, :] == target[:, None]).to(keys.dtype))
         negatives = keys.topk(self.nce_k, dim=1, sorted=False).indices
         return torch.cat([index[:, None], negatives], dim=1)
 
