@@ -4,6 +4,7 @@ Every loss is checked against a reference written here from the method's paper e
 closed forms, not our code), to 1e-5; the feature extraction against the models' plain forward.
 """
 import math
+import shutil
 
 import pytest
 import timm
@@ -15,8 +16,9 @@ import timm_kd  # noqa: F401  (registers the CIFAR models)
 from timm_kd import DistillationTask, DistillMixup
 from timm_kd.distill.features import forward_with_features, matched_level, matched_stages
 from timm_kd.distill.methods import METHODS, ModelOutputs, create_method
-from timm_kd.train.args import parse_args, resolve_loss_weights, validate_args
-from test_train_kd import BASE, teacher_ckpt, train_kd  # noqa: F401  (fixtures)
+from timm_kd.train import build
+from timm_kd.train.args import UsageError, parse_args, resolve_loss_weights, validate_args
+from test_train_kd import BASE, _rows, _state, teacher_ckpt, train_kd  # noqa: F401  (fixtures)
 
 COVERS = (
     '--distill', '--fitnet-beta', '--hint-layer', '--at-beta', '--at-p', '--sp-beta', '--cc-beta', '--cc-feat-dim',
@@ -364,7 +366,33 @@ def test_a_timm_imagenet_pair(name):
 # train_kd.py --distill crd: end to end, exact resume with the memory bank
 
 
-def test_crd_bank_size_and_an_unknown_method_are_usage_errors(tmp_path, train_kd, teacher_ckpt, capsys):
+def test_crd_tlcutmix_pick_trains_end_to_end_and_resumes_bit_identically(tmp_path, train_kd, teacher_ckpt):
+    common = BASE + ['--teacher', 'resnet8', '--teacher-checkpoint', teacher_ckpt, '--distill', 'crd', '--nce-k', '32',
+                     '--tl-cutmix', '--pick', 'kld', '--epochs', '2', '--checkpoint-every', '4',
+                     '--output', str(tmp_path)]
+    res = train_kd.main(common + ['--experiment', 'ref'])
+    assert res['finished'] and res['distill']['method'] == 'crd' and res['distill']['nce_k'] == 32
+    ref = tmp_path / 'ref'
+    rows = _rows(ref)
+    assert all(float(r['train_crd_loss']) > 0 for r in rows)
+    last = _state(ref / 'last.pth.tar')
+    bank = last['distiller']
+    assert bank['memory_s'].shape == (96, 128) and (bank['labels'] >= 0).all()  # every sample seen, its class kept
+    assert not set(bank) & set(last['state_dict'])  # the method's parts are not the student's weights
+    rec = _state(ref / 'recovery.pth.tar')
+    assert (rec['next_epoch'], rec['next_step']) == (1, 4)  # killed here: 4 of 6 steps of epoch 1 done
+    src = tmp_path / 'src'
+    src.mkdir()
+    shutil.copy(ref / 'recovery.pth.tar', src / 'recovery.pth.tar')
+    assert train_kd.main(common + ['--resume', str(src / 'recovery.pth.tar'), '--experiment', 'resumed'])['finished']
+    resumed = _state(tmp_path / 'resumed' / 'last.pth.tar')
+    for key in ('state_dict', 'distiller'):
+        assert resumed[key].keys() == last[key].keys()
+        assert all(torch.equal(resumed[key][k], last[key][k]) for k in last[key]), key
+    assert _rows(tmp_path / 'resumed')[-1] == rows[-1]
+
+
+def test_crd_bank_size_a_stream_and_an_unknown_method_are_usage_errors(tmp_path, train_kd, teacher_ckpt, capsys):
     args = BASE + ['--teacher', 'resnet8', '--teacher-checkpoint', teacher_ckpt, '--epochs', '1',
                    '--output', str(tmp_path)]
     with pytest.raises(SystemExit) as e:
@@ -373,6 +401,13 @@ def test_crd_bank_size_and_an_unknown_method_are_usage_errors(tmp_path, train_kd
     with pytest.raises(SystemExit) as e:
         train_kd.main(args + ['--distill', 'nope'])
     assert e.value.code == 2
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield torch.zeros(3, 16, 16), 0
+    parsed, _ = parse_args(args + ['--distill', 'crd'])
+    with pytest.raises(UsageError, match='needs sample indices, which the stream'):
+        build._method_kwargs(parsed, Stream())
 
 
 def test_features_of_a_ddp_student_go_through_ddp_so_gradients_are_reduced(tmp_path):
