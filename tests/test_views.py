@@ -206,3 +206,22 @@ def test_loader_gives_sample_indices_to_methods_that_need_them():
     x, y, extras = SeededSamples(train_ds, dc['rngs'], dc['loader_extras'])[(5, 9)]
     assert extras['index'] == 5 and extras['view_input'].shape == x.shape
     assert _train_setup([])[1]['loader_extras'] == ()
+
+
+def test_train_kd_trains_on_a_per_sample_view_and_logs_the_teacher_score(tmp_path):
+    import csv
+    import timm
+    from timm_kd.train.main import main
+    torch.manual_seed(0)
+    torch.save(timm.create_model('resnet8', num_classes=10).state_dict(), tmp_path / 't.pth')
+    res = main(['--dataset', 'synthetic/10x16', '--model', 'resnet8', '--teacher', 'resnet8', '--teacher-checkpoint',
+                str(tmp_path / 't.pth'), '--tl-aug', 'rand-m9-mstd0.5', '--train-num-samples', '160', '-b', '16',
+                '--val-num-samples', '16', '--epochs', '1', '--workers', '0', '--output', str(tmp_path),
+                '--experiment', 'run', '--mixed-kd-weight', '0.5'])
+    assert res['views']['sample_view'] == 'rand-m9-mstd0.5'
+    assert res['views']['images_per_step'] == dict(student=32, teacher=32)
+    assert res['views']['loss_weights'] == dict(task=pytest.approx(0.1), kd=0.9, views=0.45)
+    with open(tmp_path / 'run' / 'summary.csv', newline='') as f:
+        row = list(csv.DictReader(f))[-1]
+    assert float(row['train_t_stddev']) > 0 and float(row['train_t_entropy']) > 0  # 10 steps: 2 chunks of 5
+    assert 0 <= float(row['train_t_disagreement']) <= 1 and float(row['train_mixed_loss']) > 0
