@@ -208,7 +208,9 @@ def test_loader_gives_sample_indices_to_methods_that_need_them():
     assert _train_setup([])[1]['loader_extras'] == ()
 
 
-def test_train_kd_trains_on_a_per_sample_view_and_logs_the_teacher_score(tmp_path):
+@pytest.mark.parametrize('mixing,per_step', [([], dict(student=32, teacher=32)),
+                                             (['--tl-cutmix', '--pick', 'kld'], dict(student=32, teacher=48))])
+def test_train_kd_trains_on_a_per_sample_view_and_logs_the_teacher_score(tmp_path, mixing, per_step):
     import csv
     import timm
     from timm_kd.train.main import main
@@ -217,9 +219,10 @@ def test_train_kd_trains_on_a_per_sample_view_and_logs_the_teacher_score(tmp_pat
     res = main(['--dataset', 'synthetic/10x16', '--model', 'resnet8', '--teacher', 'resnet8', '--teacher-checkpoint',
                 str(tmp_path / 't.pth'), '--tl-aug', 'rand-m9-mstd0.5', '--train-num-samples', '160', '-b', '16',
                 '--val-num-samples', '16', '--epochs', '1', '--workers', '0', '--output', str(tmp_path),
-                '--experiment', 'run', '--mixed-kd-weight', '0.5'])
+                '--experiment', 'run', '--mixed-kd-weight', '0.5', *mixing])
     assert res['views']['sample_view'] == 'rand-m9-mstd0.5'
-    assert res['views']['images_per_step'] == dict(student=32, teacher=32)
+    assert res['views']['images_per_step'] == per_step  # with --pick: CutMix of the view batch, half of 2 x 16
+    assert (res['views']['mix_view'] is None) == (not mixing)
     assert res['views']['loss_weights'] == dict(task=pytest.approx(0.1), kd=0.9, views=0.45)
     with open(tmp_path / 'run' / 'summary.csv', newline='') as f:
         row = list(csv.DictReader(f))[-1]
