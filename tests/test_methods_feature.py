@@ -278,6 +278,40 @@ def test_crd_negatives_are_reproducible_from_seed_and_step(cifar_pair):
     assert b.step == 7
 
 
+
+def _crd_step_in_process(rank, world, init_file, out_dir):
+    """One CRD step of one process on its half of a batch (models in eval mode: features per sample)."""
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world)
+    try:
+        student, teacher, method, x, target, index = _crd_setup()
+        half = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+        method(*_outputs(method, student, teacher, x[half]), target[half], index=index[half])
+        torch.save(method.state_dict(), f'{out_dir}/rank{rank}.pth')
+    finally:
+        dist.destroy_process_group()
+
+
+def _crd_setup():
+    torch.manual_seed(0)
+    student = timm.create_model('resnet8', num_classes=NUM_CLASSES).eval()
+    teacher = timm.create_model('resnet14', num_classes=NUM_CLASSES).eval()
+    method = _build('crd', student, teacher)
+    x, target = torch.randn(BATCH, 3, 16, 16), torch.randint(0, NUM_CLASSES, (BATCH,))
+    return student, teacher, method, x, target, torch.randperm(NUM_SAMPLES)[:BATCH]
+
+
+def test_crd_processes_keep_the_one_process_bank(tmp_path):
+    """Two processes, each with half the batch: both end with one state (Z included), and with the bank of one
+    process given all of it (Z itself depends on the negatives drawn, which differ)."""
+    torch.multiprocessing.spawn(_crd_step_in_process, args=(2, str(tmp_path / 'pg'), str(tmp_path)), nprocs=2)
+    states = [torch.load(tmp_path / f'rank{r}.pth', weights_only=True) for r in range(2)]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    student, teacher, method, x, target, index = _crd_setup()
+    method(*_outputs(method, student, teacher, x), target, index=index)
+    for key in ('memory_s', 'memory_t', 'labels'):
+        torch.testing.assert_close(states[0][key], method.state_dict()[key])
+
 # ---------------------------------------------------------------------------------------------------------
 # inside DistillationTask: gradients, training with every teacher-labelled view
 

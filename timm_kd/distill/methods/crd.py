@@ -21,14 +21,17 @@ authors' dataset draws them). The class of each sample is recorded in the bank w
 seen, so the dataset only has to yield sample indices; a sample not seen yet counts as another class,
 which changes nothing but the draw in the first epoch (its bank row is still the random
 initialisation). When fewer than N other-class samples exist, the rest are filled with same-class ones.
-The draw is a function of (``seed``, step), the step is part of the module state: a resumed run draws
-the same negatives. Banks, labels, Z and the step are buffers / extra state of this module (in the
-training checkpoint, never in the exported student).
+The draw is a function of (``seed``, step, process rank), the step is part of the module state: a
+resumed run draws the same negatives. Banks, labels, Z and the step are buffers / extra state of this
+module (in the training checkpoint, never in the exported student). Under several processes
+(torch.distributed) every process updates its banks with the samples of all processes and Z is their
+mean, so all processes hold the bank one process would, and any one's checkpoint resumes them all.
 """
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -40,6 +43,22 @@ from .feature import FeatureDistiller
 __all__ = ['CRD', 'nce_loss']
 
 _EPS = 1e-7
+
+
+def _process_group() -> Tuple[int, int]:
+    """(rank, world size) of torch.distributed, (0, 1) without it."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(t: torch.Tensor, world: int) -> torch.Tensor:
+    """The concatenation over processes (rank order) of equally shaped tensors."""
+    if world == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
 
 
 def nce_loss(scores: torch.Tensor, num_data: int) -> torch.Tensor:
@@ -87,7 +106,8 @@ class CRD(FeatureDistiller):
     def set_extra_state(self, state: torch.Tensor) -> None:
         self.step = int(state)
 
-    def sample_negatives(self, index: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def sample_negatives(self, index: torch.Tensor, target: torch.Tensor, rank: int = 0, world: int = 1
+                         ) -> torch.Tensor:
         """(B, 1 + nce_k) bank rows: the sample itself, then nce_k others of other classes, no repeats.
 
         Random keys in [0, 1) for other-class rows and in [-1, 0) for same-class rows, the nce_k largest
@@ -96,7 +116,7 @@ class CRD(FeatureDistiller):
         device = self.memory_s.device
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device)
-        self._generator.manual_seed(self.seed * 2 ** 31 + self.step)
+        self._generator.manual_seed(self.seed * 2 ** 31 + self.step * world + rank)
         keys = torch.rand(index.shape[0], self.num_samples, generator=self._generator, device=device)
         keys.sub_((self.labels[None, :] == target[:, None]).to(keys.dtype))
         negatives = keys.topk(self.nce_k, dim=1, sorted=False).indices
@@ -108,22 +128,28 @@ class CRD(FeatureDistiller):
             raise ValueError('CRD needs the sample index of every image (index=...), for its memory bank.')
         v_s = F.normalize(self.embed_s(student.pre_logits).float(), dim=1)
         v_t = F.normalize(self.embed_t(teacher.pre_logits).float(), dim=1)
-        self.labels.index_copy_(0, index, target)
-        rows = self.sample_negatives(index, target)
+        rank, world = _process_group()
+        index_all, target_all = _gather(index, world), _gather(target, world)
+        self.labels.index_copy_(0, index_all, target_all)
+        rows = self.sample_negatives(index, target, rank, world)
         with no_autocast(v_s):
             # scores of each anchor against the other model's bank, h = exp(v·m / τ): one (B, n_data) matmul
             # and a gather, cheaper than gathering B·(1 + N) bank rows of d floats (N·d > n_data for CIFAR)
             h_s = torch.exp((v_s @ self.memory_t.t()).gather(1, rows) / self.nce_t)
             h_t = torch.exp((v_t @ self.memory_s.t()).gather(1, rows) / self.nce_t)
             if self.step == 0:
-                self.z.copy_(torch.stack([h_s.mean(), h_t.mean()]).detach() * self.num_samples)
+                z = torch.stack([h_s.mean(), h_t.mean()]).detach() * self.num_samples
+                if world > 1:
+                    dist.all_reduce(z)
+                    z /= world
+                self.z.copy_(z)
             loss = nce_loss(h_s / self.z[0], self.num_samples) + nce_loss(h_t / self.z[1], self.num_samples)
         with torch.no_grad():
             # out of place: the scores' backward still needs the banks as they were
             for name, v in (('memory_s', v_s), ('memory_t', v_t)):
-                memory = getattr(self, name)
+                memory, v = getattr(self, name), _gather(v.detach(), world)
                 setattr(self, name, memory.index_copy(
-                    0, index, F.normalize(memory[index] * self.nce_m + v * (1 - self.nce_m), dim=1)))
+                    0, index_all, F.normalize(memory[index_all] * self.nce_m + v * (1 - self.nce_m), dim=1)))
         self.step += 1
         return {'crd_loss': self.beta * loss}
 
