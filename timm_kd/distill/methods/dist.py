@@ -9,8 +9,9 @@ predictions Y_s = softmax(s/τ), Y_t = softmax(t/τ) of a batch (B × C):
 
 ρ is Pearson's correlation, computed as the cosine of the centred vectors with 1e-8 added to the
 product of the norms (as the authors' code). Published defaults: CE weight 1 and DIST weight 1;
-CIFAR-100 β = γ = 2, τ = 4; ImageNet β = γ = 1, τ = 1 (hunto/DIST_KD, image_classification_sota's
-``dist`` loss; torchdistill ``DISTLoss``). τ is the task's temperature (``--kd-temperature``).
+ImageNet β = γ = 1 at τ = 1 (the authors' hunto/image_classification_sota ``kd_loss.py``: ``DIST(beta=1,
+gamma=1)``, no τ); CIFAR-100 β = γ = 2 at τ = 4 with the τ² factor (the paper's CIFAR setting, as the
+CIFAR re-implementations use it), the defaults here. τ is the task's temperature (``--kd-temperature``).
 
 The intra-class term is a statistic of the whole batch: on the views (``view_loss='method'``) it
 relates the rows trained together (the pool, or the picked rows).
