@@ -274,7 +274,7 @@ def test_full_disk_mid_run_is_one_sentence_and_keeps_the_files(tmp_path, capsys,
         assert not [p for p in (out / 'e').iterdir() if p.name.startswith(TEMP_PREFIX) or p.suffix == '.tar']
 
 
-def test_read_only_output_is_one_sentence(tmp_path, capsys):
+def test_read_only_output_is_one_sentence(tmp_path, capsys, reference):
     out = tmp_path / 'ro'
     out.mkdir()
     (out / 'keep.txt').write_text('user file')
@@ -290,6 +290,22 @@ def test_read_only_output_is_one_sentence(tmp_path, capsys):
             out.chmod(0o755)
     assert 'Cannot write' in err and ('EROFS' in err or 'EACCES' in err)
     assert _tree(out) == {'keep.txt': b'user file'}
+    # resuming a run whose folder became read-only (with a stale temp file of a killed run in it)
+    run = tmp_path / 'rorun'
+    with _mounted_tmpfs(run, 'size=4m') as mounted:
+        shutil.copytree(reference, run, dirs_exist_ok=True)
+        (run / f'{TEMP_PREFIX}stale').write_bytes(b'x')
+        before = _tree(run)
+        if mounted:
+            subprocess.run(['mount', '-o', 'remount,ro', str(run)], check=True)
+        else:
+            run.chmod(0o555)
+        try:
+            err = _fail(['--resume', str(run), '--epochs', '3'], capsys)
+        finally:
+            if not mounted:
+                run.chmod(0o755)
+        assert f'Cannot write {run / TEMP_PREFIX}stale: ' in err and _tree(run) == before
 
 
 # ------------------------------------------------------------------------------------------------ flags

@@ -151,12 +151,12 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
     if accelerator.is_main_process:
         try:
             training.run_dir = choose_run_dir(args, explicit, resume_file, dc)
-        except OSError as e:
-            raise output_error(getattr(e, 'filename', None) or args.output or 'the run folder', e) from e
-        stale = remove_stale_temp_files(training.run_dir)
+            stale = remove_stale_temp_files(training.run_dir)
+            logs.add_file(os.path.join(training.run_dir, 'log.txt'))
+        except OSError as e:  # read-only or full disk, a file where a folder should be
+            raise output_error(e.filename or training.run_dir or args.output or 'the run folder', e) from e
         if stale:
             _logger.info(f'Removed {len(stale)} temporary file(s) a killed run left: {", ".join(stale)}.')
-        logs.add_file(os.path.join(training.run_dir, 'log.txt'))
         atomic_write_text(os.path.join(training.run_dir, 'args.yaml'),
                           yaml.safe_dump(vars(args), default_flow_style=False))
     run_dir = training.run_dir
