@@ -25,8 +25,8 @@ from timm_kd.distill.task import VIEW_LOSSES
 
 __all__ = [
     'UsageError', 'is_main_process_env', 'build_parser', 'parse_args', 'validate_args', 'kd_view_modes',
-    'resolve_loss_weights', 'tl_aug_on', 'resume_flag_changes', 'check_numbers', 'RESUME_SCHEDULE_FLAGS', 'RESUME_RUN_FLAGS', 'STD_AUG_MODES',
-    'PICK_CHOICES', 'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS',
+    'resolve_loss_weights', 'tl_aug_on', 'resume_flag_changes', 'check_numbers', 'RESUME_SCHEDULE_FLAGS',
+    'RESUME_RUN_FLAGS', 'STD_AUG_MODES', 'PICK_CHOICES', 'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS',
 ]
 
 STD_AUG_MODES = ('none', 'flip', 'crop', 'crop_flip')
@@ -63,13 +63,13 @@ _RANGES: Dict[str, Tuple[Optional[float], Optional[float], bool, bool]] = {
     'cutout': (-1, None, False, False),  # -1: the flag without a value (the mixer's default hole)
     **{k: (0, None, False, False) for k in (
         'lr', 'min_lr', 'warmup_lr', 'weight_decay', 'lr_noise', 'lr_noise_pct', 'lr_noise_std', 'color_jitter',
-        'mixup', 'cutmix', 'tl_mixup', 'tl_cutmix', 'cutmix_hard', 'distill_loss_weight', 'task_loss_weight',
-        'mixed_kd_weight')},
+        'mixup', 'cutmix', 'tl_mixup', 'tl_cutmix', 'cutmix_hard', 'kd_alpha', 'distill_loss_weight',
+        'task_loss_weight', 'mixed_kd_weight')},
     **{k: (0, None, True, False) for k in (
         'lr_base', 'decay_rate', 'decay_epochs', 'epoch_scale', 'lr_cycle_mul', 'lr_cycle_decay', 'lr_k_decay',
         'clip_grad', 'layer_decay', 'opt_eps', 'std', 'ratio', 'kd_temperature')},
     **{k: (0, 1, False, False) for k in (
-        'momentum', 'hflip', 'vflip', 'reprob', 'mixup_prob', 'mixup_switch_prob', 'kd_alpha', 'model_ema_decay')},
+        'momentum', 'hflip', 'vflip', 'reprob', 'mixup_prob', 'mixup_switch_prob', 'model_ema_decay')},
     **{k: (0, 1, False, True) for k in ('drop', 'drop_path', 'smoothing', 'opt_betas')},
     **{k: (0, 1, True, False) for k in ('crop_pct', 'scale', 'cutmix_minmax', 'pick_ratio', 'mix_fraction')},
 }
@@ -535,6 +535,20 @@ def resolve_loss_weights(args: argparse.Namespace) -> Tuple[float, float]:
     return gamma, alpha
 
 
+def _check_loss_weights(args: argparse.Namespace) -> None:
+    """The resolved loss weights must both be >= 0: a single weight flag sets the other as 1 - it for methods whose
+    published weights sum to 1 (KD), so e.g. --kd-alpha 5 would give the cross-entropy the weight -4."""
+    gamma, alpha = resolve_loss_weights(args)
+    if gamma >= 0 and alpha >= 0:
+        return
+    flag, value = next((f, v) for f, v in (('--kd-alpha', args.kd_alpha), ('--task-loss-weight', args.task_loss_weight),
+                                           ('--distill-loss-weight', args.distill_loss_weight)) if v is not None)
+    term = 'cross-entropy' if gamma < 0 else 'distillation'
+    raise UsageError(f'{flag} {value:g} gives the {term} term the weight {min(gamma, alpha):g}: with --distill '
+                     f'{args.distill} one weight sets the other as 1 - it, so keep it in [0, 1], or give both '
+                     f'--task-loss-weight and --distill-loss-weight.')
+
+
 def _validate_method(args: argparse.Namespace, explicit: Dict[str, Any], views: List[str], timm_mix: bool) -> None:
     """--distill, --view-loss, --logit-std and the methods' own flags."""
     cls = METHODS[args.distill]
@@ -643,6 +657,8 @@ def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] =
         ('--logit-std', args.logit_std)) if on]
     if not args.teacher and kd_only:
         raise UsageError(f'{kd_only[0]} needs a teacher: add --teacher MODEL (and --teacher-checkpoint PATH).')
+    if args.teacher:
+        _check_loss_weights(args)
     if '--cutmix-hard' in views and len(views) > 1:
         raise UsageError(f'--cutmix-hard is the hard-label CutMix baseline and cannot be combined with '
                          f'{[v for v in views if v != "--cutmix-hard"][0]}: choose one view mode.')
