@@ -43,7 +43,7 @@ def test_flop_model_matches_design():
     assert bench_step.flop_model('kd', c) == 3 + c
     assert bench_step.flop_model('tlcutmix', c) == 6 + 2 * c
     assert bench_step.flop_model('tlmixup', c) == 6 + 2 * c
-    assert bench_step.flop_model('pick-kld', c) == 8 + 3 * c  # DESIGN.md §8
+    assert bench_step.flop_model('pick-kld', c) == 8 + 3 * c  # docs/design.md, speed goals
     assert bench_step.flop_model('pick-s_ent', c) == 8 + 3 * c
     assert bench_step.flop_model('pick-t_ent', c) == 6 + 3 * c  # no student scoring pass
     assert bench_step.flop_model('pick-random', c) == 6 + 2 * c  # nothing to score

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from models_reference import NAMES as REFERENCE_NAMES, reference_forward
 
-# DESIGN.md §3 / the paper's Tab. 6: conv + fc weights and biases, BatchNorm excluded, 100 classes
+# the paper's Tab. 6: conv + fc weights and biases, BatchNorm excluded, 100 classes
 PARAMS = {
     'resnet8': 83_220, 'resnet14': 179_988, 'resnet20': 276_756, 'resnet32': 470_292, 'resnet44': 663_828,
     'resnet56': 857_364, 'resnet110': 1_728_276, 'resnet8x4': 1_230_788, 'resnet32x4': 7_423_940,

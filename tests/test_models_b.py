@@ -20,7 +20,7 @@ from timm_kd.models._convert import KDCheckpointError
 
 MODELS = ['resnet18_cifar', 'resnet50_cifar', 'mobilenetv2_cifar', 'shufflenetv1_cifar', 'shufflenetv2_cifar']
 
-# conv + fc weights and biases, BatchNorm excluded, 100 classes (DESIGN.md §3 / the paper's Tab. 6)
+# conv + fc weights and biases, BatchNorm excluded, 100 classes (the paper's Tab. 6)
 PARAMS = {
     'resnet18_cifar': 11_210_532, 'resnet50_cifar': 23_652_132, 'mobilenetv2_cifar': 794_468,
     'shufflenetv1_cifar': 925_522, 'shufflenetv2_cifar': 1_339_348,
