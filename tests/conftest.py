@@ -1,6 +1,9 @@
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
+import timm
 import torch
 
 import timm_kd  # noqa: F401  (registers our models before tests collect them)
@@ -18,3 +21,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='module')
+def train_kd():
+    """The train_kd.py script as a module (its ``main(argv)`` runs in-process)."""
+    spec = importlib.util.spec_from_file_location('train_kd', Path(__file__).resolve().parents[1] / 'train_kd.py')
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope='module')
+def teacher_ckpt(tmp_path_factory):
+    """A fixed, randomly initialised 10-class resnet8 teacher saved as a plain state dict."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('teacher') / 'resnet8_t.pth'
+    torch.save(timm.create_model('resnet8', num_classes=10).state_dict(), path)
+    return str(path)

@@ -6,7 +6,6 @@ relaxed to "the file exists"); the image folder is a few PNGs per class. ``hfds/
 ``datasets`` package and a download, which these tests cannot have: their run folders are built from the
 records train_kd.py writes (the same keys as a real run), and the card is checked from those.
 """
-import importlib.util
 import json
 import os
 import pickle
@@ -28,7 +27,6 @@ from timm_kd.hub.cli import publish_main
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_server import HubServer, point_client  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TOKEN = 'hf_kdcards_SECRET_42'
 COVERS = ('--dataset-name', '--dataset-id', 'publish.py --dataset-name', 'publish.py --dataset-id',
           'publish.py --dry-run', 'publish.py run_dir', 'publish.py --repo-id')
@@ -36,14 +34,6 @@ TRAIN = ['--model', 'resnet8', '-b', '4', '--workers', '0', '--lr', '0.05', '--w
          '--log-interval', '50', '--seed', '0']
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
-
-
-@pytest.fixture(scope='module')
-def train_kd():
-    spec = importlib.util.spec_from_file_location('train_kd', ROOT / 'train_kd.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope='module')

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from timm_kd.hub import io as hub_io
 from timm_kd.hub.cli import convert_main, publish_main

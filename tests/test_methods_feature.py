@@ -18,7 +18,7 @@ from timm_kd.distill.features import forward_with_features, matched_level, match
 from timm_kd.distill.methods import METHODS, ModelOutputs, create_method
 from timm_kd.train import build
 from timm_kd.train.args import UsageError, parse_args, resolve_loss_weights, validate_args
-from test_train_kd import BASE, _rows, _state, teacher_ckpt, train_kd  # noqa: F401  (fixtures)
+from test_train_kd import BASE, _rows, _state
 
 COVERS = (
     '--distill', '--fitnet-beta', '--hint-layer', '--at-beta', '--at-p', '--sp-beta', '--cc-beta', '--cc-feat-dim',

@@ -4,7 +4,6 @@ SIGKILL, with data loader workers) and a real 2-process ``accelerate launch`` on
 Runs use resnet8 on 16x16 synthetic images (10 classes) with a random resnet8 teacher: a few steps each.
 """
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -43,22 +42,6 @@ COVERS = ('--resume', '--checkpoint-every', '--workers', '--dist-bn', '--no-ddp-
           '--model-kwargs')
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
-
-
-@pytest.fixture(scope='module')
-def train_kd():
-    spec = importlib.util.spec_from_file_location('train_kd', SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope='module')
-def teacher_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('teacher') / 'resnet8_t.pth'
-    torch.save(timm.create_model('resnet8', num_classes=10).state_dict(), path)
-    return str(path)
 
 
 def kd(teacher_ckpt):

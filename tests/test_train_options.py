@@ -8,7 +8,6 @@ object is built with, and the object's own tests check what the argument does.
 Runs are tiny: resnet8 on 8x8 synthetic images, batch 4, 3 steps per epoch.
 """
 import csv
-import importlib.util
 import json
 import math
 import shutil
@@ -22,8 +21,6 @@ import timm_kd
 from timm_kd.train.args import parse_args
 from timm_kd.train.schedule import create_kd_scheduler
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / 'train_kd.py'
 BASE = ['--model', 'resnet8', '--dataset', 'synthetic/10x8', '--train-num-samples', '12', '--val-num-samples', '8',
         '-b', '4', '--workers', '0', '--lr', '0.05', '--warmup-epochs', '0', '--log-interval', '1', '--seed', '3']
 STEPS = 3  # updates per epoch: 12 samples / batch 4
@@ -58,22 +55,6 @@ COVERS = (
 )
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
-
-
-@pytest.fixture(scope='module')
-def train_kd():
-    spec = importlib.util.spec_from_file_location('train_kd', SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope='module')
-def teacher_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('teacher') / 'resnet8_t.pth'
-    torch.save(timm.create_model('resnet8', num_classes=10).state_dict(), path)
-    return str(path)
 
 
 @pytest.fixture(scope='module')
