@@ -410,8 +410,11 @@ def test_no_ddp_bb_reaches_ddp(tmp_path, train_kd, monkeypatch):
         assert ddp.calls[-1]['broadcast_buffers'] is broadcast
 
 
-def test_torchcompile_backend_reaches_torch_compile_and_a_bad_one_is_a_usage_error(tmp_path, train_kd, monkeypatch,
-                                                                                   capsys):
+def test_torchcompile_checkpoints_resume_both_ways_and_a_bad_backend_is_a_usage_error(tmp_path, train_kd, monkeypatch,
+                                                                                      capsys):
+    """A compiled run trains the same weights and writes the same checkpoint keys as a plain one (no torch.compile
+    '_orig_mod.' prefix, EMA included); its mid-epoch checkpoint resumes with and without --torchcompile to the
+    uninterrupted run's weights."""
     backends = []
     real = torch.compile
 
@@ -419,13 +422,28 @@ def test_torchcompile_backend_reaches_torch_compile_and_a_bad_one_is_a_usage_err
         backends.append(kwargs.get('backend'))
         return real(model, *args, **kwargs)
     monkeypatch.setattr(torch, 'compile', spy)
-    argv = BASE + ['--epochs', '1', '--train-num-samples', '4']
-    plain = _ck(_run(train_kd, tmp_path, 'plain', *argv) / 'last.pth.tar')['state_dict']
-    compiled = _ck(_run(train_kd, tmp_path, 'eager', *argv, '--torchcompile', 'eager') / 'last.pth.tar')['state_dict']
+    argv = BASE + ['--epochs', '2', '--model-ema', '--checkpoint-every', '2']
+    plain = _ck(_run(train_kd, tmp_path, 'plain', *argv) / 'last.pth.tar')
+    compiled_run = _run(train_kd, tmp_path, 'eager', *argv, '--torchcompile', 'eager')
     assert backends and set(backends) == {'eager'}
-    # Known gap: the checkpoint of a compiled run keeps torch.compile's '_orig_mod.' key prefix
-    compiled = {k.replace('_orig_mod.', ''): v for k, v in compiled.items()}
-    _assert_equal_state(plain, compiled, 'eager backend')  # the eager backend runs the same kernels
+    compiled = _ck(compiled_run / 'last.pth.tar')
+    for key in ('state_dict', 'state_dict_ema'):  # the eager backend runs the same kernels: identical weights
+        _assert_equal_state(plain[key], compiled[key], f'eager backend {key}')
+    src = tmp_path / 'src'
+    src.mkdir()
+    shutil.copy(compiled_run / 'recovery.pth.tar', src / 'recovery.pth.tar')
+    assert list(_ck(src / 'recovery.pth.tar')['state_dict']) == list(plain['state_dict'])
+    # a checkpoint of a compiled run written by an earlier timm-kd, its keys prefixed, resumes too
+    from timm_kd.train.state import TrainState
+    old = TrainState.from_dict(_ck(src / 'recovery.pth.tar'))
+    old.state_dict = {f'_orig_mod.{k}': v for k, v in old.state_dict.items()}
+    old_src = tmp_path / 'old'
+    old_src.mkdir()
+    torch.save(old.to_dict(), old_src / 'recovery.pth.tar')
+    for source, extra in ((src, []), (src, ['--torchcompile', 'eager']), (old_src, [])):
+        resumed = _run(train_kd, tmp_path, f'{source.name}{len(extra)}', *argv, *extra, '--resume', str(source))
+        for key in ('state_dict', 'state_dict_ema'):
+            _assert_equal_state(compiled[key], _ck(resumed / 'last.pth.tar')[key], f'{source.name} {extra} {key}')
     with pytest.raises(SystemExit) as e:
         train_kd.main(argv + ['--torchcompile', 'no_such_backend', '--output', str(tmp_path / 'bad')])
     err = capsys.readouterr().err.strip().splitlines()

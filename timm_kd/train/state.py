@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from timm.models import clean_state_dict
+from timm.utils import unwrap_model
 
 from .args import UsageError
 from .build import load_weights
@@ -147,9 +149,11 @@ class TrainState:
         task, args = training.task, training.args
         ema = task.get_trainable_module(ema=True)
         distiller = getattr(task, 'distiller', None)
+        # the student without its DDP / torch.compile wrappers (timm saves the unwrapped model too): the keys carry
+        # no 'module.' / '_orig_mod.' prefix, so a checkpoint resumes and exports whether or not a run compiles
         return cls(
             arch=args.model, args=dict(vars(args)), epoch=epoch, metric=metric,
-            state_dict=acc.unwrap_model(task.get_trainable_module()).state_dict(),
+            state_dict=unwrap_model(task.get_trainable_module()).state_dict(),
             next_epoch=next_epoch, next_step=next_step, optimizer=training.optimizer.state_dict(),
             scheduler=training.scheduler.state_dict() if training.scheduler is not None else None,
             scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
@@ -167,10 +171,11 @@ class TrainState:
         the caller then positions it with ``set_position``. RNG states come back last, so nothing done while
         building the run changes the random streams of the continued training."""
         acc, task, student = training.accelerator, training.task, training.student
-        load_weights(student, self.state_dict, f'--resume checkpoint does not fit {self.arch!r}')
+        # clean_state_dict: checkpoints of compiled runs written before the fix carry '_orig_mod.' key prefixes
+        load_weights(student, clean_state_dict(self.state_dict), f'--resume checkpoint does not fit {self.arch!r}')
         ema = task.get_trainable_module(ema=True)
         if ema is not None:  # a run that turns EMA on later starts it from the resumed weights
-            load_weights(ema.module, self.state_dict_ema or self.state_dict, 'EMA weights')
+            load_weights(ema.module, clean_state_dict(self.state_dict_ema or self.state_dict), 'EMA weights')
         distiller = getattr(task, 'distiller', None)
         if distiller is None and self.distiller:
             raise UsageError('The checkpoint holds the state of a distillation method with state, but this run has '
