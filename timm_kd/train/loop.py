@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from timm_kd.da_score import TeacherProbStats
 
-__all__ = ['NonFiniteLossError', 'EpochMeters', 'train_one_epoch', 'evaluate']
+__all__ = ['NonFiniteLossError', 'EpochMeters', 'mean_lr', 'train_one_epoch', 'evaluate']
 
 _logger = logging.getLogger('train_kd')
 
@@ -27,9 +27,12 @@ class NonFiniteLossError(RuntimeError):
 
 
 class EpochMeters:
-    """Sums of a task's scalar outputs over the steps of an epoch, kept on the device."""
+    """Sums of a task's scalar outputs over the steps of an epoch, kept on the device, and the epoch's starting lr.
 
-    def __init__(self):
+    A mid-epoch checkpoint carries them, so a resumed epoch reports the numbers of the uninterrupted one."""
+
+    def __init__(self, lr: Optional[float] = None):
+        self.lr = lr  # mean lr of the param groups at the epoch's first step (summary.csv's lr column)
         self.sums: Dict[str, torch.Tensor] = {}
         self.counts: Dict[str, int] = {}
         self.teacher = TeacherProbStats()  # the teacher-only augmentation score of the epoch's views
@@ -57,16 +60,18 @@ class EpochMeters:
 
     def state_dict(self) -> Dict[str, Any]:
         return {'sums': {k: v.detach().cpu() for k, v in self.sums.items()}, 'counts': dict(self.counts),
-                'teacher': self.teacher.state_dict()}
+                'teacher': self.teacher.state_dict(), 'lr': self.lr}
 
     def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None:
+        self.lr = state.get('lr', self.lr)  # checkpoints of earlier versions lack it: keep the lr at the resume step
         self.sums = {k: v.to(device) for k, v in state['sums'].items()}
         self.counts = dict(state['counts'])
         if state.get('teacher'):
             self.teacher.load_state_dict(state['teacher'], device)
 
 
-def _lr(optimizer) -> float:
+def mean_lr(optimizer) -> float:
+    """The mean lr over the optimizer's param groups (what summary.csv and the progress lines report)."""
     lrs = [g['lr'] for g in optimizer.param_groups]
     return sum(lrs) / len(lrs)
 
@@ -163,7 +168,7 @@ def train_one_epoch(
             _logger.info(
                 f'Train: {epoch} [{step + 1:>4d}/{steps} ({100. * (step + 1) / steps:>3.0f}%)]  '
                 f'Loss: {float(loss.detach()):#.4g} ({avg.get("loss", math.nan):#.4g})  {parts}  '
-                f'LR: {_lr(optimizer):.3e}  {n_log * x.shape[0] * accelerator.num_processes / dt:>7.1f} img/s')
+                f'LR: {mean_lr(optimizer):.3e}  {n_log * x.shape[0] * accelerator.num_processes / dt:>7.1f} img/s')
             t_log, n_log = time.time(), 0
         if recovery_due:
             save_recovery(epoch, step + 1)

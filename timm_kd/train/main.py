@@ -21,7 +21,7 @@ from .build import (
     views_record)
 from .checkpoint import atomic_write_text, output_error, remove_stale_temp_files
 from .data import create_eval_loader, create_train_loader
-from .loop import EpochMeters, NonFiniteLossError, evaluate, train_one_epoch
+from .loop import EpochMeters, NonFiniteLossError, evaluate, mean_lr, train_one_epoch
 from .output import LogFiles, choose_run_dir, teacher_lineage, write_results, write_summary_row
 from .schedule import create_kd_scheduler, schedule_lengths, set_position
 from .state import CheckpointError, Training, find_resume_checkpoint
@@ -198,15 +198,14 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
     for epoch in range(start_epoch, num_epochs):
         step0 = start_step if epoch == start_epoch else 0
         sampler.set_epoch(epoch, start=step0 * args.batch_size)
-        if epoch != start_epoch or step0 == 0:
-            training.meters = EpochMeters()
+        if epoch != start_epoch or step0 == 0:  # else the meters (and the epoch's lr) came with the checkpoint
+            training.meters = EpochMeters(lr=mean_lr(optimizer))
         if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
             for m in (mixup_fn, getattr(task, 'mixup', None)):
                 if m is not None:
                     m.mixup_enabled = False
         if hasattr(task, 'set_epoch'):  # the method's warm-up (DKD)
             task.set_epoch(epoch)
-        lr = sum(g['lr'] for g in optimizer.param_groups) / len(optimizer.param_groups)
         num_updates = train_one_epoch(
             epoch, task, loader_train, optimizer, accelerator, args, training.meters, start_step=step0,
             lr_scheduler=training.scheduler, mixup_fn=mixup_fn, save_recovery=training.save_recovery,
@@ -215,7 +214,7 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
         row = {'epoch': epoch, **{f'train_{k}': sum(r[k] for r in per_rank if k in r) / sum(k in r for r in per_rank)
                                   for k in per_rank[0]}}
         row.update(_evaluate_epoch(training, loader_eval, world))
-        row['lr'] = lr
+        row['lr'] = training.meters.lr if training.meters.lr is not None else mean_lr(optimizer)
         ev = 'eval_ema' if args.model_ema else 'eval'  # the EMA weights are the ones that get exported
         metric = row[f'{ev}_{args.eval_metric}']
         best = training.best
