@@ -1,13 +1,17 @@
 """The YAML recipes in configs/: they parse with train_kd's parser, name registered models and give the
 CRD / RepDistiller schedule exactly (lr per epoch as torch's MultiStepLR, SGD without Nesterov, ...)."""
 import glob
+import json
 import os
+import re
 
 import pytest
 import timm
 import torch
+import yaml
 
 from timm_kd.distill.methods import METHODS
+from timm_kd.report import RESULTS_VERSIONS, load_paper, load_run
 from timm_kd.train.args import parse_args, validate_args
 from timm_kd.train.schedule import create_kd_scheduler
 
@@ -27,6 +31,8 @@ PAPER_CIFAR100_PAIRS = {
     ('vgg13_cifar', 'mobilenetv2_cifar'), ('resnet50_cifar', 'vgg8_cifar'), ('resnet32x4', 'shufflenetv2_cifar'),
 }
 
+# Tab. 9 (AT / CC / SP / PKT / VID + TLCutMix): the same pairs but ResNet110 -> ResNet20 in place of ResNet56's
+TABLE9_PAIRS = PAPER_CIFAR100_PAIRS - {('resnet56', 'resnet20')} | {('resnet110', 'resnet20')}
 TABLE9_METHODS = ('at', 'cc', 'sp', 'pkt', 'vid')
 # RepDistiller scripts/run_cifar_distill.sh, -b of each method
 REPDISTILLER_BETA = {'crd': 0.8, 'at': 1000.0, 'cc': 0.02, 'sp': 3000.0, 'pkt': 30000.0, 'vid': 1.0}
@@ -43,7 +49,8 @@ def _name(path):
 
 
 def test_the_paper_pairs_and_a_tiny_imagenet_recipe_exist():
-    pairs = {(_args(c).teacher, _args(c).model) for c in KD_CONFIGS if os.sep + 'cifar100' + os.sep in c}
+    pairs = {(_args(c).teacher, _args(c).model) for c in KD_CONFIGS
+             if os.path.dirname(c) == os.path.join(ROOT, 'configs', 'cifar100')}
     assert pairs == PAPER_CIFAR100_PAIRS
     tiny = [_args(c) for c in CONFIGS if os.sep + 'tinyimagenet' + os.sep in c]
     assert any(a.teacher for a in tiny) and any(not a.teacher for a in tiny)  # a KD recipe and its teacher
@@ -79,8 +86,9 @@ def test_config_is_the_crd_recipe(path):
 
 
 def test_method_recipes_tables_3_and_9():
-    """configs/cifar100/<method>/: CRD+TLCutMix+pick for the seven pairs of Tab. 3, Tab. 9's methods +TLCutMix,
-    each with RepDistiller's beta and the paper's CE / KD weights (Tab. 9: the methods include the KD loss)."""
+    """configs/cifar100/<method>/: CRD+TLCutMix+pick for the seven pairs of Tab. 3, Tab. 9's methods +TLCutMix for
+    its seven pairs, each with RepDistiller's beta and the paper's CE / KD weights (Tab. 9: the methods include the
+    KD loss)."""
     by_method = {}
     for path in KD_CONFIGS:
         folder = os.path.basename(os.path.dirname(path))
@@ -90,7 +98,33 @@ def test_method_recipes_tables_3_and_9():
             assert getattr(a, f'{folder}_beta') == REPDISTILLER_BETA[folder]
             by_method.setdefault(folder, set()).add((a.teacher, a.model))
     assert by_method.pop('crd') == PAPER_CIFAR100_PAIRS
-    assert set(by_method) == set(TABLE9_METHODS) and all(len(pairs) == 1 for pairs in by_method.values())
+    assert by_method == {m: TABLE9_PAIRS for m in TABLE9_METHODS}
+
+
+def _quoted_numbers(path):
+    """{label: (top1, std or None)} of the "LABEL 75.46 (0.25)" numbers in a recipe's header (the comment lines
+    before its command line)."""
+    header = open(path).read().split('accelerate launch')[0]
+    return {label: (float(top1), float(std) if std else None)
+            for label, top1, std in re.findall(r'([A-Za-z0-9+]+(?: alone)?) ([0-9]+\.[0-9]+)(?: \(([0-9.]+)\))?', header)}
+
+
+def test_method_recipes_quote_every_published_number_of_their_pair():
+    """The header of configs/cifar100/<method>/<pair>.yaml quotes, as configs/paper_results.yaml holds them, the
+    teacher and every published number of its method on its pair (with and without the view, alone, + KD)."""
+    paper = load_paper(os.path.join(ROOT, 'configs', 'paper_results.yaml'))
+    for path in KD_CONFIGS:
+        method = os.path.basename(os.path.dirname(path))
+        if method not in METHODS:
+            continue
+        cfg = yaml.safe_load(open(path))
+        published = {e['source'].rsplit(', ', 1)[1]: (e['top1'], e.get('std')) for e in paper
+                     if e['match']['dataset'] == cfg['dataset'] and e['match'].get('distill') == method
+                     and (e['match']['teacher'], e['match']['model']) == (cfg['teacher'], cfg['model'])}
+        teacher = [e['top1'] for e in paper if e['match']['dataset'] == cfg['dataset']
+                   and e['match']['model'] == cfg['teacher'] and e['match']['teacher'] is None]
+        assert len(published) >= 3 and len(teacher) == 1, path
+        assert _quoted_numbers(path) == {'teacher': (teacher[0], None), **published}, path
 
 
 def _lr_per_epoch(args, base_lr):
@@ -156,6 +190,10 @@ def test_a_config_trains_end_to_end(tmp_path):
                          '--epochs', '1', '--train-num-samples', '128', '--val-num-samples', '32', '--workers', '0',
                          '--output', str(tmp_path / 'runs'), '--experiment', 'smoke', '--checkpoint-hist', '0'])
     assert res['finished'] and res['model'] == 'shufflenetv2_cifar' and res['teacher'] == 'resnet32x4'
+    # results.json carries the layout version the report reads, and the report reads this run
+    with open(os.path.join(res['run_dir'], 'results.json')) as f:
+        assert json.load(f)['version'] in RESULTS_VERSIONS
+    assert load_run(res['run_dir']).results['last_top1'] == res['last_top1']
     r = res['recipe']
     assert (r['lr'], r['opt'], r['wd_all_params'], r['pick'], r['tl_cutmix'], r['batch_size']) == \
         (0.01, 'momentum', True, 'kld', 1.0, 64)

@@ -222,7 +222,68 @@ def test_shipped_paper_numbers_match_the_recipes_and_reach_the_table(tmp_path, c
         fake_run(runs, f'pick{s}', 75.0, 74.0 + s, seed=s, **dict(pair, tl_cutmix=1.0, pick='kld'))
     assert report.main([str(runs), '--paper', os.path.join(root, 'configs', 'paper_results.yaml')]) == 0
     md = capsys.readouterr().out
-    assert '| 74.00 (1.00) | 73.33 | +0.67 |' in md and '| 75.00 (1.00) | 74.78 (0.35) | +0.22 |' in md
+    assert '| 74.00 (1.00) | 73.33 (0.25) | +0.67 |' in md and '| 75.00 (1.00) | 74.78 (0.35) | +0.22 |' in md
+
+
+# (run flags, the entry of configs/paper_results.yaml it must get) on resnet32x4 -> resnet8x4; None: no distill key
+# in args.yaml (a run from before --distill, trained with KD)
+WITH_KD = dict(kd_alpha=0.9, task_loss_weight=0.1)
+ALONE = dict(kd_alpha=0.0, task_loss_weight=1.0)
+PAIRINGS = [
+    (dict(distill=None), 'Wang et al. Tab. 3, KD'),
+    (dict(distill='kd'), 'Wang et al. Tab. 3, KD'),
+    (dict(distill=None, tl_cutmix=1.0, pick='kld'), 'Wang et al. Tab. 3, KD+TLCutMix+pick'),
+    (dict(distill='kd', tl_cutmix=1.0, pick='kld'), 'Wang et al. Tab. 3, KD+TLCutMix+pick'),
+    (dict(distill='kd', tl_cutmix=1.0, pick='kld', epoch_scale=4.0), 'Wang et al. Tab. 3, KD+TLCutMix+pick960'),
+    (dict(distill='crd', **WITH_KD), 'Wang et al. Tab. 3, CRD'),
+    (dict(distill='crd', **ALONE), 'CRD paper (RepDistiller README) Tab. 1, CRD alone'),
+    (dict(distill='crd', tl_cutmix=1.0, pick='kld', **WITH_KD), 'Wang et al. Tab. 3, CRD+TLCutMix+pick'),
+    (dict(distill='at', **WITH_KD), 'Wang et al. Tab. 9, AT+KD'),
+    (dict(distill='at'), 'CRD paper (RepDistiller README) Tab. 1, AT alone'),  # AT's own weights: CE 1, no KD
+    (dict(distill='at', tl_cutmix=1.0, **WITH_KD), 'Wang et al. Tab. 9, AT+TLCutMix'),
+    (dict(distill='vid', tl_cutmix=1.0, **WITH_KD), 'Wang et al. Tab. 9, VID+TLCutMix'),
+]
+
+
+def test_runs_pair_with_the_published_number_of_their_method(tmp_path):
+    """A CRD / AT / VID run gets its own method's number, a KD run (with or without the distill key) KD's, never
+    another method's: the shipped configs/paper_results.yaml through load_run and build_table."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paper = report.load_paper(os.path.join(root, 'configs', 'paper_results.yaml'))
+    pair = dict(dataset='torch/cifar100', teacher='resnet32x4', model='resnet8x4', tl_mixup=0.0, cutmix_hard=0.0,
+                cutout=0, mix_fraction=1.0, tl_cutmix=0.0, pick='none')
+    for i, (flags, _) in enumerate(PAIRINGS):
+        fake_run(tmp_path, f'run{i}', 75.0, 74.0, seed=0, **{k: v for k, v in dict(pair, **flags).items()
+                                                           if v is not None})
+    runs, skipped = report.load_runs([str(tmp_path)])
+    assert not skipped and len(runs) == len(PAIRINGS)
+    for run in runs:
+        flags, source = PAIRINGS[int(run.name[3:])]
+        with open(os.path.join(run.path, 'args.yaml')) as f:
+            assert ('distill' in yaml.safe_load(f)) == (flags['distill'] is not None)
+        [row] = report.build_table([report.Group(run.settings, [run])], [], paper=paper)
+        [entry] = [e for e in paper if e['source'] == source and e['match'].get('teacher') == 'resnet32x4'
+                   and e['match']['model'] == 'resnet8x4']
+        assert (row['paper_source'], row['paper_top1'], row['paper_std']) == (source, entry['top1'], entry.get('std'))
+        assert entry['match']['distill'] == (flags['distill'] or 'kd')
+
+
+def test_every_paper_entry_matches_on_train_kd_flags_and_names_its_method():
+    """Every `match` key of the shipped file is a train_kd flag (a typo would silently match nothing), and every
+    entry says which --distill method it is (the report must never pair a run with another method's number)."""
+    from timm_kd.distill.methods import METHODS
+    from timm_kd.train.args import parse_args
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    flags = set(vars(parse_args(['--model', 'resnet8'])[0]))
+    for entry in report.load_paper(os.path.join(root, 'configs', 'paper_results.yaml')):
+        assert set(entry['match']) <= flags, entry
+        assert entry['match']['distill'] in METHODS, entry
+
+
+def test_results_without_version_are_version_1(tmp_path):
+    for version in (None, 1):
+        run = fake_run(tmp_path, f'v{version}', 50.0, 49.0, version=version, seed=0)
+        assert report.load_run(str(run)).results['last_top1'] == 49.0
 
 
 def test_same_setting_rules():

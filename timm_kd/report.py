@@ -1,16 +1,17 @@
 """Tables of ``train_kd.py`` runs: ``python -m timm_kd.report RUN_DIR... [--baseline k=v,...] [--paper FILE]``.
 
 Every folder below the given paths that holds an ``args.yaml`` or ``results.json`` is a run folder (folders
-inside a run folder, such as a published ``hub/`` copy, and hidden folders are not searched). Runs are
-grouped by their settings: the flags in ``args.yaml`` minus those that do not change the result
-(``IGNORED_SETTINGS``: the seed and train_kd's run flags: output, experiment, resume, data folder, workers,
-logging, ...), plus the axis
-labels a ``timm_kd.sweep`` recorded in its ``sweep.json``. The table has one column per setting that
-differs between groups (a flag that a sweep label already determines is left out), then, for best- and
-last-epoch top-1, mean (sample standard deviation, n-1) over the seeds, the number of seeds, and a note
-where fewer than 3 seeds exist or a group lacks seeds that other groups have. ``--baseline`` adds the
-difference of every group's mean to the group matching ``key=value,...``; ``--paper`` shows published
-numbers (``configs/paper_results.yaml``) beside ours. Output: Markdown (default), CSV or LaTeX.
+inside a run folder, such as a published ``hub/`` copy, and hidden folders are not searched). Runs are grouped
+by their settings: the flags in ``args.yaml`` minus those that do not change the result (``IGNORED_SETTINGS``:
+the seed and train_kd's run flags: output, experiment, resume, data folder, workers, logging, ...), plus the
+axis labels a ``timm_kd.sweep`` recorded in its ``sweep.json``; a flag added after the run was made takes the
+value the run was trained with (``PREDATING_FLAG_VALUES``: a run from before ``--distill`` is a KD run). The
+table has one column per setting that differs between groups (a flag that a sweep label already determines is
+left out), then, for best- and last-epoch top-1, mean (sample standard deviation, n-1) over the seeds, the
+number of seeds, and a note where fewer than 3 seeds exist or a group lacks seeds that other groups have.
+``--baseline`` adds the difference of every group's mean to the group matching ``key=value,...``; ``--paper``
+shows published numbers (``configs/paper_results.yaml``: the first entry whose ``match`` settings all equal
+the group's, compared as ``same_setting`` does) beside ours. Output: Markdown (default), CSV or LaTeX.
 
 A folder that is unfinished, lacks a file, or was written by an unknown results version is named on stderr
 and skipped. Run folders are only ever opened for reading.
@@ -32,12 +33,16 @@ from .train.args import RESUME_RUN_FLAGS, UsageError
 from .train.checkpoint import atomic_write_text
 
 __all__ = ['RunRecord', 'Group', 'SkippedRun', 'find_run_dirs', 'load_run', 'load_runs', 'group_runs',
-           'varying_keys', 'build_table', 'format_table', 'load_paper', 'same_setting', 'main', 'IGNORED_SETTINGS']
+           'varying_keys', 'build_table', 'format_table', 'load_paper', 'same_setting', 'main', 'IGNORED_SETTINGS',
+           'PREDATING_FLAG_VALUES']
 
 # flags that do not change what is trained: train_kd's run flags (where and how a run is carried out and
 # recorded; a resume may change them) and the seed, over which the table averages
 IGNORED_SETTINGS = frozenset(RESUME_RUN_FLAGS) | {'seed'}
 RESULTS_VERSIONS = (1,)  # results.json layouts this report reads (a file without 'version' is version 1)
+# flags train_kd gained after runs had been made: a run whose args.yaml predates the flag was trained as its
+# value here says (before --distill, every run was a KD run), so it groups and pairs with published numbers as such
+PREDATING_FLAG_VALUES = {'distill': 'kd'}
 REQUIRED_RESULTS = ('best_top1', 'last_top1', 'best_epoch', 'last_epoch')
 METRICS = ('best_top1', 'last_top1')
 OFF_VALUES = (None, False, 0, '', 'none')
@@ -160,7 +165,10 @@ def load_run(path: str) -> RunRecord:
         raise SkippedRun('summary.csv has no epoch / eval_top1 columns')
     labels, _ = _sweep_labels(path)
     labels = {k: v for k, v in labels.items() if k not in args}  # a list axis's flag keeps its typed value
-    return RunRecord(path, {**args, **labels}, list(labels), results, rows)
+    settings = {**args, **labels}
+    for flag, value in PREDATING_FLAG_VALUES.items():
+        settings.setdefault(flag, value)
+    return RunRecord(path, settings, list(labels), results, rows)
 
 
 def load_runs(paths: Sequence[str]) -> Tuple[List[RunRecord], List[Tuple[str, str]]]:

@@ -22,7 +22,7 @@ from .build import (
 from .checkpoint import atomic_write_text, output_error, remove_stale_temp_files
 from .data import create_eval_loader, create_train_loader
 from .loop import EpochMeters, NonFiniteLossError, evaluate, mean_lr, train_one_epoch
-from .output import LogFiles, choose_run_dir, teacher_lineage, write_results, write_summary_row
+from .output import RESULTS_VERSION, LogFiles, choose_run_dir, teacher_lineage, write_results, write_summary_row
 from .schedule import create_kd_scheduler, schedule_lengths, set_position
 from .state import CheckpointError, Training, find_resume_checkpoint
 
@@ -182,6 +182,7 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
                      f'{tm["loss"]:.4f} on the {args.val_split!r} split ({len(eval_ds)} images).')
     tm = training.teacher_metrics or {}
     results: Dict[str, Any] = dict(
+        version=RESULTS_VERSION,
         model=args.model, teacher=args.teacher, **teacher_lineage(teacher), distill=distill_record(args),
         teacher_top1=tm.get('top1'), teacher_top5=tm.get('top5'),
         best_top1=None, best_top5=None, best_epoch=None, last_top1=None, last_top5=None, last_epoch=None,

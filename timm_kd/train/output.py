@@ -20,7 +20,7 @@ import timm
 from timm_kd.messages import public_ref
 from .checkpoint import atomic_write_text
 
-__all__ = ['new_run_dir', 'choose_run_dir', 'LogFiles', 'write_summary_row', 'write_results',
+__all__ = ['new_run_dir', 'choose_run_dir', 'LogFiles', 'write_summary_row', 'write_results', 'RESULTS_VERSION',
            'teacher_lineage']
 
 
@@ -136,6 +136,9 @@ def teacher_lineage(teacher: Any) -> Dict[str, Any]:
     info = getattr(teacher, 'kd_teacher_info', None) or {}
     return dict(teacher_source=public_ref(info.get('source')), teacher_checkpoint=public_ref(info.get('checkpoint')),
                 teacher_checkpoint_accuracy=info.get('accuracy'))
+
+
+RESULTS_VERSION = 1  # layout of results.json; timm_kd.report reads the versions it knows (a file without one is 1)
 
 
 def write_results(path: str, results: Dict[str, Any]) -> None:
