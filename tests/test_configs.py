@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from timm_kd.distill.methods import METHODS
-from timm_kd.report import RESULTS_VERSIONS, load_paper, load_run
+from timm_kd.report import RESULTS_VERSIONS, Group, RunRecord, build_table, load_paper, load_run
 from timm_kd.train.args import parse_args, validate_args
 from timm_kd.train.schedule import create_kd_scheduler
 
@@ -126,6 +126,33 @@ def test_method_recipes_quote_every_published_number_of_their_pair():
         assert len(published) >= 3 and len(teacher) == 1, path
         assert _quoted_numbers(path) == {'teacher': (teacher[0], None), **published}, path
 
+
+
+def _variants(method):
+    """{extra flags: label in configs/paper_results.yaml} of the runs a method recipe's header names."""
+    alone = ('--kd-alpha', '0', '--task-loss-weight', '1')
+    if method == 'crd':
+        return {(): 'CRD+TLCutMix+pick', ('--epoch-scale', '4'): 'CRD+TLCutMix+pick960',
+                ('--pick', 'none', '--tl-cutmix', '0'): 'CRD', ('--pick', 'none', '--tl-cutmix', '0', *alone): 'CRD alone'}
+    name = method.upper()
+    return {(): f'{name}+TLCutMix', ('--tl-cutmix', '0'): f'{name}+KD', ('--tl-cutmix', '0', *alone): f'{name} alone'}
+
+
+def test_method_recipe_variants_meet_their_published_number_in_the_report():
+    """Each run a method recipe names (the recipe, and its variants without the view, without KD, 960 epochs),
+    recorded as train_kd records args.yaml, gets from timm_kd.report --paper the number its header quotes."""
+    paper = load_paper(os.path.join(ROOT, 'configs', 'paper_results.yaml'))
+    for path in KD_CONFIGS:
+        method = os.path.basename(os.path.dirname(path))
+        if method not in METHODS:
+            continue
+        quoted = _quoted_numbers(path)
+        for extra, label in _variants(method).items():
+            settings = yaml.safe_load(yaml.safe_dump(vars(_args(path, *extra))))  # as args.yaml holds them
+            run = RunRecord(path, settings, [], {'best_top1': 0.0, 'last_top1': 0.0}, [])
+            [row] = build_table([Group(settings, [run])], [], paper=paper)
+            assert row['paper_source'].endswith(', ' + label), (path, extra, row['paper_source'])
+            assert (row['paper_top1'], row['paper_std']) == quoted[label], (path, extra)
 
 def _lr_per_epoch(args, base_lr):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base_lr, momentum=0.9)
