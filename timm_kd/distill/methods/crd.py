@@ -21,15 +21,18 @@ authors' dataset draws them). The class of each sample is recorded in the bank w
 seen, so the dataset only has to yield sample indices; a sample not seen yet counts as another class,
 which changes nothing but the draw in the first epoch (its bank row is still the random
 initialisation). When fewer than N other-class samples exist, the rest are filled with same-class ones.
-The draw is a function of (``seed``, step, process rank), the step is part of the module state: a
-resumed run draws the same negatives. Banks, labels, Z and the step are buffers / extra state of this
-module (in the training checkpoint, never in the exported student). Under several processes
+With the bank on the CPU the draw is numpy's partial shuffle per sample (N random numbers a sample, as
+the authors' ``np.random.choice``); on an accelerator, one random key per bank row and a top-k on the
+device (no host sync). The draw is a function of (``seed``, step, process rank), the step is part of the
+module state: a resumed run draws the same negatives. Banks, labels, Z and the step are buffers / extra
+state of this module (in the training checkpoint, never in the exported student). Under several processes
 (torch.distributed) every process updates its banks with the samples of all processes and Z is their
 mean, so all processes hold the bank one process would, and any one's checkpoint resumes them all.
 """
 import math
 from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -40,7 +43,7 @@ from . import register_method
 from .base import ModelOutputs
 from .feature import FeatureDistiller
 
-__all__ = ['CRD', 'nce_loss']
+__all__ = ['CRD', 'nce_loss', 'draw_on_host', 'draw_on_device']
 
 _EPS = 1e-7
 
@@ -61,12 +64,63 @@ def _gather(t: torch.Tensor, world: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def nce_loss(scores: torch.Tensor, num_data: int) -> torch.Tensor:
-    """NCE loss of CRD for (B, 1 + N) normalized scores h (column 0: the positive), noise P_n = 1/num_data."""
-    noise = (scores.shape[1] - 1) / num_data
-    log_pos = torch.log(scores[:, 0] / (scores[:, 0] + noise + _EPS))
-    log_neg = torch.log(noise / (scores[:, 1:] + noise + _EPS))
-    return -(log_pos.sum() + log_neg.sum()) / scores.shape[0]
+def nce_loss(scores: torch.Tensor, log_z: torch.Tensor, num_data: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """NCE loss of CRD and its gradient in the scores, from (B, 1 + N) scores s = v·m / τ (column 0: the
+    positive), h = exp(s) / Z, noise P_n = 1/num_data.
+
+    With log(h + N·P_n + ε) = log(exp(s) + K) − log Z and K = (N·P_n + ε)·Z, the module docstring's L is
+    L = (1/B)·[Σ_ij log(exp(s_ij) + K) − Σ_i s_i0] − N·log(N·P_n·Z), and ∂L/∂s_ij = (exp(s_ij) / (exp(s_ij) + K)
+    − [j = 0]) / B: three element-wise passes over the matrix for both.
+    """
+    batch, num_negatives = scores.shape[0], scores.shape[1] - 1
+    noise = num_negatives / num_data
+    exp_scores = scores.exp()
+    denominators = exp_scores + (noise + _EPS) * log_z.exp()
+    loss = (denominators.log().sum() - scores[:, 0].sum()) / batch - num_negatives * (math.log(noise) + log_z)
+    grad = exp_scores.div_(denominators)
+    grad[:, 0] -= 1
+    return loss, grad.div_(batch)
+
+
+def draw_on_host(labels: torch.Tensor, index: torch.Tensor, target: torch.Tensor, num: int, seed: Tuple[int, ...]
+                 ) -> torch.Tensor:
+    """(B, 1 + num) bank rows: index[i], then a uniform draw without replacement of ``num`` rows whose label is
+    not target[i].
+
+    Bank rows are sorted by label once; the rows of other classes are then the sorted positions outside the
+    target's block, and numpy's choice without replacement (a partial shuffle: ``num`` random numbers) picks
+    among them. With fewer than ``num`` such rows, all of them are taken and the rest drawn from the block.
+    """
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    starts = torch.searchsorted(sorted_labels, target).tolist()
+    counts = (torch.searchsorted(sorted_labels, target, right=True) - torch.as_tensor(starts)).tolist()
+    order, total = order.numpy(), len(labels)
+    rng = np.random.default_rng(seed)
+    rows = np.empty((len(starts), 1 + num), dtype=np.int64)
+    rows[:, 0] = index.numpy()
+    for i, (start, count) in enumerate(zip(starts, counts)):
+        others = total - count
+        if others >= num:
+            positions = rng.choice(others, num, replace=False)
+            positions += count * (positions >= start)  # skip the target's block
+        else:
+            positions = np.concatenate([np.arange(start), np.arange(start + count, total),
+                                        start + rng.choice(count, num - others, replace=False)])
+        rows[i, 1:] = order[positions]
+    return torch.from_numpy(rows)
+
+
+def draw_on_device(labels: torch.Tensor, index: torch.Tensor, target: torch.Tensor, num: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """(B, 1 + num) bank rows as ``draw_on_host`` draws them, with device kernels only (no host sync).
+
+    Random keys in [0, 1) for other-class rows and in [-1, 0) for same-class rows, the ``num`` largest win:
+    uniform without replacement from the other classes, same-class rows only fill up.
+    """
+    keys = torch.rand(target.shape[0], labels.shape[0], generator=generator, device=labels.device)
+    keys.sub_((labels[None, :] == target[:, None]).to(keys.dtype))
+    return torch.cat([index[:, None], keys.topk(num, dim=1, sorted=False).indices], dim=1)
 
 
 @register_method('crd')
@@ -108,19 +162,22 @@ class CRD(FeatureDistiller):
 
     def sample_negatives(self, index: torch.Tensor, target: torch.Tensor, rank: int = 0, world: int = 1
                          ) -> torch.Tensor:
-        """(B, 1 + nce_k) bank rows: the sample itself, then nce_k others of other classes, no repeats.
-
-        Random keys in [0, 1) for other-class rows and in [-1, 0) for same-class rows, the nce_k largest
-        win: a uniform draw without replacement from the other classes (same-class rows only fill up).
-        """
-        device = self.memory_s.device
+        """(B, 1 + nce_k) bank rows: the sample itself, then nce_k others of other classes, no repeats."""
+        device = self.labels.device
+        if device.type == 'cpu':
+            return draw_on_host(self.labels, index, target, self.nce_k, (self.seed % 2 ** 64, self.step, rank))
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device)
         self._generator.manual_seed(self.seed * 2 ** 31 + self.step * world + rank)
-        keys = torch.rand(index.shape[0], self.num_samples, generator=self._generator, device=device)
-        keys.sub_((self.labels[None, :] == target[:, None]).to(keys.dtype))
-        negatives = keys.topk(self.nce_k, dim=1, sorted=False).indices
-        return torch.cat([index[:, None], negatives], dim=1)
+        return draw_on_device(self.labels, index, target, self.nce_k, self._generator)
+
+    def _grad_in_anchor(self, v: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor, grad_scores: torch.Tensor
+                        ) -> Optional[torch.Tensor]:
+        """∂L/∂v of the scores (v / τ @ bankᵀ).gather(1, rows) given ∂L/∂scores; None when v needs no gradient."""
+        if not v.requires_grad:
+            return None
+        grad_all = torch.zeros(rows.shape[0], bank.shape[0], dtype=grad_scores.dtype, device=grad_scores.device)
+        return grad_all.scatter_add_(1, rows, grad_scores) @ bank / self.nce_t
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, target: torch.Tensor,
                 index: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -132,24 +189,30 @@ class CRD(FeatureDistiller):
         index_all, target_all = _gather(index, world), _gather(target, world)
         self.labels.index_copy_(0, index_all, target_all)
         rows = self.sample_negatives(index, target, rank, world)
-        with no_autocast(v_s):
-            # scores of each anchor against the other model's bank, h = exp(v·m / τ): one (B, n_data) matmul
-            # and a gather, cheaper than gathering B·(1 + N) bank rows of d floats (N·d > n_data for CIFAR)
-            h_s = torch.exp((v_s @ self.memory_t.t()).gather(1, rows) / self.nce_t)
-            h_t = torch.exp((v_t @ self.memory_s.t()).gather(1, rows) / self.nce_t)
+        pairs = ((v_s, self.memory_t), (v_t, self.memory_s))  # each anchor against the other model's bank
+        with no_autocast(v_s), torch.no_grad():
+            # scores v·m / τ: one (B, n_data) matmul and a gather, cheaper than gathering B·(1 + N) bank rows of
+            # d floats (N·d > n_data for CIFAR)
+            scores = [(v / self.nce_t @ bank.t()).gather(1, rows) for v, bank in pairs]
             if self.step == 0:
-                z = torch.stack([h_s.mean(), h_t.mean()]).detach() * self.num_samples
+                z = torch.stack([s.exp().mean() for s in scores]) * self.num_samples
                 if world > 1:
                     dist.all_reduce(z)
                     z /= world
                 self.z.copy_(z)
-            loss = nce_loss(h_s / self.z[0], self.num_samples) + nce_loss(h_t / self.z[1], self.num_samples)
-        with torch.no_grad():
-            # out of place: the scores' backward still needs the banks as they were
-            for name, v in (('memory_s', v_s), ('memory_t', v_t)):
-                memory, v = getattr(self, name), _gather(v.detach(), world)
-                setattr(self, name, memory.index_copy(
-                    0, index_all, F.normalize(memory[index_all] * self.nce_m + v * (1 - self.nce_m), dim=1)))
+            losses, grads = zip(*(nce_loss(s, log_z, self.num_samples) for s, log_z in zip(scores, self.z.log())))
+            # the gradient in v needs the banks as the scores saw them: taken now, the banks can be updated in place
+            # below (autograd would keep them for the backward, which needs a copy of both banks every step)
+            grads_v = [self._grad_in_anchor(v, bank, rows, g) for (v, bank), g in zip(pairs, grads)]
+            for memory, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
+                v = _gather(v, world)
+                memory.index_copy_(0, index_all, F.normalize(memory[index_all] * self.nce_m + v * (1 - self.nce_m),
+                                                             dim=1))
+        loss = sum(losses)
+        for (v, _), grad_v in zip(pairs, grads_v):
+            if grad_v is not None:  # zero-valued term whose gradient in v is grad_v
+                surrogate = (v * grad_v).sum()
+                loss = loss + (surrogate - surrogate.detach())
         self.step += 1
         return {'crd_loss': self.beta * loss}
 
