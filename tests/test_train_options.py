@@ -163,6 +163,19 @@ def test_resume_mid_epoch_is_bit_exact_with_options(tmp_path, train_kd, teacher_
         assert a['scaler'] is None  # accelerate makes a GradScaler only for fp16 on a GPU
 
 
+def test_amp_float16_on_a_cpu_is_refused_before_training(tmp_path, train_kd, monkeypatch, capsys):
+    """accelerate runs no float16 autocast on a CPU: such a run would train in float32 while args.yaml and
+    results.json say fp16. It is refused in one sentence that names the CPU's mixed-precision type."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    for amp in (['--amp'], ['--amp', '--amp-dtype', 'float16']):
+        with pytest.raises(SystemExit) as e:
+            train_kd.main(BASE + ['--epochs', '1', '--output', str(tmp_path / 'out'), *amp])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and '--amp-dtype bfloat16' in err[0], err
+    assert not (tmp_path / 'out').exists()
+    _run(train_kd, tmp_path, 'fp32', *BASE, '--epochs', '1', '--amp-dtype', 'float16')  # without --amp: no effect, runs
+
+
 def test_resume_from_a_run_dir_takes_the_most_advanced_checkpoint(tmp_path, train_kd):
     """A run folder with recovery.pth.tar and last.pth.tar resumes from whichever is further along. The two
     files come from runs with different seeds, so the final weights tell which one was taken."""

@@ -702,6 +702,12 @@ def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] =
                                          f'one of {list_backends()}.')
     if args.amp_dtype not in ('float16', 'bfloat16'):
         raise UsageError(f'--amp-dtype must be float16 or bfloat16, got {args.amp_dtype!r}.')
+    if args.amp and args.amp_dtype == 'float16':
+        import torch
+        # the device main() gives accelerate; accelerate's CPU "fp16" would silently train in float32 (docs/training.md)
+        need(torch.cuda.is_available(), '--amp with --amp-dtype float16 (the default) needs a CUDA GPU: on a CPU '
+                                         'accelerate trains in float32 and the run would record fp16, so use '
+                                         '--amp-dtype bfloat16 (CPU autocast) or leave out --amp.')
     from timm_kd.hub.io import check_repo_id  # the Hub's own id rules, checked before training, not after
     for flag, repo_id, owner in (('--push-to-hub', args.push_to_hub, True), ('--dataset-id', args.dataset_id, False)):
         if repo_id is not None:
