@@ -20,6 +20,7 @@ from timm_kd.distill.methods import METHODS, ModelOutputs, create_method
 from timm_kd.distill.methods.crd import draw_on_device, draw_on_host
 from timm_kd.train import build
 from timm_kd.train.args import UsageError, parse_args, resolve_loss_weights, validate_args
+from test_faults import _run_killed_at
 from test_train_kd import BASE, _rows, _state
 
 COVERS = (
@@ -481,17 +482,16 @@ def test_crd_tlcutmix_pick_trains_end_to_end_and_resumes_bit_identically(tmp_pat
     bank = last['distiller']
     assert bank['memory_s'].shape == (96, 128) and (bank['labels'] >= 0).all()  # every sample seen, its class kept
     assert not set(bank) & set(last['state_dict'])  # the method's parts are not the student's weights
-    rec = _state(ref / 'recovery.pth.tar')
-    assert (rec['next_epoch'], rec['next_step']) == (1, 4)  # killed here: 4 of 6 steps of epoch 1 done
-    src = tmp_path / 'src'
-    src.mkdir()
-    shutil.copy(ref / 'recovery.pth.tar', src / 'recovery.pth.tar')
-    assert train_kd.main(common + ['--resume', str(src / 'recovery.pth.tar'), '--experiment', 'resumed'])['finished']
-    resumed = _state(tmp_path / 'resumed' / 'last.pth.tar')
+    # a process killed at its 5th fsync (args.yaml 2, the step-4 recovery checkpoint 2, then inside the next write)
+    assert _run_killed_at(common + ['--experiment', 'killed'], 5)
+    rec = _state(tmp_path / 'killed' / 'recovery.pth.tar')
+    assert (rec['next_epoch'], rec['next_step']) == (0, 4)  # killed after 4 of the 6 steps of the first epoch
+    assert train_kd.main(['--resume', str(tmp_path / 'killed')])['finished']
+    resumed = _state(tmp_path / 'killed' / 'last.pth.tar')
     for key in ('state_dict', 'distiller'):
         assert resumed[key].keys() == last[key].keys()
         assert all(torch.equal(resumed[key][k], last[key][k]) for k in last[key]), key
-    assert _rows(tmp_path / 'resumed')[-1] == rows[-1]
+    assert _rows(tmp_path / 'killed') == rows
 
 
 def test_crd_bank_size_a_stream_and_an_unknown_method_are_usage_errors(tmp_path, train_kd, teacher_ckpt, capsys):
