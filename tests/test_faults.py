@@ -353,6 +353,7 @@ def test_bad_values_fail_fast_with_one_sentence(tmp_path, capsys):
         (['--experiment', '../escape'], '--experiment must be a plain folder name'),
         (['--experiment', 'x' * 300], 'at most 200 bytes, got 300 bytes'),
         (['--class-map', str(tmp_path / 'missing.txt')], '--class-map'),
+        (['--class-map', str(afile)], 'cannot be read (Unsupported class map file extension'),
         (['--torchcompile', 'no_such_backend'], 'is not a torch.compile backend'),
     ]
     for extra, phrase in table:

@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import timm
@@ -590,14 +591,17 @@ def test_data_flags_reach_the_dataset_reader_and_the_loaders(tmp_path, train_kd,
     """hfds/ (its reader needs the `datasets` package) and torch/ downloads: the flags arrive at timm's
     create_dataset; the batch sizes and pinning at the DataLoaders."""
     import timm.data
+    from timm.data.readers.class_map import load_class_map
     from torch.utils.data import DataLoader
     from timm_kd.data.datasets import SyntheticDataset
     calls = []
 
     def fake_create_dataset(name, root=None, split='train', is_training=False, download=False, **kwargs):
         calls.append(dict(name=name, root=root, split=split, download=download, **kwargs))
-        return SyntheticDataset(10, 8, split='train' if is_training else 'validation',
-                                transform=kwargs.get('transform'), num_samples=8)
+        ds = SyntheticDataset(10, 8, split='train' if is_training else 'validation',
+                              transform=kwargs.get('transform'), num_samples=10)
+        ds.reader = SimpleNamespace(class_to_idx=load_class_map(kwargs['class_map']))  # as timm's hfds reader
+        return ds
     monkeypatch.setattr(timm.data, 'create_dataset', fake_create_dataset)
     loaders = Spy(monkeypatch, DataLoader)
     class_map = tmp_path / 'classes.txt'
@@ -657,7 +661,9 @@ def test_small_and_large_input_data_flags_build_the_transforms(tmp_path):
 
 def test_val_split_and_class_map_choose_the_image_folders(tmp_path, train_kd, capsys):
     """train/ and val/ have classes a, b, c; test/ only a, b. The default eval folder val/ fits, --val-split test
-    does not (refused); --class-map c, b, a relabels the classes, which changes the training."""
+    does not (refused); --class-map c, b, a relabels the classes, which changes the training; a map of c and a
+    trains a 2-class model on those folders only (timm's meaning); a map naming a missing class, and a map for a
+    dataset that would ignore it, are refused."""
     from PIL import Image
     for split, classes in (('train', 'abc'), ('val', 'abc'), ('test', 'ab')):
         for c in classes:
@@ -679,6 +685,21 @@ def test_val_split_and_class_map_choose_the_image_folders(tmp_path, train_kd, ca
         assert res['finished'] and res['num_classes'] == 3
         weights.append(_ck(Path(res['run_dir']) / 'last.pth.tar')['state_dict']['fc.weight'])
     assert not torch.equal(*weights)
+
+    (tmp_path / 'subset.txt').write_text('c\na\n')
+    res = train_kd.main(argv + ['--class-map', str(tmp_path / 'subset.txt')])
+    assert res['finished'] and res['num_classes'] == 2
+    assert (res['train_images'], res['eval_images']) == (2 * 4, 2 * 2)  # the images of b are left out
+    assert _ck(Path(res['run_dir']) / 'last.pth.tar')['state_dict']['fc.weight'].shape[0] == 2
+    (tmp_path / 'typo.txt').write_text('a\nB\nc\n')
+    for extra, phrase in ((['--class-map', str(tmp_path / 'typo.txt')], "classes without images in the 'train' split "
+                                                                        "('B')"),
+                          (['--class-map', str(tmp_path / 'subset.txt'), '--num-classes', '3'], 'does not match'),
+                          (BASE[:4] + ['--class-map', str(tmp_path / 'subset.txt')], 'does not apply --class-map')):
+        with pytest.raises(SystemExit) as e:
+            train_kd.main(argv + extra)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and phrase in err[0], (extra, err)
 
 
 def test_config_file_values_reach_the_run(tmp_path, train_kd):

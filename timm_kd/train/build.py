@@ -6,6 +6,7 @@ checkpoints that do not fit, missing data), so the script fails before its first
 import argparse
 import logging
 import os
+import pickle
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -28,12 +29,35 @@ _logger = logging.getLogger('train_kd')
 _TORCH_NAMES = ('cifar10', 'cifar100', 'mnist', 'fashionmnist', 'kmnist', 'qmnist', 'svhn', 'stl10')
 
 
+def _load_class_map(args: argparse.Namespace) -> Optional[Dict[Any, int]]:
+    """--class-map read as timm reads it (a .txt of class names, the line number being the index, or a .pkl dict
+    name -> index), checked to give every class a non-negative integer index; None without the flag."""
+    if not args.class_map:
+        return None
+    from timm.data.readers.class_map import load_class_map as timm_load_class_map
+    try:
+        class_to_idx = timm_load_class_map(args.class_map, args.data_dir or '')
+    except (AssertionError, ValueError, OSError, pickle.UnpicklingError) as e:
+        raise UsageError(f'--class-map {args.class_map!r} cannot be read ({first_line(e) or type(e).__name__}): use a '
+                         f'.txt file with one class name per line or a .pkl dict of class name -> index.') from e
+    if not class_to_idx or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                   for i in class_to_idx.values()):
+        raise UsageError(f'--class-map {args.class_map!r} must map class names to indices 0, 1, 2, ...')
+    return class_to_idx
+
+
 def data_config(args: argparse.Namespace, explicit: Dict[str, Any]) -> Dict[str, Any]:
-    """Classes, input size, normalisation and crop padding: flags over the dataset's recipe defaults."""
+    """Classes, input size, normalisation and crop padding: flags over the dataset's recipe defaults.
+
+    With --class-map the map sets the classes, as in timm: its largest index + 1 (a map of some of the class
+    folders trains on those classes only; the images of the others are left out)."""
     try:
         dd = dataset_defaults(args.dataset, args.data_dir)
     except ValueError as e:
         raise UsageError(str(e)) from e
+    class_map = _load_class_map(args)
+    if class_map is not None:
+        dd['num_classes'] = max(class_map.values()) + 1
     num_classes = args.num_classes or dd['num_classes']
     if args.num_classes and dd['num_classes'] and args.num_classes != dd['num_classes']:
         raise UsageError(f'--num-classes {args.num_classes} does not match dataset {args.dataset!r}, which has '
@@ -74,8 +98,8 @@ def data_config(args: argparse.Namespace, explicit: Dict[str, Any]) -> Dict[str,
         timm_kwargs = dict(scale=tuple(args.scale), ratio=tuple(args.ratio), hflip=args.hflip, vflip=args.vflip,
                            color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob,
                            re_mode=args.remode, re_count=args.recount)
-    return dict(num_classes=int(num_classes), in_chans=in_chans, size=int(size), mean=mean, std=std,
-                crop_padding=int(crop_padding), std_aug=std_aug, interpolation=args.interpolation or 'bilinear',
+    return dict(num_classes=int(num_classes), class_map=class_map, in_chans=in_chans, size=int(size), mean=mean,
+                std=std, crop_padding=int(crop_padding), std_aug=std_aug, interpolation=args.interpolation or 'bilinear',
                 train_interpolation=args.train_interpolation, crop_pct=args.crop_pct, timm_kwargs=timm_kwargs,
                 # the small-image recipe is torchvision crop + flip (torch RNG only); timm's transforms (and
                 # the --tl-aug policies) also draw from python's random and numpy
@@ -165,8 +189,8 @@ def _dataset_classes(ds) -> Tuple[Optional[int], bool]:
     for obj in (ds, getattr(ds, 'reader', None)):
         for attr in ('classes', 'class_to_idx'):
             v = getattr(obj, attr, None)
-            if v:
-                return len(v), True
+            if v:  # a class_to_idx (e.g. from a class map) numbers the classes 0 .. its largest index
+                return (max(v.values()) + 1 if isinstance(v, dict) else len(v)), True
     targets = getattr(ds, 'targets', None)
     if targets is not None and len(targets):
         return int(max(int(t) for t in targets)) + 1, False
@@ -240,6 +264,8 @@ def create_datasets(args: argparse.Namespace, dc: Dict[str, Any]):
                                    **kw, **({'num_samples': num} if synthetic and num else {}))
         except (DatasetNotFoundError, ValueError, OSError, RuntimeError) as e:
             raise UsageError(str(e).rstrip('.') + '.') from e
+        if dc['class_map'] is not None:
+            _check_class_map(args, dc['class_map'], ds, split, training)
         if len(ds) == 0:
             raise UsageError(f'The {split!r} split of dataset {args.dataset!r} is empty.')
         n, exact = _dataset_classes(ds)
@@ -250,6 +276,24 @@ def create_datasets(args: argparse.Namespace, dc: Dict[str, Any]):
             ds = torch.utils.data.Subset(ds, subset_indices(ds, num, args.seed))
         out.append(ds)
     return out
+
+
+def _check_class_map(args: argparse.Namespace, class_map: Dict[Any, int], ds, split: str, training: bool) -> None:
+    """The dataset applies --class-map (timm's folder, tar and Hub readers do; torchvision and our own datasets
+    would ignore it), and in the training split every class of the map has images (a misspelt name would leave
+    one out silently)."""
+    reader = getattr(ds, 'reader', None)
+    if not any(getattr(reader, attr, None) == class_map for attr in ('class_to_idx', 'class_name_to_idx')):
+        raise UsageError(f'Dataset {args.dataset or args.data_dir!r} does not apply --class-map (timm applies it to '
+                         f'image folders, tar files and hfds/ datasets): drop the flag or use such a dataset.')
+    targets = _targets(ds) if training else None
+    if targets is not None:
+        names = {i: name for name, i in class_map.items()}
+        empty = sorted(set(names) - set(targets))
+        if empty:
+            raise UsageError(f'--class-map {args.class_map!r} names classes without images in the {split!r} split '
+                             f'({", ".join(repr(names[i]) for i in empty[:5])}): check them against the class '
+                             f'folders.')
 
 
 def create_mixer(args: argparse.Namespace, dc: Dict[str, Any]) -> Optional['timm_kd.DistillMixup']:
