@@ -695,11 +695,6 @@ def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] =
             need(args.tl_cutmix or args.cutmix_hard, '--cutmix-minmax shapes CutMix boxes: use it with --tl-cutmix '
                                                      'or --cutmix-hard.')
     _validate_method(args, explicit, views, timm_mix)
-    if args.torchcompile:
-        from torch._dynamo import list_backends
-        known = list_backends(exclude_tags=())
-        need(args.torchcompile in known, f'--torchcompile {args.torchcompile!r} is not a torch.compile backend: use '
-                                         f'one of {list_backends()}.')
     if args.amp_dtype not in ('float16', 'bfloat16'):
         raise UsageError(f'--amp-dtype must be float16 or bfloat16, got {args.amp_dtype!r}.')
     if args.amp and args.amp_dtype == 'float16':

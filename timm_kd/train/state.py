@@ -171,7 +171,7 @@ class TrainState:
         the caller then positions it with ``set_position``. RNG states come back last, so nothing done while
         building the run changes the random streams of the continued training."""
         acc, task, student = training.accelerator, training.task, training.student
-        # clean_state_dict: checkpoints of compiled runs written before the fix carry '_orig_mod.' key prefixes
+        # clean_state_dict: compiled runs of earlier timm-kd versions wrote '_orig_mod.'-prefixed keys
         load_weights(student, clean_state_dict(self.state_dict), f'--resume checkpoint does not fit {self.arch!r}')
         ema = task.get_trainable_module(ema=True)
         if ema is not None:  # a run that turns EMA on later starts it from the resumed weights
