@@ -1,9 +1,11 @@
-"""timm_kd.sweep: grid expansion, the dry run, and a real tiny sweep that is killed with SIGKILL, resumed
-(bit-exact against an uninterrupted run) and then skipped as finished."""
+"""timm_kd.sweep: grid expansion, the dry run, the shipped grids (valid runs; the paper-table grids run exactly their
+recipes), and a real tiny sweep that is killed with SIGKILL, resumed (bit-exact against an uninterrupted run) and
+then skipped as finished."""
 import csv
 import importlib.util
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import yaml
 
 import timm
 from timm_kd import sweep
+from timm_kd.report import Group, RunRecord, build_table, load_paper
 from timm_kd.train.args import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +105,65 @@ def test_shipped_grids_give_valid_train_kd_runs(tmp_path, monkeypatch):
                      'view-tlmixup': (0, 1.0, 0, 'none'), 'view-tlcutmix': (1.0, 0, 0, 'none'),
                      'view-tlcutmix_pick': (1.0, 0, 0, 'kld')}
 
+
+# The grids that reproduce a table of Wang et al.: grid -> (table, its methods, the recipe folder whose pairs are the
+# table's, {view label: (the flags that the recipe's header names for that row, the row's name in
+# configs/paper_results.yaml; {M}: the method)}). A run of the cell (method, pair) is the recipe
+# configs/cifar100/[<method>/]<pair>.yaml with those flags (method kd: the pair's recipe in configs/cifar100/).
+PAPER_GRIDS = {
+    'table3_pairs': ('Tab. 3', ('kd',), 'crd', {'kd': (('--pick', 'none', '--tl-cutmix', '0'), 'KD'),
+                                                'tlcutmix_pick': ((), 'KD+TLCutMix+pick')}),
+    'table3_crd': ('Tab. 3', ('crd',), 'crd', {'crd': (('--pick', 'none', '--tl-cutmix', '0'), 'CRD'),
+                                               'crd_tlcutmix_pick': ((), 'CRD+TLCutMix+pick')}),
+    'table9_methods': ('Tab. 9', ('at', 'cc', 'sp', 'pkt', 'vid'), 'at', {'kd': (('--tl-cutmix', '0'), '{M}+KD'),
+                                                                        'tlcutmix': ((), '{M}+TLCutMix')}),
+}
+# flags that name where a run goes, its seed, and the recipe file (a grid may build a method recipe's flags from
+# the pair's KD recipe): every other flag must be what the recipe gives
+RECIPE_FREE_FLAGS = ('output', 'experiment', 'seed', 'config')
+
+
+def _recipe_command(recipe):
+    """train_kd.py arguments of the command a recipe's header quotes (its data flags and teacher checkpoint)."""
+    lines = open(recipe).read().split('accelerate launch train_kd.py', 1)[1].splitlines()
+    command = [lines[0]]
+    for line in lines[1:]:
+        if not command[-1].rstrip().endswith('\\'):
+            break
+        command.append(line.lstrip('#'))
+    return shlex.split('\n'.join(command).replace('\\\n', ' '), comments=True)
+
+
+def _recipe_free(args):
+    return {k: v for k, v in vars(args).items() if k not in RECIPE_FREE_FLAGS}
+
+
+@pytest.mark.parametrize('grid', sorted(PAPER_GRIDS))
+def test_paper_grids_run_exactly_the_recipes_of_their_table(grid, monkeypatch):
+    """Every run of a grid that reproduces a paper table resolves to the flags of the recipe + variant that the
+    recipe's header names for the run's row (data flags and teacher checkpoint included), the runs fill the
+    table's cells x seeds 0-2 exactly once, and the report pairs each run with that row's published number."""
+    monkeypatch.chdir(ROOT)  # grids and recipes name files relative to the repository
+    table, methods, pairs_folder, views = PAPER_GRIDS[grid]
+    paper = load_paper('configs/paper_results.yaml')
+    cells, recipes = [], {}
+    for run in sweep.expand_grid(sweep.load_grid(f'configs/sweeps/{grid}.yaml')):
+        args = parse_args(run.argv)[0]
+        pair = f'{args.teacher}__{args.model}.yaml'
+        recipe = os.path.join('configs', 'cifar100', *([] if args.distill == 'kd' else [args.distill]), pair)
+        extra, row = views[run.labels['view']]
+        if (recipe, extra) not in recipes:
+            recipes[recipe, extra] = _recipe_free(parse_args([*_recipe_command(recipe), *extra])[0])
+        got, want = _recipe_free(args), recipes[recipe, extra]
+        assert got == want, (run.name, recipe, extra, {k: (got[k], want[k]) for k in got if got[k] != want[k]})
+        cells.append((args.distill, pair, run.labels['view'], args.seed))
+        settings = yaml.safe_load(yaml.safe_dump(vars(args)))  # as args.yaml holds them
+        record = RunRecord(run.name, settings, [], {'best_top1': 0.0, 'last_top1': 0.0}, [])
+        [line] = build_table([Group(settings, [record])], [], paper=paper)
+        assert line['paper_source'] == f'Wang et al. {table}, {row.format(M=args.distill.upper())}', run.name
+    pairs = sorted(os.listdir(os.path.join('configs', 'cifar100', pairs_folder)))
+    assert len(pairs) == 7
+    assert sorted(cells) == sorted((m, p, v, s) for m in methods for p in pairs for v in views for s in (0, 1, 2))
 
 FAKE_TRAIN = """
 import json, os, sys
