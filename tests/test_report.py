@@ -213,7 +213,9 @@ def test_shipped_paper_numbers_match_the_recipes_and_reach_the_table(tmp_path, c
         header = open(recipe).read().split('\n')[1]
         student = re.search(r'student ([0-9.]+) \(([0-9.]+)\)', header)
         cfg = yaml.safe_load(open(recipe))
-        assert picks[(cfg['dataset'], cfg['teacher'], cfg['model'])] == (float(student[1]), float(student[2])), recipe
+        # a pair without a published +pick number (Tab. 9's ResNet110 -> ResNet20) quotes none
+        quoted = (float(student[1]), float(student[2])) if student else None
+        assert picks.get((cfg['dataset'], cfg['teacher'], cfg['model'])) == quoted, recipe
     runs = tmp_path / 'runs'
     pair = dict(dataset='torch/cifar100', teacher='resnet32x4', model='resnet8x4', tl_mixup=0.0, cutmix_hard=0.0,
                 cutout=0, mix_fraction=1.0)
