@@ -192,21 +192,23 @@ def step_cost(args: argparse.Namespace) -> float:
     return 8.0
 
 
-def parse_train_argv(argv: Sequence[str], what: str, validate: bool = False) -> argparse.Namespace:
-    """train_kd's reading of ``argv`` (and with ``validate`` its checks that need no model or data: flag
-    combinations, files that must exist); an error becomes a UsageError that starts with ``what``."""
+def _read_train_argv(argv: Sequence[str], what: str) -> Tuple[argparse.Namespace, Dict[str, Any]]:
+    """train_kd's reading of ``argv`` and the flags it sets explicitly; an error becomes a UsageError that starts
+    with ``what``."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            args, explicit = parse_args(list(argv))
-        if validate:
-            validate_args(args, explicit)
+            return parse_args(list(argv))
     except SystemExit:
         last = (err.getvalue().strip().splitlines() or ['invalid flags'])[-1]
         raise UsageError(f'{what}: train_kd.py rejects the flags: {last}.') from None
     except UsageError as e:
         raise UsageError(f'{what}: {e}') from None
-    return args
+
+
+def parse_train_argv(argv: Sequence[str], what: str) -> argparse.Namespace:
+    """train_kd's reading of ``argv``; an error becomes a UsageError that starts with ``what``."""
+    return _read_train_argv(argv, what)[0]
 
 
 def _units(cost: float) -> str:
@@ -218,12 +220,12 @@ def _plan(runs: List[Run], sweep_dir: str) -> None:
     that parses but fails train_kd's checks (e.g. a missing teacher checkpoint) gets the state 'invalid'."""
     for run in runs:
         run.state = run_state(os.path.join(sweep_dir, run.name))
-        args = parse_train_argv(run.argv, f'Run {run.name!r}')
+        args, explicit = _read_train_argv(run.argv, f'Run {run.name!r}')
         if run.state != 'done':
-            try:
-                parse_train_argv(run.argv, f'Run {run.name!r}', validate=True)
+            try:  # train_kd's checks that need no model or data: flag combinations, files that must exist
+                validate_args(args, explicit)
             except UsageError as e:
-                run.state, run.info['error'] = 'invalid', str(e)
+                run.state, run.info['error'] = 'invalid', f'Run {run.name!r}: {e}'
         run.epochs = int(args.epochs * float(args.epoch_scale))
         images = args.train_num_samples or TRAIN_IMAGES.get((args.dataset or '').lower())
         if images is None and (args.dataset or '').lower().startswith('synthetic/'):
