@@ -469,6 +469,7 @@ def test_a_timm_imagenet_pair(name):
 # train_kd.py --distill crd: end to end, exact resume with the memory bank
 
 
+@pytest.mark.usefixtures('one_torch_thread')  # it forks: a child of a parent with an OpenMP pool hangs
 def test_crd_tlcutmix_pick_trains_end_to_end_and_resumes_bit_identically(tmp_path, train_kd, teacher_ckpt):
     common = BASE + ['--teacher', 'resnet8', '--teacher-checkpoint', teacher_ckpt, '--distill', 'crd', '--nce-k', '32',
                      '--tl-cutmix', '--pick', 'kld', '--epochs', '2', '--checkpoint-every', '4',
