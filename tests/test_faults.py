@@ -81,6 +81,8 @@ def _data_offset(path, largest=True) -> int:
 # ------------------------------------------------------------------------------------------------ kills
 def _run_killed_at(argv, fsync_call: int) -> bool:
     """main(argv) in a forked child that SIGKILLs itself at its fsync_call-th os.fsync; True if it was killed."""
+    # a child forked from a parent whose OpenMP pool has threads hangs in its first parallel op
+    assert torch.get_num_threads() == 1, 'fork from a one-thread parent (the one_torch_thread fixture)'
     pid = os.fork()
     if pid == 0:  # child: never returns into pytest
         try:
