@@ -401,6 +401,23 @@ def _our_tracebacks(stderr: str) -> int:
     return sum('timm_kd' in block or 'train_kd.py", line' in block for block in stderr.split('Traceback')[1:])
 
 
+def test_a_peer_process_reports_a_user_error_only_after_giving_the_main_process_time(monkeypatch, capsys):
+    """A launched run's processes meet a bad flag together: the main one prints at once, another waits
+    PEER_REPORT_DELAY first (the launcher ends it when the main one exits), and prints if it is still alive."""
+    from timm_kd.train import args as args_module
+    waits = []
+    monkeypatch.setattr(args_module.time, 'sleep', waits.append)
+    for rank, expected_waits in (('0', []), ('1', [args_module.PEER_REPORT_DELAY])):
+        monkeypatch.setenv('RANK', rank)
+        waits.clear()
+        assert _fail(BASE + ['--kd-alpha', '5', '--teacher', 'resnet8'], capsys).startswith(
+            'train_kd.py: error: --kd-alpha 5 gives')
+        assert waits == expected_waits
+        waits.clear()
+        _fail(BASE + ['--no-such-flag'], capsys)  # argparse's errors alike
+        assert waits == expected_waits
+
+
 def test_two_processes_bad_flag_and_a_failing_rank_end_fast_with_one_sentence(tmp_path):
     r = subprocess.run(LAUNCH + BASE + ['--kd-alpha', '5', '--teacher', 'resnet8'], env=_env(), capture_output=True,
                        text=True, timeout=300)

@@ -12,6 +12,7 @@ import argparse
 import math
 import os
 import sys
+import time
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import ast
@@ -24,7 +25,7 @@ from timm_kd.distill.pick import PICK_CRITERIA
 from timm_kd.distill.task import VIEW_LOSSES
 
 __all__ = [
-    'UsageError', 'is_main_process_env', 'build_parser', 'parse_args', 'validate_args', 'kd_view_modes',
+    'UsageError', 'is_main_process_env', 'report_error', 'build_parser', 'parse_args', 'validate_args', 'kd_view_modes',
     'resolve_loss_weights', 'tl_aug_on', 'resume_flag_changes', 'check_numbers', 'RESUME_SCHEDULE_FLAGS',
     'RESUME_RUN_FLAGS', 'STD_AUG_MODES', 'PICK_CHOICES', 'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS',
 ]
@@ -168,13 +169,24 @@ def is_main_process_env() -> bool:
     return os.environ.get('RANK', os.environ.get('LOCAL_RANK', '0')) in ('0', '')
 
 
+PEER_REPORT_DELAY = 10.0  # seconds another process waits before printing an error the main process may print
+
+
+def report_error(line: str) -> None:
+    """Print a user error once per launched run: every process usually meets it at the same moment (same flags,
+    same files), the main process prints at once and its exit makes the launcher end the others; another process
+    prints only if it is still running after ``PEER_REPORT_DELAY`` (an error that process alone met). Without the
+    delay, a peer that exits first gets the main process terminated before it has printed."""
+    if not is_main_process_env():
+        time.sleep(PEER_REPORT_DELAY)
+    print(line, file=sys.stderr, flush=True)
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (no usage block), printed by the main process only: every process of
-    an ``accelerate launch`` parses the same flags."""
+    """argparse, but a bad flag is one line (no usage block), printed once per launched run (``report_error``)."""
 
     def error(self, message: str):
-        if is_main_process_env():
-            print(f'{self.prog}: error: {message}', file=sys.stderr, flush=True)
+        report_error(f'{self.prog}: error: {message}')
         raise SystemExit(2)
 
 

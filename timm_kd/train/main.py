@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import yaml
 
-from .args import UsageError, is_main_process_env, parse_args, resume_flag_changes, validate_args
+from .args import UsageError, is_main_process_env, parse_args, report_error, resume_flag_changes, validate_args
 from timm_kd.messages import first_line
 from .build import (
     build_teacher, create_datasets, create_student, create_task, data_config, distill_record, recipe_of, resolve_lr,
@@ -289,13 +289,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         _logger.info('train_kd.py ' + ' '.join(shlex.quote(a) for a in argv))
         return train(args, explicit, logs)
     except UsageError as e:
-        if is_main_process_env():
-            print(f'train_kd.py: error: {e}', file=sys.stderr, flush=True)
+        report_error(f'train_kd.py: error: {e}')
         raise SystemExit(2) from None
     except NonFiniteLossError as e:
         _logger.error(f'Stopped: {e}.')
-        if is_main_process_env():
-            print(f'train_kd.py: error: {e}.', file=sys.stderr, flush=True)
+        report_error(f'train_kd.py: error: {e}.')
         raise SystemExit(1) from None
     except RuntimeError as e:
         if not is_main_process_env() and _peer_failed(e):
