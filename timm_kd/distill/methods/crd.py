@@ -30,7 +30,7 @@ state of this module (in the training checkpoint, never in the exported student)
 mean, so all processes hold the bank one process would, and any one's checkpoint resumes them all.
 """
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -152,6 +152,7 @@ class CRD(FeatureDistiller):
         self.register_buffer('labels', torch.full((num_samples,), -1, dtype=torch.long))
         self.register_buffer('z', torch.zeros(2))  # normalization constants (student, teacher anchor)
         self._generator: Optional[torch.Generator] = None
+        self._buffers_bxn: List[Optional[torch.Tensor]] = [None, None]
 
     def get_extra_state(self) -> torch.Tensor:
         # the step as a CPU tensor: a plain number in the module state, read without a device sync
@@ -171,13 +172,21 @@ class CRD(FeatureDistiller):
         self._generator.manual_seed(self.seed * 2 ** 31 + self.step * world + rank)
         return draw_on_device(self.labels, index, target, self.nce_k, self._generator)
 
-    def _grad_in_anchor(self, v: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor, grad_scores: torch.Tensor
-                        ) -> Optional[torch.Tensor]:
-        """∂L/∂v of the scores (v / τ @ bankᵀ).gather(1, rows) given ∂L/∂scores; None when v needs no gradient."""
+    def _grad_in_anchor(self, v: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor, grad_scores: torch.Tensor,
+                        scratch: torch.Tensor) -> Optional[torch.Tensor]:
+        """∂L/∂v of the scores (v / τ @ bankᵀ).gather(1, rows) given ∂L/∂scores; None when v needs no gradient.
+        ``scratch``: the (B, n_data) scores, no longer needed."""
         if not v.requires_grad:
             return None
-        grad_all = torch.zeros(rows.shape[0], bank.shape[0], dtype=grad_scores.dtype, device=grad_scores.device)
-        return grad_all.scatter_add_(1, rows, grad_scores) @ bank / self.nce_t
+        return scratch.zero_().scatter_add_(1, rows, grad_scores) @ bank / self.nce_t
+
+    def _scratch(self, direction: int, batch: int) -> torch.Tensor:
+        """A (batch, n_data) float buffer kept from step to step: a fresh one each step costs page faults (on a CPU)
+        comparable to the passes over it."""
+        buffer = self._buffers_bxn[direction]
+        if buffer is None or buffer.shape[0] != batch or buffer.device != self.memory_s.device:
+            buffer = self._buffers_bxn[direction] = self.memory_s.new_empty(batch, self.num_samples)
+        return buffer
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, target: torch.Tensor,
                 index: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -193,7 +202,8 @@ class CRD(FeatureDistiller):
         with no_autocast(v_s), torch.no_grad():
             # scores v·m / τ: one (B, n_data) matmul and a gather, cheaper than gathering B·(1 + N) bank rows of
             # d floats (N·d > n_data for CIFAR)
-            scores = [(v / self.nce_t @ bank.t()).gather(1, rows) for v, bank in pairs]
+            all_scores = [torch.mm(v / self.nce_t, bank.t(), out=self._scratch(i, len(v))) for i, (v, bank) in enumerate(pairs)]
+            scores = [a.gather(1, rows) for a in all_scores]
             if self.step == 0:
                 z = torch.stack([s.exp().mean() for s in scores]) * self.num_samples
                 if world > 1:
@@ -203,7 +213,7 @@ class CRD(FeatureDistiller):
             losses, grads = zip(*(nce_loss(s, log_z, self.num_samples) for s, log_z in zip(scores, self.z.log())))
             # the gradient in v needs the banks as the scores saw them: taken now, the banks can be updated in place
             # below (autograd would keep them for the backward, which needs a copy of both banks every step)
-            grads_v = [self._grad_in_anchor(v, bank, rows, g) for (v, bank), g in zip(pairs, grads)]
+            grads_v = [self._grad_in_anchor(v, bank, rows, g, a) for (v, bank), g, a in zip(pairs, grads, all_scores)]
             for memory, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
                 v = _gather(v, world)
                 memory.index_copy_(0, index_all, F.normalize(memory[index_all] * self.nce_m + v * (1 - self.nce_m),
