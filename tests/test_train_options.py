@@ -612,7 +612,8 @@ def test_data_flags_reach_the_dataset_reader_and_the_loaders(tmp_path, train_kd,
             '--pin-mem', '--epochs', '1', '--workers', '0', '--lr', '0.01']
     _run(train_kd, tmp_path, 'hfds', *argv)
     assert [(c['name'], c['split'], c['download'], c['input_key'], c['target_key'], c['class_map']) for c in calls] \
-        == [('hfds/someone/toy', s, True, 'img', 'fine_label', str(class_map)) for s in ('train[:8]', 'test[:8]')]
+        == [('hfds/someone/toy', s, True, 'img', 'fine_label', load_class_map(str(class_map)))
+            for s in ('train[:8]', 'test[:8]')]
     sizes = {c.get('batch_size') or c['batch_sampler'].batch_size for c in loaders.calls}
     assert sizes == {3, 4} and all(c['pin_memory'] for c in loaders.calls)
 
@@ -686,16 +687,18 @@ def test_val_split_and_class_map_choose_the_image_folders(tmp_path, train_kd, ca
         weights.append(_ck(Path(res['run_dir']) / 'last.pth.tar')['state_dict']['fc.weight'])
     assert not torch.equal(*weights)
 
-    (tmp_path / 'subset.txt').write_text('c\na\n')
-    res = train_kd.main(argv + ['--class-map', str(tmp_path / 'subset.txt')])
-    assert res['finished'] and res['num_classes'] == 2
-    assert (res['train_images'], res['eval_images']) == (2 * 4, 2 * 2)  # the images of b are left out
-    assert _ck(Path(res['run_dir']) / 'last.pth.tar')['state_dict']['fc.weight'].shape[0] == 2
+    (tmp_path / 'data' / 'subset.txt').write_text('c\na\n')
+    for class_map in (str(tmp_path / 'data' / 'subset.txt'), 'subset.txt'):  # a bare name: found in --data-dir, as timm
+        res = train_kd.main(argv + ['--class-map', class_map])
+        assert res['finished'] and res['num_classes'] == 2
+        assert (res['train_images'], res['eval_images']) == (2 * 4, 2 * 2)  # the images of b are left out
+        assert _ck(Path(res['run_dir']) / 'last.pth.tar')['state_dict']['fc.weight'].shape[0] == 2
     (tmp_path / 'typo.txt').write_text('a\nB\nc\n')
     for extra, phrase in ((['--class-map', str(tmp_path / 'typo.txt')], "classes without images in the 'train' split "
                                                                         "('B')"),
-                          (['--class-map', str(tmp_path / 'subset.txt'), '--num-classes', '3'], 'does not match'),
-                          (BASE[:4] + ['--class-map', str(tmp_path / 'subset.txt')], 'does not apply --class-map')):
+                          (['--class-map', 'subset.txt', '--num-classes', '3'], 'does not match'),
+                          (['--class-map', 'nosuch.txt'], "is not a file (nor is it one in --data-dir"),
+                          (BASE[:4] + ['--class-map', str(tmp_path / 'data' / 'subset.txt')], 'does not apply --class-map')):
         with pytest.raises(SystemExit) as e:
             train_kd.main(argv + extra)
         err = capsys.readouterr().err.strip().splitlines()

@@ -601,8 +601,11 @@ def _check_paths(args: argparse.Namespace) -> None:
                          f'{_MAX_NAME_BYTES} bytes), got {name!r}.' if len(name) <= 60 else
                          f'--experiment must be a plain folder name of at most {_MAX_NAME_BYTES} bytes, got '
                          f'{len(name.encode("utf-8", "surrogatepass"))} bytes.')
-    if args.class_map and not os.path.isfile(args.class_map):
-        raise UsageError(f'--class-map {args.class_map!r} is not a file.')
+    if args.class_map and not (os.path.isfile(args.class_map)
+                               or args.data_dir and os.path.isfile(os.path.join(args.data_dir, args.class_map))):
+        # timm reads a class map as given, else under the dataset root
+        raise UsageError(f'--class-map {args.class_map!r} is not a file' +
+                         (f' (nor is it one in --data-dir {args.data_dir!r}).' if args.data_dir else '.'))
     if args.torchcompile:
         import torch._dynamo
         backends = torch._dynamo.list_backends(exclude_tags=())

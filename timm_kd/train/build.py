@@ -237,8 +237,8 @@ def subset_indices(ds, num: int, seed: int) -> List[int]:
 
 def create_datasets(args: argparse.Namespace, dc: Dict[str, Any]):
     kw: Dict[str, Any] = {}
-    if args.class_map:
-        kw['class_map'] = args.class_map
+    if dc['class_map'] is not None:
+        kw['class_map'] = dc['class_map']  # the map as read: timm's readers would look for a bare name per split folder
     if args.input_key:
         kw['input_key'] = args.input_key
     if args.target_key:
