@@ -163,11 +163,16 @@ def test_bench_step_distill_methods_against_kd(tmp_path):
     res = bench_step.main(TINY + ['--distill', 'all', '--no-sync-probe', '--variants', 'kd'])
     assert set(res['methods']) == set(METHODS)
     kd = res['methods']['kd']
-    assert kd['predicted_over_kd'] == 1.0 and kd['over_kd']['median'] == 1.0 and kd['extra_memory_bytes'] == 0
+    assert kd['predicted_over_kd'] == pytest.approx(1.0) and kd['predicted_flops_over_kd'] == 1.0
+    assert kd['over_kd']['median'] == 1.0 and kd['extra_memory_bytes'] == 0
+    model = res['cost_model']
+    assert model['copy_bandwidth_bytes_per_s'] > 0 and model['kd_sec_per_step'] > 0
     for name, m in res['methods'].items():
-        assert m['finite_loss'] and m['step_gflops'] > 0
+        assert m['finite_loss'] and m['step_gflops'] > 0 and m['step_mib_moved'] > 0
         if METHODS[name].logit_method:  # loss arithmetic on the logits only: the same FLOPs as KD
-            assert m['predicted_over_kd'] == pytest.approx(1.0, abs=1e-6)
+            assert m['predicted_flops_over_kd'] == pytest.approx(1.0, abs=1e-6)
+        if name in ('crd', 'vid'):  # memory-bound extra work: more bytes moved than KD's step
+            assert m['step_mib_moved'] > kd['step_mib_moved']
     assert set(res['goals']) == {f'{n}_vs_prediction' for n in METHODS if n != 'kd'}
 
 

@@ -86,6 +86,7 @@ def test_nothing_cites_a_file_outside_the_repository():
         if path.suffix not in ('.py', '.md', '.yaml', '.yml', '.toml', '.txt', '.cfg') or not path.is_file():
             continue
         text = path.read_text(errors='replace')
-        if re.search(r'DESIGN\.md|\.\./shared/', text):
+        # the first design brief and the research notes behind it live outside the repository
+        if re.search(r'DESIGN\.md|\.\./shared/|paper-code-spec\.md|timm-integration\.md', text):
             offenders.append(name)
     assert offenders == []
