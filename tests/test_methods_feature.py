@@ -17,7 +17,7 @@ import timm_kd  # noqa: F401  (registers the CIFAR models)
 from timm_kd import DistillationTask, DistillMixup
 from timm_kd.distill.features import forward_with_features, matched_level, matched_stages
 from timm_kd.distill.methods import METHODS, ModelOutputs, create_method
-from timm_kd.distill.methods.crd import draw_on_device, draw_on_host
+from timm_kd.distill.methods.crd import draw_on_device, draw_on_host, sort_by_class
 from timm_kd.train import build
 from timm_kd.train.args import UsageError, parse_args, resolve_loss_weights, validate_args
 from test_faults import _run_killed_at
@@ -311,7 +311,7 @@ def test_crd_negatives_are_reproducible_from_seed_and_step(cifar_pair):
 
 def _draw(kind, labels, target, num, seed):
     if kind == 'host':
-        return draw_on_host(labels, torch.arange(len(target)), target, num, (seed, 0, 0))[:, 1:]
+        return draw_on_host(sort_by_class(labels), torch.arange(len(target)), target, num, (seed, 0, 0))[:, 1:]
     return draw_on_device(labels, torch.arange(len(target)), target, num, torch.Generator().manual_seed(seed))[:, 1:]
 
 
@@ -344,6 +344,29 @@ def test_crd_draw_fills_up_with_same_class_rows_and_follows_the_seed(kind):
         assert {j for j in range(6) if labels[j] != t} <= set(r)  # every other-class row, the rest same-class
     assert torch.equal(rows, _draw(kind, labels, target, 5, seed=1))
     assert not torch.equal(rows, _draw(kind, labels, target, 5, seed=2))
+
+
+def test_crd_draws_follow_the_labels_after_they_change(cifar_pair):
+    """The class order behind the host draw is kept between steps: new labels, loaded ones and a moved bank must
+    still be followed (negatives never of the anchor's class)."""
+    student, teacher = cifar_pair
+    method = _build('crd', student, teacher)
+    index, target = torch.arange(BATCH), torch.zeros(BATCH, dtype=torch.long)
+
+    def check():
+        rows = method.sample_negatives(index, target)
+        assert (method.labels[rows[:, 1:]] != 0).all()
+
+    method.labels.copy_(torch.arange(NUM_SAMPLES) % 2)
+    check()
+    state = method.state_dict()
+    state['labels'] = (torch.arange(NUM_SAMPLES) + 1) % 2  # the other half is class 0 now
+    method.load_state_dict(state)
+    check()
+    method.labels[:3] = 0  # a first sight of three samples, in place
+    check()
+    method.labels = method.labels.clone().roll(1)  # replaced, as .to() does
+    check()
 
 
 def _crd_step_in_process(rank, world, init_file, out_dir):
