@@ -607,8 +607,9 @@ def run_methods(args: argparse.Namespace, result: Dict[str, Any], memory: Dict[s
     flop_time = t_kd - moved['kd'] / bandwidth  # KD's step time left for its FLOPs
     rate = flops['kd'] / flop_time if flops['kd'] and flop_time > 0 else None
     result['cost_model'] = {'copy_bandwidth_bytes_per_s': bandwidth, 'flops_per_s': rate, 'kd_sec_per_step': t_kd}
-    log(f'cost model: copy bandwidth {bandwidth / 1e9:.1f} GB/s, FLOP rate {"-" if rate is None else f"{rate / 1e9:.1f}"} '
-        f'GFLOP/s (KD step {t_kd * 1e3:.1f} ms: {moved["kd"] / 2 ** 20:.0f} MiB moved, {flops["kd"] / 1e9:.2f} GFLOPs)')
+    rate_text = '-' if rate is None else f'{rate / 1e9:.1f}'
+    log(f'cost model: copy bandwidth {bandwidth / 1e9:.1f} GB/s, FLOP rate {rate_text} GFLOP/s (KD step '
+        f'{t_kd * 1e3:.1f} ms: {moved["kd"] / 2 ** 20:.0f} MiB moved, {flops["kd"] / 1e9:.2f} GFLOPs)')
     methods: Dict[str, Any] = {}
     goals: Dict[str, Any] = {}
     base_mem = memory.get('kd', {}).get('ours', {}).get('peak_bytes')

@@ -24,7 +24,9 @@ initialisation). When fewer than N other-class samples exist, the rest are fille
 With the bank on the CPU the draw is numpy's partial shuffle per sample (N random numbers a sample, as
 the authors' ``np.random.choice``); on an accelerator, one random key per bank row and a top-k on the
 device (no host sync). The draw is a function of (``seed``, step, process rank), the step is part of the
-module state: a resumed run draws the same negatives. Banks, labels, Z and the step are buffers / extra
+module state: a resumed run draws the same negatives. The loss's gradient in the embeddings is taken in the
+forward, while the banks are as the scores saw them, so the banks are then updated in place (as the authors
+update them after scoring) without autograd holding them. Banks, labels, Z and the step are buffers / extra
 state of this module (in the training checkpoint, never in the exported student). Under several processes
 (torch.distributed) every process updates its banks with the samples of all processes and Z is their
 mean, so all processes hold the bank one process would, and any one's checkpoint resumes them all.
@@ -218,7 +220,8 @@ class CRD(FeatureDistiller):
         with no_autocast(v_s), torch.no_grad():
             # scores v·m / τ: one (B, n_data) matmul and a gather, cheaper than gathering B·(1 + N) bank rows of
             # d floats (N·d > n_data for CIFAR)
-            all_scores = [torch.mm(v / self.nce_t, bank.t(), out=self._scratch(i, len(v))) for i, (v, bank) in enumerate(pairs)]
+            all_scores = [torch.mm(v / self.nce_t, bank.t(), out=self._scratch(i, len(v)))
+                          for i, (v, bank) in enumerate(pairs)]
             scores = [a.gather(1, rows) for a in all_scores]
             if self.step == 0:
                 z = torch.stack([s.exp().mean() for s in scores]) * self.num_samples
