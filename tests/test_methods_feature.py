@@ -5,7 +5,6 @@ closed forms, not our code), to 1e-5; the feature extraction against the models'
 """
 import itertools
 import math
-import shutil
 
 import pytest
 import timm
