@@ -32,10 +32,21 @@ def train_kd():
     return mod
 
 
+def _random_resnet8(tmp_path_factory, seed: int, name: str) -> str:
+    """A 10-class resnet8 initialised from ``seed``, saved as a plain state dict; its path."""
+    torch.manual_seed(seed)
+    path = tmp_path_factory.mktemp(name) / f'resnet8_{name}.pth'
+    torch.save(timm.create_model('resnet8', num_classes=10).state_dict(), path)
+    return str(path)
+
+
 @pytest.fixture(scope='module')
 def teacher_ckpt(tmp_path_factory):
     """A fixed, randomly initialised 10-class resnet8 teacher saved as a plain state dict."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('teacher') / 'resnet8_t.pth'
-    torch.save(timm.create_model('resnet8', num_classes=10).state_dict(), path)
-    return str(path)
+    return _random_resnet8(tmp_path_factory, 0, 'teacher')
+
+
+@pytest.fixture(scope='module')
+def init_ckpt(tmp_path_factory):
+    """Known starting weights for the student (--initial-checkpoint): the first update can be checked."""
+    return _random_resnet8(tmp_path_factory, 1, 'init')

@@ -58,15 +58,6 @@ COVERS = (
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
-@pytest.fixture(scope='module')
-def init_ckpt(tmp_path_factory):
-    """Known starting weights for the student (--initial-checkpoint): the first update can be checked."""
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp('init') / 'resnet8_init.pth'
-    torch.save(timm.create_model('resnet8', num_classes=10).state_dict(), path)
-    return str(path)
-
-
 def _kd(teacher_ckpt):
     return ['--teacher', 'resnet8', '--teacher-checkpoint', teacher_ckpt]
 
