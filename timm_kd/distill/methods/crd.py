@@ -101,13 +101,13 @@ def draw_on_host(by_class: Tuple[torch.Tensor, torch.Tensor], index: torch.Tenso
     the block.
     """
     order, sorted_labels = by_class
-    starts = torch.searchsorted(sorted_labels, target).tolist()
-    counts = (torch.searchsorted(sorted_labels, target, right=True) - torch.as_tensor(starts)).tolist()
+    starts = torch.searchsorted(sorted_labels, target)
+    counts = torch.searchsorted(sorted_labels, target, right=True) - starts
     order, total = order.numpy(), len(order)
     rng = np.random.default_rng(seed)
-    rows = np.empty((len(starts), 1 + num), dtype=np.int64)
+    rows = np.empty((len(target), 1 + num), dtype=np.int64)
     rows[:, 0] = index.numpy()
-    for i, (start, count) in enumerate(zip(starts, counts)):
+    for i, (start, count) in enumerate(zip(starts.tolist(), counts.tolist())):
         others = total - count
         if others >= num:
             positions = rng.choice(others, num, replace=False)
