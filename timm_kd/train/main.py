@@ -42,7 +42,10 @@ def _create_optimizer(args: argparse.Namespace, student: torch.nn.Module, task: 
         raise UsageError(f'Could not create optimizer {args.opt!r}: {first_line(e)}.') from e
     distiller = getattr(task, 'distiller', None)
     if distiller is not None and any(p.requires_grad for p in distiller.parameters()):
-        groups = [{'params': [p for p in distiller.parameters() if p.requires_grad]}] if args.wd_all_params else \
+        # the weight decay of each group is explicit: timm puts it in the student's groups and leaves the optimizer's
+        # default at 0, so a bare group would train the method's parts without decay (RepDistiller decays them)
+        groups = [{'params': [p for p in distiller.parameters() if p.requires_grad],
+                   'weight_decay': args.weight_decay}] if args.wd_all_params else \
             param_groups_weight_decay(distiller, args.weight_decay)
         for g in groups:
             if g['params']:
