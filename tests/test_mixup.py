@@ -414,6 +414,38 @@ def test_correct_lam_false_keeps_the_drawn_lambda(mode):
     assert below >= 5
 
 
+def _authors_rand_bbox(size, lam):
+    """The CutMix box of the authors' code (and the CutMix paper's): [c - cut // 2, c + cut // 2) clipped, centre
+    uniform; written out here as the reference. timm's rand_bbox gives an odd side its full length instead."""
+    h, w = size[2], size[3]
+    cut_h, cut_w = int(h * np.sqrt(1. - lam)), int(w * np.sqrt(1. - lam))
+    cy, cx = np.random.randint(h), np.random.randint(w)
+    return (np.clip(cy - cut_h // 2, 0, h), np.clip(cy + cut_h // 2, 0, h),
+            np.clip(cx - cut_w // 2, 0, w), np.clip(cx + cut_w // 2, 0, w))
+
+
+@pytest.mark.parametrize('hw', [(32, 32), (7, 9)])
+def test_cutmix_box_is_the_authors_rand_bbox(hw):
+    """For the same lambda and centre draws, a CutMix set pastes the authors' box (odd sides included)."""
+    h, w = hw
+    x = torch.arange(4 * h * w, dtype=torch.float32).view(4, 1, h, w)
+    odd = 0
+    for seed in range(40):
+        np.random.seed(seed)
+        views = DistillMixup(cutmix_alpha=1.0, correct_lam=False)(x)  # the global numpy RNG, as timm
+        np.random.seed(seed)  # replay: the pairing, the mixing probability, lambda, then the centre
+        DistillMixup(cutmix_alpha=1.0)._partners(4)
+        np.random.rand()
+        lam = np.random.beta(1.0, 1.0)
+        yl, yh, xl, xh = _authors_rand_bbox(x.shape, lam)
+        expected = x.clone()
+        expected[:, :, yl:yh, xl:xh] = x[views.partner][:, :, yl:yh, xl:xh]
+        assert torch.equal(views.x_mix, expected)
+        assert views.lam[0].item() == pytest.approx(lam)
+        odd += int(h * math.sqrt(1 - lam)) % 2
+    assert odd >= 5  # odd box sides were drawn
+
+
 @pytest.mark.parametrize('mode', ['batch', 'elem'])
 @pytest.mark.parametrize('switch_prob', [0.2, 0.8])
 def test_switch_prob_is_the_share_of_cutmix(mode, switch_prob):

@@ -296,8 +296,9 @@ class DistillMixup:
             ratio = math.sqrt(1. - lam)
             cut_h, cut_w = int(h * ratio), int(w * ratio)
         cy, cx = int(rng.randint(0, h)), int(rng.randint(0, w))
-        yl, yh = max(cy - cut_h // 2, 0), min(cy + (cut_h + 1) // 2, h)
-        xl, xh = max(cx - cut_w // 2, 0), min(cx + (cut_w + 1) // 2, w)
+        # [c - cut // 2, c + cut // 2), clipped: the authors' and timm's rand_bbox (an odd side loses a pixel)
+        yl, yh = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+        xl, xh = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
         if self.cutout or self.correct_lam:
             lam = 1. - (yh - yl) * (xh - xl) / float(h * w)
         return kind, lam, (yl, yh, xl, xh)
@@ -341,8 +342,8 @@ class DistillMixup:
         else:
             # centre uniform over the image, box clipped at the border (CutMix, Cutout, timm's rand_bbox)
             cy, cx = rng.randint(0, h, size=count), rng.randint(0, w, size=count)
-            yl, yh = np.clip(cy - cut_h // 2, 0, h), np.clip(cy + (cut_h + 1) // 2, 0, h)
-            xl, xh = np.clip(cx - cut_w // 2, 0, w), np.clip(cx + (cut_w + 1) // 2, 0, w)
+            yl, yh = np.clip(cy - cut_h // 2, 0, h), np.clip(cy + cut_h // 2, 0, h)
+            xl, xh = np.clip(cx - cut_w // 2, 0, w), np.clip(cx + cut_w // 2, 0, w)
         boxed = (kind == _CUTMIX) | (kind == _CUTOUT)
         box = np.stack([yl, yh, xl, xh], axis=1).astype(np.int64)
         box[~boxed] = 0
