@@ -32,6 +32,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from timm_kd.utils.errors import UsageError
+from timm_kd.utils.files import atomic_write_bytes, atomic_write_text
+
 __all__ = ['TeacherProbStats', 'score_view', 'main']
 
 _logger = logging.getLogger('da_score')
@@ -223,10 +226,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _Usage(ValueError):
-    """A user mistake of da_score: one sentence, exit code 2."""
-
-
 def _train_argv(args: argparse.Namespace, model: str, view_flags: Sequence[str], seed: int) -> List[str]:
     """train_kd.py arguments that build this data / view setup (so the views are made by train_kd's own code)."""
     argv = ['--dataset', args.dataset, '--model', model, '--teacher', args.teacher, '--std-aug', args.std_aug,
@@ -253,16 +252,15 @@ def _setup(args: argparse.Namespace, flags: Sequence[str], seed: int):
 def _check_views(args: argparse.Namespace) -> List[Any]:
     """Resolve every view name and check it against train_kd's checks, before any scoring."""
     from timm_kd.data.views import resolve_view
-    from timm_kd.train.args import UsageError
     from timm_kd.train.build import create_datasets
     out = []
     for name in [v.strip() for v in args.views.split(',') if v.strip()]:
         try:
             view, config = resolve_view(name)
         except ValueError as e:
-            raise _Usage(str(e)) from e
+            raise UsageError(str(e)) from e
         if view.needs_student and not args.student:
-            raise _Usage(f'The view {name!r} picks with the student: add --student MODEL (e.g. the student you plan '
+            raise UsageError(f'The view {name!r} picks with the student: add --student MODEL (e.g. the student you plan '
                          f'to train; randomly initialised as the authors, or --student-checkpoint).')
         try:
             targs, dc = _setup(args, view.flags(config) if view.kind != 'none' else [], 0)
@@ -270,10 +268,10 @@ def _check_views(args: argparse.Namespace) -> List[Any]:
                 create_datasets(targs, dc)  # builds the view transform: checks the policy on this image size
         except UsageError as e:
             msg = str(e)
-            raise _Usage(msg[len('--tl-aug: '):] if msg.startswith('--tl-aug: ') else f'{name}: {msg}') from e
+            raise UsageError(msg[len('--tl-aug: '):] if msg.startswith('--tl-aug: ') else f'{name}: {msg}') from e
         out.append((name, view, config))
     if not out:
-        raise _Usage('--views is empty: give a comma list of view names.')
+        raise UsageError('--views is empty: give a comma list of view names.')
     return out
 
 
@@ -282,7 +280,6 @@ def _plot(path_stem: str, rows: List[Dict[str, Any]], title: str) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from timm_kd.train.checkpoint import atomic_write_bytes
     names = [r['view'] for r in rows][::-1]
     means = [r['stddev_mean'] for r in rows][::-1]
     errs = [r['stddev_sd'] if r['seeds'] > 1 else 0. for r in rows][::-1]
@@ -315,34 +312,29 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Score every view for every seed; returns the result dict (also written to --output)."""
     import numpy as np
     from timm_kd.train.build import build_teacher, create_datasets, create_mixer, create_student
-    from timm_kd.train.checkpoint import atomic_write_text
     from timm_kd.train.data import create_train_loader
 
     try:
         seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
     except ValueError:
-        raise _Usage(f'--seeds must be a comma list of integers, got {args.seeds!r}.') from None
+        raise UsageError(f'--seeds must be a comma list of integers, got {args.seeds!r}.') from None
     if not seeds:
-        raise _Usage('--seeds is empty.')
+        raise UsageError('--seeds is empty.')
     if args.batches is not None and args.batches < 1:
-        raise _Usage(f'--batches must be >= 1, got {args.batches}.')
+        raise UsageError(f'--batches must be >= 1, got {args.batches}.')
     try:
         study = [int(c) for c in args.chunk_study.split(',') if c.strip()]
     except ValueError:
         study = [0]
     if (args.chunk is not None and args.chunk < 1) or any(c < 1 for c in study):
-        raise _Usage(f'--chunk and --chunk-study take block counts >= 1, got {args.chunk} / {args.chunk_study!r}.')
+        raise UsageError(f'--chunk and --chunk-study take block counts >= 1, got {args.chunk} / {args.chunk_study!r}.')
     views = _check_views(args)
-    from timm_kd.train.args import UsageError
     targs, dc = _setup(args, [], seeds[0])
-    try:
-        teacher = _teacher_on_data(build_teacher(targs, dc).eval(), dc['mean'], dc['std'])
-        student = create_student(targs, dc) if args.student else None
-    except UsageError as e:
-        raise _Usage(str(e)) from e
+    teacher = _teacher_on_data(build_teacher(targs, dc).eval(), dc['mean'], dc['std'])
+    student = create_student(targs, dc) if args.student else None
     out_dir = os.path.abspath(args.output or os.path.join('output', 'da_score', datetime.now().strftime('%Y%m%d-%H%M%S')))
     if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise _Usage(f'--output {out_dir} is not empty: pass another folder.')
+        raise UsageError(f'--output {out_dir} is not empty: pass another folder.')
     os.makedirs(out_dir, exist_ok=True)
     if student is not None:
         student.train()  # the pick pass scores with batch statistics (frozen running stats), as in training
@@ -415,10 +407,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Command line entry point; a user mistake prints one sentence and raises SystemExit(2)."""
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     args = build_parser().parse_args(argv)
-    from timm_kd.train.args import UsageError
     try:
         return run(args)
-    except (_Usage, UsageError) as e:
+    except UsageError as e:
         print(f'da_score: error: {e}', file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 

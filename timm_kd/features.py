@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from .feature_space import cluster_v_score, embed_2d, extract_features, plot_embeddings
-from .train.args import UsageError
-from .train.checkpoint import atomic_write_text
+from .utils.errors import UsageError
+from .utils.files import atomic_write_text
+from .utils.messages import first_line
 
 RUN_WEIGHTS = {'best': 'model_best.pth.tar', 'last': 'last.pth.tar'}
 
@@ -94,7 +95,7 @@ def load_model(ref: str, model_name: str, num_classes: int, which: str) -> Tuple
         try:
             return ref.split(':', 1)[1].rstrip('/').split('/')[-1], timm.create_model(ref, pretrained=True)
         except Exception as e:  # noqa: BLE001 - Hub / folder errors of any kind end in one sentence
-            raise UsageError(f'Could not load {ref}: {str(e).splitlines()[0]}.') from e
+            raise UsageError(f'Could not load {ref}: {first_line(e)}.') from e
     name, path = os.path.basename(os.path.normpath(ref)), ref
     if _is_run(ref):
         import yaml
@@ -112,7 +113,7 @@ def load_model(ref: str, model_name: str, num_classes: int, which: str) -> Tuple
         model = timm.create_model(model_name, num_classes=int(meta.get('num_classes') or num_classes))
         load_kd_checkpoint(model, state_dict)
     except (KDCheckpointError, RuntimeError) as e:
-        raise UsageError(f'{path}: {str(e).splitlines()[0]}') from e
+        raise UsageError(f'{path}: {first_line(e)}.') from e
     return name.replace('.pth.tar', '').replace('.pth', ''), model
 
 

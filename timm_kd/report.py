@@ -29,8 +29,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 
-from .train.args import RESUME_RUN_FLAGS, UsageError
-from .train.checkpoint import atomic_write_text
+from .train.args import RESUME_RUN_FLAGS
+from .utils.errors import UsageError
+from .utils.files import atomic_write_text
 
 __all__ = ['RunRecord', 'Group', 'SkippedRun', 'find_run_dirs', 'load_run', 'load_runs', 'group_runs',
            'varying_keys', 'build_table', 'format_table', 'load_paper', 'same_setting', 'main', 'IGNORED_SETTINGS',

@@ -41,9 +41,11 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import yaml
 
-from .train.args import UsageError, kd_view_modes, parse_args, validate_args
-from .train.checkpoint import atomic_write_text
+from .train.args import kd_view_modes, parse_args, validate_args
 from .train.state import checkpoint_candidates
+from .utils.errors import UsageError
+from .utils.files import atomic_write_text
+from .utils.messages import first_line
 
 __all__ = ['Run', 'load_grid', 'parse_overrides', 'parse_train_argv', 'expand_grid', 'flags_to_argv', 'run_state',
            'step_cost', 'device_slots', 'execute', 'main', 'AXIS_FLAGS']
@@ -100,7 +102,7 @@ def load_grid(path: str) -> Dict[str, Any]:
         with open(path) as f:
             grid = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
-        raise UsageError(f'Grid file {path!r} is not valid YAML: {str(e).splitlines()[0]}.') from e
+        raise UsageError(f'Grid file {path!r} is not valid YAML: {first_line(e)}.') from e
     if not isinstance(grid, dict):
         raise UsageError(f'Grid file {path!r} must hold a mapping with the keys {", ".join(GRID_KEYS)}.')
     unknown = sorted(set(grid) - set(GRID_KEYS))

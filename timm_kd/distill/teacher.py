@@ -14,7 +14,7 @@ import torch.nn as nn
 import timm
 from timm.models import get_pretrained_cfg, parse_model_name
 
-from timm_kd.messages import first_line
+from timm_kd.utils.messages import first_line
 from timm_kd.models import (
     checkpoint_accuracy, checkpoint_num_classes, hub_org, load_kd_checkpoint, read_kd_checkpoint)
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 import timm
 
-from timm_kd.messages import public_ref
+from timm_kd.utils.messages import public_ref
 from .io import timm_kd_version
 
 __all__ = ['DatasetInfo', 'KNOWN_DATASETS', 'identify_dataset', 'card_header', 'teacher_card', 'student_card',

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import timm
 import yaml
 
-from timm_kd.messages import first_line, public_ref
+from timm_kd.utils.messages import first_line, public_ref
 from timm_kd.models import load_kd_checkpoint, read_kd_checkpoint
 from .cards import identify_dataset, student_card
 from .io import check_repo_id, push_folder, save_model_folder, sha256_file, timm_kd_version

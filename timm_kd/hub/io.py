@@ -27,7 +27,7 @@ import torch.nn as nn
 
 import timm
 
-from timm_kd.messages import first_line
+from timm_kd.utils.messages import first_line
 
 __all__ = ['HubPublishError', 'hub_endpoint', 'explain_hub_error', 'check_repo_id', 'save_model_folder',
            'push_folder', 'verify_folder', 'sha256_file', 'timm_kd_version', 'EXPORT_MARKER', 'DEFAULT_TIMEOUT',

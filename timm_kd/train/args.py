@@ -23,6 +23,8 @@ from timm_kd.data.views import resolve_view, sample_view_names
 from timm_kd.distill.methods import METHODS
 from timm_kd.distill.pick import PICK_CRITERIA
 from timm_kd.distill.task import VIEW_LOSSES
+from timm_kd.utils.errors import UsageError
+from timm_kd.utils.messages import first_line
 
 __all__ = [
     'UsageError', 'is_main_process_env', 'report_error', 'build_parser', 'parse_args', 'validate_args', 'kd_view_modes',
@@ -96,10 +98,6 @@ def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             if not ok:
                 what = 'a finite number' if low is None else _range_text(low, high, low_open, high_open)
                 raise UsageError(f'{a.option_strings[-1]} must be {what}, got {v:g}.')
-
-
-class UsageError(ValueError):
-    """A user mistake (flags, files, incompatible models/data): one sentence, exit code 2, before training."""
 
 
 class _ParseKwargs(argparse.Action):
@@ -416,7 +414,7 @@ def _load_yaml(path: str, what: str) -> Dict[str, Any]:
     except OSError as e:
         raise UsageError(f'{what} {path!r} cannot be read: {e.strerror or e}.') from e
     except yaml.YAMLError as e:
-        raise UsageError(f'{what} {path!r} is not valid YAML: {str(e).splitlines()[0]}.') from e
+        raise UsageError(f'{what} {path!r} is not valid YAML: {first_line(e)}.') from e
     if not isinstance(cfg, dict):
         raise UsageError(f'{what} {path!r} must hold a mapping of flag names to values.')
     return cfg

@@ -18,8 +18,9 @@ from timm_kd.data.transforms import SMALL_INPUT_LIMIT, create_kd_transform
 from timm_kd.data.views import ImageSpec, PairedTransform, create_view_transform, images_per_step
 from timm_kd.distill import teacher as teacher_lib
 from timm_kd.distill.methods import METHODS
-from timm_kd.messages import first_line
-from .args import LARGE_INPUT_AUG_FLAGS, UsageError, build_parser, kd_view_modes, resolve_loss_weights, tl_aug_on
+from timm_kd.utils.errors import UsageError
+from timm_kd.utils.messages import first_line
+from .args import LARGE_INPUT_AUG_FLAGS, build_parser, kd_view_modes, resolve_loss_weights, tl_aug_on
 from .schedule import schedule_lengths
 
 __all__ = ['data_config', 'create_student', 'build_teacher', 'create_datasets', 'subset_indices', 'create_mixer',

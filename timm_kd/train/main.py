@@ -14,12 +14,13 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import yaml
 
-from .args import UsageError, is_main_process_env, parse_args, report_error, resume_flag_changes, validate_args
-from timm_kd.messages import first_line
+from timm_kd.utils.errors import UsageError
+from timm_kd.utils.files import atomic_write_text, output_error, remove_stale_temp_files
+from timm_kd.utils.messages import first_line
+from .args import is_main_process_env, parse_args, report_error, resume_flag_changes, validate_args
 from .build import (
     build_teacher, create_datasets, create_student, create_task, data_config, distill_record, recipe_of, resolve_lr,
     views_record)
-from .checkpoint import atomic_write_text, output_error, remove_stale_temp_files
 from .data import create_eval_loader, create_train_loader
 from .loop import EpochMeters, NonFiniteLossError, evaluate, mean_lr, train_one_epoch
 from .output import RESULTS_VERSION, LogFiles, choose_run_dir, teacher_lineage, write_results, write_summary_row

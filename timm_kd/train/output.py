@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional
 
 import timm
 
-from timm_kd.messages import public_ref
-from .checkpoint import atomic_write_text
+from timm_kd.utils.messages import public_ref
+from timm_kd.utils.files import atomic_write_text
 
 __all__ = ['new_run_dir', 'choose_run_dir', 'LogFiles', 'write_summary_row', 'write_results', 'RESULTS_VERSION',
            'teacher_lineage']

@@ -22,9 +22,11 @@ import torch
 from timm.models import clean_state_dict
 from timm.utils import unwrap_model
 
-from .args import UsageError
+from timm_kd.utils.errors import UsageError
+from timm_kd.utils.files import atomic_copy, atomic_save
+from timm_kd.utils.messages import first_line
 from .build import load_weights
-from .checkpoint import atomic_copy, atomic_save, capture_rng_state, restore_rng_state
+from .checkpoint import capture_rng_state, restore_rng_state
 from .loop import EpochMeters, NonFiniteLossError
 
 __all__ = ['CHECKPOINT_VERSION', 'CheckpointError', 'TrainState', 'Training', 'content_sha256', 'non_finite_tensors',
@@ -185,13 +187,13 @@ class TrainState:
                 distiller.load_state_dict(self.distiller or {}, strict=True)
             except RuntimeError as e:
                 raise UsageError(f'The distiller state in the checkpoint does not fit this --distill method: '
-                                 f'{str(e).splitlines()[0]}.') from e
+                                 f'{first_line(e)}.') from e
         if resume_opt:
             try:
                 training.optimizer.load_state_dict(self.optimizer)
             except (ValueError, KeyError, RuntimeError) as e:
                 raise UsageError(f'The optimizer state in the checkpoint does not fit --opt {training.args.opt}: '
-                                 f'{str(e).splitlines()[0]} (use --no-resume-opt).') from e
+                                 f'{first_line(e)} (use --no-resume-opt).') from e
         if resume_schedule and training.scheduler is not None and self.scheduler:
             training.scheduler.load_state_dict(self.scheduler)
         if acc.scaler is not None and self.scaler:
