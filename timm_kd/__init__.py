@@ -6,8 +6,6 @@ __version__ = '0.1.0'
 
 from . import models
 from .models import KDCheckpointError, load_kd_checkpoint, read_kd_checkpoint
-# distill before data: data.mixup reads the pick-criteria table of timm_kd.distill.pick, and
-# timm_kd.distill.task imports data.mixup (which then finds distill.pick already loaded)
-from .distill import DistillationTask
 from .data.mixup import DistillMixup
+from .distill import DistillationTask
 from . import hub

@@ -134,7 +134,8 @@ def _teacher_rows(teacher, x: torch.Tensor, y: torch.Tensor, view_input: Optiona
     The rows are those of ``DistillationTask``: a per-sample view as it is, or the mixer's pool made from
     it (or from x), reduced to the picked rows when the view picks."""
     from timm.utils import unwrap_model
-    from timm_kd.distill.pick import batchnorm_modules, frozen_bn_stats, pick_scores, pick_topk
+    from timm_kd.data.pick import pick_scores, pick_topk
+    from timm_kd.distill.pick import batchnorm_modules, frozen_bn_stats
     base = x if view_input is None else view_input
     if mixer is None:
         if view_input is None:

@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from timm_kd.distill.pick import PICK_CRITERIA
+from .pick import PICK_CRITERIA
 
 __all__ = ['DistillMixup', 'MixedViews', 'PICK_CRITERIA', 'PAIRINGS', 'MIX_MODES', 'LABEL_MODES']
 
@@ -118,7 +118,7 @@ class DistillMixup:
         n_candidates: candidate sets per batch; the pool has ``n_candidates * B`` views, each set with
             its own lambda, box and pairing. None: 2 when picking (the paper), else 1.
         pick: None (train on the whole pool), or the criterion to keep the top ``pick_ratio`` of the
-            pool, a name of ``timm_kd.distill.pick.PICK_CRITERIA``: 'kld' (per-sample KL(teacher ||
+            pool, a name of ``timm_kd.data.pick.PICK_CRITERIA``: 'kld' (per-sample KL(teacher ||
             student) at T, the paper's best), 't_ent' / 's_ent' (teacher / student entropy at T=1) or
             'random' (the control, drawn here up front).
         pick_ratio: share of the pool kept when picking, in (0, 1]. Paper: 0.5 (64 of 128).

@@ -26,6 +26,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from .pick import PICK_CRITERIA
+
 __all__ = [
     'View', 'ImageSpec', 'VIEWS', 'VIEW_KINDS', 'resolve_view', 'sample_view_names', 'mix_view_names',
     'create_view_transform', 'PairedTransform', 'PatchShuffle', 'images_per_step', 'describe',
@@ -82,12 +84,6 @@ def _sample(name: str, help: str, default_config: Optional[str] = None, family: 
     return View(name, 'sample', help, default_config=default_config, family=family)
 
 
-_PICKS = (('kld', 'largest teacher-student KL (paper Eq. 3)', True),
-          ('tent', 'largest teacher entropy', False),
-          ('sent', 'largest student entropy', True),
-          ('random', 'random half (control)', False))
-_PICK_FLAG = {'kld': 'kld', 'tent': 't_ent', 'sent': 's_ent', 'random': 'random'}
-
 VIEWS: Dict[str, View] = {v.name: v for v in (
     View('none', 'none', 'no second view: the original batch only (KD)'),
     _sample('identity', 'a copy of the original view (control: same images, twice the KD weight)'),
@@ -117,9 +113,10 @@ VIEWS: Dict[str, View] = {v.name: v for v in (
     _mix('cutmix_hard', 'KD+CutMix baseline: CutMix views trained on hard area-weighted labels (the teacher '
                         'scores the same images as cutmix)', ('--cutmix-hard', '1.0'),
          cutmix_alpha=1.0, label_mode='hard'),
-    *(_mix(f'cutmix_pick_{key}', f'TLCutMix+pick: 2 x batch CutMix candidates, train on the half with the {what}',
-           ('--tl-cutmix', '1.0', '--pick', _PICK_FLAG[key]), needs_student=student,
-           cutmix_alpha=1.0, pick=_PICK_FLAG[key]) for key, what, student in _PICKS),
+    # one TLCutMix+pick view per pick criterion, named without the criterion's underscore (t_ent -> _tent)
+    *(_mix(f'cutmix_pick_{name.replace("_", "")}', f'TLCutMix+pick: 2 x batch CutMix candidates, train on the '
+           f'half picked by {name}: {crit.description}', ('--tl-cutmix', '1.0', '--pick', name),
+           needs_student=crit.needs_student, cutmix_alpha=1.0, pick=name) for name, crit in PICK_CRITERIA.items()),
 )}
 
 

@@ -2,22 +2,16 @@
 
 All functions take raw logits and compute in float32 (logits may come out of autocast in bf16/fp16).
 The exact formulas are written out in docs/methods.md.
+
+The per-sample pick scores (``per_sample_kl``, ``entropy``) are defined with the pick criteria in
+``timm_kd.data.pick`` and exported here too.
 """
 import torch
 import torch.nn.functional as F
 
+from timm_kd.data.pick import entropy, per_sample_kl  # the pick scores, exported here beside the losses
+
 __all__ = ['kd_loss', 'per_sample_kl', 'entropy', 'soft_target_cross_entropy', 'standardize_logits']
-
-
-def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
-    """KL(p_t || p_s) per sample, p = softmax(logits / T); no T² factor (paper Eq. 3, the pick score).
-
-    Returns:
-        (B,) tensor.
-    """
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
@@ -29,16 +23,6 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     return F.kl_div(log_p_s, log_p_t, reduction='batchmean', log_target=True) * (temperature ** 2)
-
-
-def entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of softmax(logits / T) per sample (nats). The t_ent / s_ent pick scores use T=1.
-
-    Returns:
-        (B,) tensor.
-    """
-    log_p = F.log_softmax(logits.float() / temperature, dim=-1)
-    return -(log_p.exp() * log_p).sum(-1)
 
 
 def soft_target_cross_entropy(logits: torch.Tensor, soft_target: torch.Tensor) -> torch.Tensor:

@@ -1,74 +1,18 @@
-""" Picking the most informative views (TLCutMix+pick): the criteria table and the BatchNorm guard
+""" The BatchNorm guard of the pick step's scoring pass; the criteria table is ``timm_kd.data.pick``
 
-``PICK_CRITERIA`` is the one table of pick criteria: ``DistillMixup(pick=...)``, ``train_kd.py --pick``
-and the task read it. Adding a criterion = one entry here (a score function, whether it needs the
-student's no-grad scoring pass over the pool, a one-line description).
+The student scores a pool of views in train mode (batch statistics, as the authors' code) without moving
+its BatchNorm running statistics: ``frozen_bn_stats(batchnorm_modules(student))``. The pick criteria
+(``PICK_CRITERIA``, ``pick_scores``, ``pick_topk``) are read from here too, under the names this module
+always had.
 """
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
+from typing import Iterable, Iterator, List
 
-import torch
 import torch.nn as nn
 
-from .losses import entropy, per_sample_kl
+from timm_kd.data.pick import PICK_CRITERIA, PickCriterion, pick_scores, pick_topk
 
 __all__ = ['PickCriterion', 'PICK_CRITERIA', 'pick_scores', 'pick_topk', 'batchnorm_modules', 'frozen_bn_stats']
-
-ScoreFn = Callable[[Optional[torch.Tensor], torch.Tensor, float], torch.Tensor]
-
-
-class PickCriterion(NamedTuple):
-    """One pick criterion.
-
-    Attributes:
-        score: (student logits or None, teacher logits, T) -> (N,) score per pool row, the largest are
-            picked; None: the rows are drawn at random up front by ``DistillMixup`` (no scoring).
-        needs_student: the task runs a no-grad student pass over the pool for the score.
-        description: for ``--help`` and the docs.
-    """
-    score: Optional[ScoreFn]
-    needs_student: bool
-    description: str
-
-
-def _kld(student_logits, teacher_logits, temperature):
-    return per_sample_kl(student_logits, teacher_logits, temperature)
-
-
-def _teacher_entropy(student_logits, teacher_logits, temperature):
-    return entropy(teacher_logits)
-
-
-def _student_entropy(student_logits, teacher_logits, temperature):
-    return entropy(student_logits)
-
-
-PICK_CRITERIA: Dict[str, PickCriterion] = {
-    'kld': PickCriterion(_kld, True, 'per-sample KL(teacher || student) at T (paper Eq. 3, the best)'),
-    't_ent': PickCriterion(_teacher_entropy, False, 'entropy of the teacher at T=1'),
-    's_ent': PickCriterion(_student_entropy, True, 'entropy of the student at T=1'),
-    'random': PickCriterion(None, False, 'random rows (the control)'),
-}
-
-
-def pick_scores(
-        criterion: str,
-        student_logits: Optional[torch.Tensor],
-        teacher_logits: Optional[torch.Tensor],
-        temperature: float = 4.0,
-) -> torch.Tensor:
-    """Score of every candidate under ``criterion``; the largest are picked (the authors sort ascending
-    and keep the tail)."""
-    crit = PICK_CRITERIA.get(criterion)
-    if crit is None or crit.score is None:
-        scored = [k for k, c in PICK_CRITERIA.items() if c.score is not None]
-        raise ValueError(f"No score for pick criterion '{criterion}' (expected one of {scored}).")
-    return crit.score(student_logits, teacher_logits, temperature)
-
-
-def pick_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k largest scores (global over the pool, not one per source image)."""
-    return torch.topk(scores, k, largest=True, sorted=False).indices
 
 
 def batchnorm_modules(module: nn.Module) -> List[nn.modules.batchnorm._BatchNorm]:

@@ -36,10 +36,11 @@ from timm.task.classification import resolve_classification_loss
 from timm.utils import unwrap_model
 
 from timm_kd.data.mixup import DistillMixup, MixedViews
+from timm_kd.data.pick import PICK_CRITERIA, pick_topk
 from .features import forward_with_features
 from .losses import kd_loss, per_sample_kl, soft_target_cross_entropy
 from .methods import Distiller, ModelOutputs, create_method
-from .pick import PICK_CRITERIA, batchnorm_modules, frozen_bn_stats, pick_topk
+from .pick import batchnorm_modules, frozen_bn_stats
 
 __all__ = ['DistillationTask', 'VIEW_LOSSES']
 

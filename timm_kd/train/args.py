@@ -19,9 +19,9 @@ import ast
 
 import yaml
 
+from timm_kd.data.pick import PICK_CRITERIA
 from timm_kd.data.views import resolve_view, sample_view_names
 from timm_kd.distill.methods import METHODS
-from timm_kd.distill.pick import PICK_CRITERIA
 from timm_kd.distill.task import VIEW_LOSSES
 from timm_kd.utils.errors import UsageError
 from timm_kd.utils.messages import first_line
