@@ -14,9 +14,10 @@ import torch.nn as nn
 import timm
 from timm.models import get_pretrained_cfg, parse_model_name
 
-from timm_kd.utils.messages import first_line
 from timm_kd.models import (
     checkpoint_accuracy, checkpoint_num_classes, hub_org, load_kd_checkpoint, read_kd_checkpoint)
+from timm_kd.utils.hub_access import explain_hub_error, hub_endpoint
+from timm_kd.utils.messages import first_line
 
 __all__ = ['TeacherLoadError', 'create_teacher', 'resolve_checkpoint']
 
@@ -75,7 +76,6 @@ def create_teacher(
 
 def resolve_checkpoint(checkpoint: Union[str, os.PathLike]) -> Path:
     """A local checkpoint path, or ``hf-hub:org/repo[@rev]/file`` downloaded into the Hub cache."""
-    from timm_kd.hub.io import explain_hub_error, hub_endpoint
     spec = str(checkpoint)
     if spec.startswith(('hf-hub:', 'hf_hub:')):
         repo_id, filename, revision = _split_hub_file(spec.split(':', 1)[1])
@@ -122,7 +122,6 @@ def _create(name: str, **kwargs) -> nn.Module:
 
 
 def _teacher_pretrained(name: str, source: Optional[str], model_id: str, info: Dict[str, Any], **kwargs) -> nn.Module:
-    from timm_kd.hub.io import explain_hub_error, hub_endpoint
     probe = None  # (repo_id, file): checked with one quick request before timm's retrying download
     if source is None:  # registered name: its pretrained cfg must point at real weights
         if not timm.is_model(name):
@@ -188,7 +187,6 @@ def _probe_hub(hub_id: str, filename: str) -> None:
 
 def _teacher_from_checkpoint(name: str, checkpoint, num_classes: Optional[int], info: Dict[str, Any],
                              **kwargs) -> Tuple[nn.Module, Dict[str, Any]]:
-    from timm_kd.hub.io import explain_hub_error
     path = resolve_checkpoint(checkpoint)
     try:
         state_dict, meta = read_kd_checkpoint(path)

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 import timm
 
-from timm_kd.utils.messages import first_line
+from timm_kd.utils.hub_access import explain_hub_error, http_status, hub_endpoint
 
 __all__ = ['HubPublishError', 'hub_endpoint', 'explain_hub_error', 'check_repo_id', 'save_model_folder',
            'push_folder', 'verify_folder', 'sha256_file', 'timm_kd_version', 'EXPORT_MARKER', 'DEFAULT_TIMEOUT',
@@ -58,12 +58,6 @@ def timm_kd_version() -> str:
     return __version__
 
 
-def hub_endpoint() -> str:
-    """The Hub endpoint the client talks to right now (``HF_ENDPOINT``, default https://huggingface.co)."""
-    from huggingface_hub import constants
-    return constants.ENDPOINT
-
-
 def check_repo_id(repo_id: str, what: str = '--repo-id', owner: bool = True) -> str:
     """``repo_id`` if it is a valid Hub id (``owner/name``; a bare ``name`` too when ``owner`` is False), else
     ``ValueError`` with one sentence naming ``what``."""
@@ -77,48 +71,6 @@ def check_repo_id(repo_id: str, what: str = '--repo-id', owner: bool = True) -> 
         form = '"owner/name"' if owner else '"owner/name" or "name"'
         raise ValueError(f'{what} needs a Hub id {form} (letters, digits, "-", "_", "."), got {repo_id!r}.')
     return repo_id
-
-
-def explain_hub_error(err: BaseException) -> str:
-    """One short clause explaining a huggingface_hub / network failure."""
-    from huggingface_hub import constants
-    from huggingface_hub import errors as hf_errors
-
-    def _is(e: BaseException, name: str) -> bool:  # by name: some classes are missing in older clients
-        cls = getattr(hf_errors, name, None)
-        return cls is not None and isinstance(e, cls)
-
-    chain, e = [], err
-    while e is not None and len(chain) < 8:  # look through wrappers (timm re-raises some errors)
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    for e in chain:
-        if _is(e, 'GatedRepoError'):
-            return 'the repository is gated: accept its conditions on the Hub and log in'
-        if _is(e, 'RepositoryNotFoundError'):
-            return 'the repository does not exist (or is private and no valid token was found)'
-        if _is(e, 'RevisionNotFoundError'):
-            return 'the requested revision does not exist'
-        if _is(e, 'LocalEntryNotFoundError') or _is(e, 'OfflineModeIsEnabled'):
-            if constants.HF_HUB_OFFLINE:
-                return (f'HF_HUB_OFFLINE=1 is set and the files are not in the local cache ({constants.HF_HUB_CACHE}); '
-                        'download them once online or unset HF_HUB_OFFLINE')
-            return f'the Hub at {constants.ENDPOINT} could not be reached and the files are not in the local cache'
-        if _is(e, 'EntryNotFoundError'):
-            return 'the repository exists but does not contain the expected file (config.json / model.safetensors)'
-        if _is(e, 'HfHubHTTPError'):
-            status = _status(e)
-            return f'the Hub answered HTTP {status}' if status else f'the Hub request failed ({first_line(e)})'
-    err = chain[0]
-    if 'Timeout' in type(err).__name__:
-        return f'the Hub at {constants.ENDPOINT} did not answer in time ({type(err).__name__})'
-    if isinstance(err, (ConnectionError, TimeoutError)) or type(err).__module__.startswith(('httpx', 'httpcore')):
-        return f'the Hub at {constants.ENDPOINT} could not be reached ({type(err).__name__})'
-    return f'{type(err).__name__}: {first_line(err)}'
-
-
-def _status(err: BaseException) -> Optional[int]:
-    return getattr(getattr(err, 'response', None), 'status_code', None)
 
 
 def sha256_file(path: Union[str, os.PathLike], chunk: int = 1 << 20) -> str:
@@ -262,7 +214,7 @@ def _request_timeout(seconds: float) -> Iterator[None]:
 
 def _transient(err: BaseException) -> bool:
     """Worth another attempt: no answer, a lost connection, or a busy / failing server."""
-    status = _status(err)
+    status = http_status(err)
     if status is not None:
         return status == 429 or status >= 500
     return isinstance(err, (ConnectionError, TimeoutError)) or type(err).__module__.startswith(('httpx', 'httpcore'))
@@ -314,7 +266,7 @@ def push_folder(
 
 
 def _publish_reason(err: BaseException) -> str:
-    status = _status(err)
+    status = http_status(err)
     if status in (401, 403):
         return (f'the Hub refused the write (HTTP {status}): log in with `hf auth login` or set HF_TOKEN to a '
                 'token with write access to that namespace')

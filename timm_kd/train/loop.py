@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from timm_kd.da_score import TeacherProbStats
+from timm_kd.distill.diagnostics import TeacherProbStats
 
 __all__ = ['NonFiniteLossError', 'EpochMeters', 'mean_lr', 'train_one_epoch', 'evaluate']
 
