@@ -37,7 +37,7 @@ from timm.utils import unwrap_model
 
 from timm_kd.data.mixup import DistillMixup, MixedViews
 from timm_kd.data.pick import PICK_CRITERIA, pick_topk
-from .features import forward_with_features
+from .intermediates import forward_with_features
 from .losses import kd_loss, per_sample_kl, soft_target_cross_entropy
 from .methods import Distiller, ModelOutputs, create_method
 from .pick import batchnorm_modules, frozen_bn_stats
@@ -51,7 +51,7 @@ VIEW_LOSSES = ('kl', 'method')
 
 def model_outputs(model: nn.Module, x: torch.Tensor, method: Distiller, role: str) -> ModelOutputs:
     """The outputs of ``model`` (``role`` 'student' or 'teacher') on ``x`` that ``method`` sees: logits only on
-    the fast path, else also its feature levels and pre-logits, from the same forward (``features.py``)."""
+    the fast path, else also its feature levels and pre-logits, from the same forward (``intermediates.py``)."""
     if not method.needs_features:
         return ModelOutputs(logits=model(x))
     levels = method.student_levels if role == 'student' else method.teacher_levels

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..features import match_spatial, matched_stages
+from ..intermediates import match_spatial, matched_stages
 from . import register_method
 from .base import ModelOutputs
 from .feature import FeatureDistiller

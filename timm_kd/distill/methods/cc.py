@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn as nn
 
-from ..features import pre_logits_dim
+from ..intermediates import pre_logits_dim
 from . import register_method
 from .base import ModelOutputs
 from .feature import FeatureDistiller

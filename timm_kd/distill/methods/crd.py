@@ -40,7 +40,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..features import no_autocast, pre_logits_dim
+from ..intermediates import no_autocast, pre_logits_dim
 from . import register_method
 from .base import ModelOutputs
 from .feature import FeatureDistiller

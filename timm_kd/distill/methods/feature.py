@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Dict, Optional, Sequence
 
 import torch.nn as nn
 
-from ..features import check_feature_models
+from ..intermediates import check_feature_models
 from .base import Distiller
 
 __all__ = ['FeatureDistiller']

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..features import feature_channels, match_spatial, matched_level
+from ..intermediates import feature_channels, match_spatial, matched_level
 from . import register_method
 from .base import ModelOutputs
 from .feature import FeatureDistiller

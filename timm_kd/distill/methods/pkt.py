@@ -16,7 +16,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
-from ..features import no_autocast
+from ..intermediates import no_autocast
 from . import register_method
 from .base import ModelOutputs
 from .feature import FeatureDistiller

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..features import matched_stages, no_autocast
+from ..intermediates import matched_stages, no_autocast
 from . import register_method
 from .base import ModelOutputs
 from .feature import FeatureDistiller
