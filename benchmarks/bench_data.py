@@ -12,7 +12,7 @@ resume) with train_kd.py's default number of workers. Measured, interleaved over
     ``--view``, default RandAugment ``rand-m9-mstd0.5``): two images per sample,
   * ``plain``: a plain shuffled ``DataLoader`` over the same dataset and transform (no per-sample seeding),
   * ``device_aug``: the on-device path: the uint8 set as one tensor on the device, batches by index,
-    crop + flip + normalize on the batch (``timm_kd.data.gpu_aug.DeviceAugment``),
+    crop + flip + normalize on the batch (``DeviceAugment`` of ``benchmarks/gpu_aug.py``),
 
 in images/s, against the step's images/s (``--step-ips``, ``--step-json`` from bench_step.py, or measured
 here: our KD step on a fixed batch). The loader keeps up when loader / step >= 3 (goal). ``--e2e`` also
@@ -117,7 +117,7 @@ class DeviceBatches:
 
     def __init__(self, data: np.ndarray, targets: List[int], batch_size: int, device: torch.device,
                  padding: int = 4, channels_last: bool = False, seed: int = 0):
-        from timm_kd.data.gpu_aug import DeviceAugment
+        from gpu_aug import DeviceAugment
         from timm_kd.models import CIFAR100_MEAN, CIFAR100_STD
         self.data = torch.from_numpy(data).to(device)  # (N, H, W, C) uint8
         self.targets = torch.tensor(targets, device=device)

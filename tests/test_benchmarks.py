@@ -17,12 +17,12 @@ import torchvision.transforms.functional as TF
 
 import timm
 import timm_kd
-from timm_kd.data.gpu_aug import DeviceAugment, pad_crop_flip, random_pad_crop_flip
 from timm_kd.distill import entropy, per_sample_kl
 
 BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks')
 sys.path.insert(0, BENCH_DIR)
 import bench_data  # noqa: E402
+from gpu_aug import DeviceAugment, pad_crop_flip, random_pad_crop_flip  # noqa: E402
 import bench_step  # noqa: E402
 
 TINY = ['--model', 'resnet8', '--teacher', 'resnet14', '-b', '4', '--img-size', '16', '--repeats', '1',

@@ -1,4 +1,4 @@
-""" On-device augmentation for small-image KD recipes: pad + random crop + horizontal flip on a batch
+""" On-device augmentation for the data-loading benchmark: pad + random crop + horizontal flip on a batch
 
 The CIFAR / Tiny ImageNet recipe (``RandomCrop(size, padding)`` with zero fill, ``RandomHorizontalFlip``,
 ``ToTensor``, ``Normalize``) costs a PIL round trip per image in the data loader workers. Here the
