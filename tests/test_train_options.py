@@ -629,9 +629,9 @@ def test_small_and_large_input_data_flags_build_the_transforms(tmp_path):
     assert T.RandomHorizontalFlip not in kinds and T.RandomCrop in kinds
     assert train.transforms[kinds.index(T.RandomCrop)].padding == 3
     norm = train.transforms[-1]
-    assert (dc['in_chans'], list(norm.mean), list(norm.std)) == (1, [0.3], [0.2])
+    assert (dc.in_chans, list(norm.mean), list(norm.std)) == (1, [0.3], [0.2])
     dc, _ = datasets('--dataset', 'synthetic/10x16', '--input-size', '2', '12', '12', '--mean', '0.5', '--std', '0.2')
-    assert (dc['in_chans'], dc['size']) == (2, 12)
+    assert (dc.in_chans, dc.size) == (2, 12)
 
     dc, (train, ev) = datasets(
         '--dataset', 'synthetic/10x128', '--img-size', '128', '--scale', '0.5', '0.9', '--ratio', '0.8', '1.25',

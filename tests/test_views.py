@@ -6,6 +6,7 @@ started k batches into an epoch gives the same views as the full epoch (resume),
 workers. Every VIEWS entry is usable from train_kd.py (``--tl-aug`` or its mixing flags) and from
 da_score, and every view flag of train_kd.py has a VIEWS entry.
 """
+import dataclasses
 import random
 
 import numpy as np
@@ -145,7 +146,7 @@ def test_every_view_is_usable_from_train_kd(name):
     args, dc = _train_setup(view.flags(config) if view.kind != 'none' else [])
     train_ds, _ = create_datasets(args, dc)
     mixer = create_mixer(args, dc)
-    x, y, *extras = SeededSamples(train_ds, dc['rngs'], dc['loader_extras'])[(0, 7)]
+    x, y, *extras = SeededSamples(train_ds, dc.rngs, dc.loader_extras)[(0, 7)]
     if view.kind == 'sample':
         assert mixer is None and extras[0]['view_input'].shape == x.shape
     elif view.kind == 'mix':
@@ -177,7 +178,7 @@ def test_tl_aug_mistakes_fail_with_one_sentence(tmp_path):
         validate_args(args, explicit)
     args, dc = _train_setup(['--tl-aug', 'patch_shuffle'])
     with pytest.raises(UsageError, match='cannot apply to 3 px'):  # train_kd takes >= 8 px: a 3 px data config
-        create_datasets(args, dict(dc, size=3))
+        create_datasets(args, dataclasses.replace(dc, size=3))
 
 
 def test_images_per_step_counts_what_the_task_runs():
@@ -201,11 +202,11 @@ def test_docs_list_every_view():
 
 def test_loader_gives_sample_indices_to_methods_that_need_them():
     args, dc = _train_setup(['--distill', 'crd', '--tl-aug', 'flip'])
-    assert dc['loader_extras'] == ('view_input', 'index')
+    assert dc.loader_extras == ('view_input', 'index')
     train_ds, _ = create_datasets(args, dc)
-    x, y, extras = SeededSamples(train_ds, dc['rngs'], dc['loader_extras'])[(5, 9)]
+    x, y, extras = SeededSamples(train_ds, dc.rngs, dc.loader_extras)[(5, 9)]
     assert extras['index'] == 5 and extras['view_input'].shape == x.shape
-    assert _train_setup([])[1]['loader_extras'] == ()
+    assert _train_setup([])[1].loader_extras == ()
 
 
 @pytest.mark.parametrize('mixing,per_step', [([], dict(student=32, teacher=32)),

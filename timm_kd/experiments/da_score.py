@@ -32,7 +32,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from timm_kd.data.mixup import DistillMixup
+from timm_kd.data.transforms import STD_AUG_MODES
+from timm_kd.data.views import VIEWS, ImageSpec, create_view_transform, resolve_view
 from timm_kd.distill.diagnostics import TeacherProbStats
+from timm_kd.train.args import check_numbers
+from timm_kd.train.build import (
+    DataConfig, create_data_splits, create_student_model, create_teacher_model, resolve_data_config)
+from timm_kd.train.data import create_train_loader
 from timm_kd.utils.errors import UsageError
 from timm_kd.utils.files import atomic_write_text
 
@@ -120,7 +127,6 @@ def score_view(teacher, loader, mixer, batches: int, chunk: Optional[int] = None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from timm_kd.data.views import VIEWS
     p = argparse.ArgumentParser(
         prog='python -m timm_kd.da_score', formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Rank teacher-labelled views for distillation by the teacher-only score (T. stddev of the '
@@ -132,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--data-dir', default=None, metavar='DIR')
     p.add_argument('--num-classes', type=int, default=None)
     p.add_argument('--img-size', type=int, default=None, metavar='N', help='image size (default: dataset recipe)')
-    p.add_argument('--std-aug', default='crop_flip', help='augmentation of the original view (train_kd.py --std-aug)')
+    p.add_argument('--std-aug', default='crop_flip', choices=STD_AUG_MODES,
+                   help='augmentation of the original view (train_kd.py --std-aug)')
     p.add_argument('--crop-padding', type=int, default=None, metavar='PX')
     p.add_argument('--train-num-samples', type=int, default=None, metavar='N')
     p.add_argument('--views', default='none,flip,crop_flip,cutout,autoaugment,mixup,cutmix,cutmix_pick_tent',
@@ -157,33 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train_argv(args: argparse.Namespace, model: str, view_flags: Sequence[str], seed: int) -> List[str]:
-    """train_kd.py arguments that build this data / view setup (so the views are made by train_kd's own code)."""
-    argv = ['--dataset', args.dataset, '--model', model, '--teacher', args.teacher, '--std-aug', args.std_aug,
-            '--batch-size', str(args.batch_size), '--seed', str(seed), '--workers', str(args.workers),
-            '--kd-temperature', str(args.kd_temperature), *view_flags]
-    for flag, value in (('--teacher-checkpoint', args.teacher_checkpoint), ('--data-dir', args.data_dir),
-                        ('--num-classes', args.num_classes), ('--img-size', args.img_size),
-                        ('--crop-padding', args.crop_padding), ('--train-num-samples', args.train_num_samples),
-                        ('--initial-checkpoint', args.student_checkpoint if model == args.student else None)):
-        if value is not None:
-            argv += [flag, str(value)]
-    return argv
+def _data(args: argparse.Namespace, view: Optional[Any] = None, config: Optional[str] = None) -> DataConfig:
+    """The data of the runs being scored, as ``train_kd.py`` reads it; a per-sample view comes with the train split."""
+    return resolve_data_config(
+        args.dataset, data_dir=args.data_dir, num_classes=args.num_classes, img_size=args.img_size,
+        crop_padding=args.crop_padding, std_aug=args.std_aug,
+        sample_view=config if view is not None and view.kind == 'sample' else None)
 
 
-def _setup(args: argparse.Namespace, flags: Sequence[str], seed: int):
-    """(train_kd args, data config) for one view; UsageError when train_kd rejects the combination."""
-    from timm_kd.train.args import parse_args, validate_args
-    targs, explicit = parse_args(_train_argv(args, args.student or args.teacher, flags, seed))
-    validate_args(targs, explicit)
-    from timm_kd.train.build import data_config
-    return targs, data_config(targs, explicit)
+def _mixer(view: Any, data: DataConfig) -> Optional[DistillMixup]:
+    """The ``DistillMixup`` of a mixing view (its ``VIEWS`` entry's arguments), else None."""
+    return DistillMixup(**view.mixup, num_classes=data.num_classes) if view.kind == 'mix' else None
 
 
 def _check_views(args: argparse.Namespace) -> List[Any]:
-    """Resolve every view name and check it against train_kd's checks, before any scoring."""
-    from timm_kd.data.views import resolve_view
-    from timm_kd.train.build import create_datasets
+    """Resolve every view name and build what it needs (policy on this image size, mixer), before any scoring."""
     out = []
     for name in [v.strip() for v in args.views.split(',') if v.strip()]:
         try:
@@ -192,14 +187,18 @@ def _check_views(args: argparse.Namespace) -> List[Any]:
             raise UsageError(str(e)) from e
         if view.needs_student and not args.student:
             raise UsageError(f'The view {name!r} picks with the student: add --student MODEL (e.g. the student you plan '
-                         f'to train; randomly initialised as the authors, or --student-checkpoint).')
+                             f'to train; randomly initialised as the authors, or --student-checkpoint).')
+        if view.kind == 'mix' and args.batch_size < 2:
+            raise UsageError(f'{name}: the view pairs images within a batch and needs --batch-size >= 2.')
         try:
-            targs, dc = _setup(args, view.flags(config) if view.kind != 'none' else [], 0)
-            if view.kind == 'sample':
-                create_datasets(targs, dc)  # builds the view transform: checks the policy on this image size
-        except UsageError as e:
-            msg = str(e)
-            raise UsageError(msg[len('--tl-aug: '):] if msg.startswith('--tl-aug: ') else f'{name}: {msg}') from e
+            data = _data(args, view, config)
+            if view.kind == 'sample':  # the policy on this image size
+                create_view_transform(config, ImageSpec(data.size, data.mean, data.std, data.crop_padding,
+                                                        data.interpolation))
+            _mixer(view, data)
+        except ValueError as e:  # UsageError included
+            raise UsageError(str(e) if view.kind == 'sample' and not isinstance(e, UsageError)
+                             else f'{name}: {e}') from e
         out.append((name, view, config))
     if not out:
         raise UsageError('--views is empty: give a comma list of view names.')
@@ -218,8 +217,6 @@ def _mean_sd(values: Sequence[float]):
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Score every view for every seed; returns the result dict (also written to --output)."""
     import numpy as np
-    from timm_kd.train.build import build_teacher, create_datasets, create_mixer, create_student
-    from timm_kd.train.data import create_train_loader
 
     try:
         seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
@@ -235,10 +232,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         study = [0]
     if (args.chunk is not None and args.chunk < 1) or any(c < 1 for c in study):
         raise UsageError(f'--chunk and --chunk-study take block counts >= 1, got {args.chunk} / {args.chunk_study!r}.')
+    check_numbers(build_parser(), args)
     views = _check_views(args)
-    targs, dc = _setup(args, [], seeds[0])
-    teacher = _teacher_on_data(build_teacher(targs, dc).eval(), dc['mean'], dc['std'])
-    student = create_student(targs, dc) if args.student else None
+    data = _data(args)
+    teacher = create_teacher_model(args.teacher, data, checkpoint=args.teacher_checkpoint).eval()
+    teacher = _teacher_on_data(teacher, data.mean, data.std)
+    student = create_student_model(args.student, data, initial_checkpoint=args.student_checkpoint) \
+        if args.student else None
     out_dir = os.path.abspath(args.output or os.path.join('output', 'da_score', datetime.now().strftime('%Y%m%d-%H%M%S')))
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise UsageError(f'--output {out_dir} is not empty: pass another folder.')
@@ -249,13 +249,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     t0, cpu0 = time.perf_counter(), time.process_time()
     per_seed: List[Dict[str, Any]] = []
     for name, view, config in views:
-        flags = view.flags(config) if view.kind != 'none' else []
+        data = _data(args, view, config)
         for seed in seeds:
-            targs, dc = _setup(args, flags, seed)
-            train_ds, _ = create_datasets(targs, dc)
-            loader = create_train_loader(train_ds, args.batch_size, seed, 0, 1, args.workers,
-                                         rngs=dc['rngs'], extras=dc['loader_extras'])
-            mixer = create_mixer(targs, dc)
+            train_ds, _ = create_data_splits(args.dataset, data, data_dir=args.data_dir,
+                                             train_num_samples=args.train_num_samples, seed=seed)
+            loader = create_train_loader(train_ds, args.batch_size, seed, 0, 1, args.workers, rngs=data.rngs,
+                                         extras=data.loader_extras)
+            mixer = _mixer(view, data)
             np.random.seed(seed)  # DistillMixup draws from numpy's global RNG, as timm's Mixup
             torch.manual_seed(seed)
             t1 = time.perf_counter()
@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     print('\n'.join(lines), flush=True)
 
     result = dict(teacher=args.teacher, teacher_checkpoint=args.teacher_checkpoint, dataset=args.dataset,
-                  img_size=dc['size'], std_aug=args.std_aug, batch_size=args.batch_size, chunk=args.chunk,
+                  img_size=data.size, std_aug=args.std_aug, batch_size=args.batch_size, chunk=args.chunk,
                   seeds=seeds, batches=args.batches, ranking=rows, per_seed=per_seed, seconds=round(total, 1),
                   cpu_seconds=round(time.process_time() - cpu0, 1), torch_threads=torch.get_num_threads(),
                   cpu_count=os.cpu_count(), load_average=list(os.getloadavg()),

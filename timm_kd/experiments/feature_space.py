@@ -29,12 +29,16 @@ import json
 import os
 import sys
 from datetime import datetime
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from timm_kd.data.datasets import create_kd_dataset
+from timm_kd.data.transforms import create_kd_transform
 from timm_kd.experiments.plotting import STYLE, pyplot, save_figure
+from timm_kd.train.args import load_flag_file
+from timm_kd.train.build import DataConfig, resolve_data_config
 from timm_kd.utils.errors import UsageError
 from timm_kd.utils.files import atomic_write_text
 from timm_kd.utils.messages import first_line
@@ -157,40 +161,49 @@ def _is_run(ref: str) -> bool:
     return os.path.isfile(os.path.join(ref, 'args.yaml'))
 
 
-def _data(args: argparse.Namespace):
-    """train_kd's data settings (first run folder's args.yaml, then the flags given here)."""
-    from timm_kd.experiments.sweep import parse_train_argv
-    from timm_kd.train.build import data_config
-    argv = ['--config', os.path.join(args.checkpoints[0], 'args.yaml')] if (
-        not args.dataset and _is_run(args.checkpoints[0])) else []
-    if not args.dataset and not argv:
+class _Data(NamedTuple):
+    """Where the images come from (train_kd's data flags) and how they look (``DataConfig``)."""
+    dataset: str
+    data_dir: Optional[str]
+    download: bool
+    train_split: str
+    val_split: str
+    config: DataConfig
+
+
+def _data(args: argparse.Namespace) -> _Data:
+    """train_kd's data settings: the first run folder's args.yaml (without --dataset), then the flags given here."""
+    run = load_flag_file(os.path.join(args.checkpoints[0], 'args.yaml'), 'The run arguments') if (
+        not args.dataset and _is_run(args.checkpoints[0])) else None
+    if not args.dataset and run is None:
         raise UsageError('--dataset is needed when the first model is not a train_kd.py run folder.')
-    for flag, value in (('--dataset', args.dataset), ('--data-dir', args.data_dir), ('--img-size', args.img_size)):
-        if value:
-            argv += [flag, str(value)]
-    if args.dataset_download:
-        argv.append('--dataset-download')
-    targs = parse_train_argv(argv, 'The data flags')
-    return targs, data_config(targs, {})
+    run = run or {}
+    dataset, data_dir = args.dataset or run.get('dataset') or '', args.data_dir or run.get('data_dir')
+    config = resolve_data_config(
+        dataset, data_dir=data_dir, num_classes=run.get('num_classes'), class_map=run.get('class_map') or None,
+        input_size=run.get('input_size'), img_size=args.img_size or run.get('img_size'), in_chans=run.get('in_chans'),
+        mean=run.get('mean'), std=run.get('std'), crop_padding=run.get('crop_padding'),
+        interpolation=run.get('interpolation'))
+    return _Data(dataset, data_dir, bool(args.dataset_download or run.get('dataset_download')),
+                 run.get('train_split') or 'train', run.get('val_split') or 'validation', config)
 
 
-def _split_loader(targs, dc, split: str, classes: List[int], max_per_class: Optional[int], batch_size: int):
-    from timm_kd.data import create_kd_dataset
-    from timm_kd.data.transforms import create_kd_transform
-    tf = create_kd_transform(input_size=dc['size'], is_training=False, mean=dc['mean'], std=dc['std'],
-                             crop_padding=dc['crop_padding'], interpolation=dc['interpolation'])
+def _split_loader(data: _Data, split: str, classes: List[int], max_per_class: Optional[int], batch_size: int):
+    dc = data.config
+    tf = create_kd_transform(input_size=dc.size, is_training=False, mean=dc.mean, std=dc.std,
+                             crop_padding=dc.crop_padding, interpolation=dc.interpolation)
     try:
-        ds = create_kd_dataset(targs.dataset, root=targs.data_dir, split=split, is_training=False,
-                               download=targs.dataset_download, transform=tf)
+        ds = create_kd_dataset(data.dataset, root=data.data_dir, split=split, is_training=False,
+                               download=data.download, transform=tf)
     except (ValueError, OSError, RuntimeError) as e:
-        raise UsageError(f'Dataset {targs.dataset!r}, split {split!r}: {str(e).rstrip(".")}.') from e
+        raise UsageError(f'Dataset {data.dataset!r}, split {split!r}: {str(e).rstrip(".")}.') from e
     targets = getattr(ds, 'targets', None)
     targets = np.asarray(targets if targets is not None else [y for _, y in ds])
     keep = []
     for c in classes:
         idx = np.flatnonzero(targets == c)
         if len(idx) == 0:
-            raise UsageError(f'The {split!r} split of {targs.dataset!r} has no images of class {c}.')
+            raise UsageError(f'The {split!r} split of {data.dataset!r} has no images of class {c}.')
         keep += idx[:max_per_class].tolist()
     return torch.utils.data.DataLoader(torch.utils.data.Subset(ds, sorted(keep)), batch_size=batch_size)
 
@@ -269,13 +282,14 @@ def run(args: argparse.Namespace) -> List[Dict]:
     splits = [s.strip() for s in args.splits.split(',') if s.strip()]
     if not splits or any(s not in ('train', 'test') for s in splits):
         raise UsageError(f'--splits takes train and/or test, got {args.splits!r}.')
-    targs, dc = _data(args)
+    data = _data(args)
+    num_classes = data.config.num_classes
     classes = sorted({c for g in groups.values() for c in g} | set(shown))
-    bad = [c for c in classes if not 0 <= c < dc['num_classes']]
+    bad = [c for c in classes if not 0 <= c < num_classes]
     if bad:
-        raise UsageError(f'Class indices {bad} are outside 0..{dc["num_classes"] - 1} of {targs.dataset!r}.')
-    models = [load_model(ref, args.model, dc['num_classes'], args.which) for ref in args.checkpoints]
-    loaders = {s: _split_loader(targs, dc, targs.train_split if s == 'train' else targs.val_split, classes,
+        raise UsageError(f'Class indices {bad} are outside 0..{num_classes - 1} of {data.dataset!r}.')
+    models = [load_model(ref, args.model, num_classes, args.which) for ref in args.checkpoints]
+    loaders = {s: _split_loader(data, data.train_split if s == 'train' else data.val_split, classes,
                                 args.max_per_class, args.batch_size) for s in splits}
     out = args.output or os.path.join('output', 'features', datetime.now().strftime('%Y%m%d-%H%M%S'))
     os.makedirs(out, exist_ok=True)
@@ -297,7 +311,7 @@ def run(args: argparse.Namespace) -> List[Dict]:
     print(text, end='')
     atomic_write_text(os.path.join(out, 'vscore.md'), text)
     atomic_write_text(os.path.join(out, 'vscore.json'), json.dumps(dict(
-        dataset=targs.dataset, splits=splits, groups=groups, seed=args.seed, results=rows), indent=2) + '\n')
+        dataset=data.dataset, splits=splits, groups=groups, seed=args.seed, results=rows), indent=2) + '\n')
     print(f'Wrote {out}/vscore.md, vscore.json' + (' and the embeddings' if args.embed != 'none' else ''),
           file=sys.stderr)
     return rows

@@ -47,7 +47,7 @@ from timm_kd.utils.errors import UsageError
 from timm_kd.utils.files import atomic_write_text
 from timm_kd.utils.messages import first_line
 
-__all__ = ['Run', 'load_grid', 'parse_overrides', 'parse_train_argv', 'expand_grid', 'flags_to_argv', 'run_state',
+__all__ = ['Run', 'load_grid', 'parse_overrides', 'expand_grid', 'flags_to_argv', 'run_state',
            'step_cost', 'device_slots', 'execute', 'main', 'AXIS_FLAGS']
 
 # list axes whose name is not the train_kd flag they set
@@ -206,11 +206,6 @@ def _read_train_argv(argv: Sequence[str], what: str) -> Tuple[argparse.Namespace
         raise UsageError(f'{what}: train_kd.py rejects the flags: {last}.') from None
     except UsageError as e:
         raise UsageError(f'{what}: {e}') from None
-
-
-def parse_train_argv(argv: Sequence[str], what: str) -> argparse.Namespace:
-    """train_kd's reading of ``argv``; an error becomes a UsageError that starts with ``what``."""
-    return _read_train_argv(argv, what)[0]
 
 
 def _units(cost: float) -> str:

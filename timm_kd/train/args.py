@@ -29,7 +29,7 @@ from timm_kd.utils.messages import first_line
 __all__ = [
     'UsageError', 'is_main_process_env', 'report_error', 'build_parser', 'parse_args', 'validate_args', 'kd_view_modes',
     'resolve_loss_weights', 'tl_aug_on', 'resume_flag_changes', 'check_numbers', 'RESUME_SCHEDULE_FLAGS',
-    'RESUME_RUN_FLAGS', 'STD_AUG_MODES', 'PICK_CHOICES', 'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS',
+    'RESUME_RUN_FLAGS', 'load_flag_file', 'STD_AUG_MODES', 'PICK_CHOICES', 'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS',
 ]
 
 STD_AUG_MODES = ('none', 'flip', 'crop', 'crop_flip')
@@ -407,7 +407,9 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
         _METHOD_DESTS[name] = {a.dest for a in g._group_actions[before:]}
 
 
-def _load_yaml(path: str, what: str) -> Dict[str, Any]:
+def load_flag_file(path: str, what: str) -> Dict[str, Any]:
+    """A YAML mapping of flag names to values (a --config file, a run's args.yaml); ``what`` names it in the
+    one-sentence UsageError for a file that cannot be read or holds no mapping."""
     try:
         with open(path) as f:
             cfg = yaml.safe_load(f) or {}
@@ -424,7 +426,7 @@ def _run_args_of(resume: str) -> Dict[str, Any]:
     """The args.yaml of the run a --resume path belongs to ({} when there is none)."""
     d = resume if os.path.isdir(resume) else os.path.dirname(os.path.abspath(resume))
     f = os.path.join(d, 'args.yaml')
-    return _load_yaml(f, 'The run arguments') if os.path.isfile(f) else {}
+    return load_flag_file(f, 'The run arguments') if os.path.isfile(f) else {}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Dict[str, Any]]:
@@ -443,7 +445,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
         defaults.update({k: v for k, v in run_cfg.items() if k in known and k not in ('config', 'resume')})
     cfg: Dict[str, Any] = {}
     if first.config:
-        cfg = _load_yaml(first.config, 'Config file')
+        cfg = load_flag_file(first.config, 'Config file')
         # a run's args.yaml replays as a config: its own config / resume entries must not chain or resume
         cfg = {k: v for k, v in cfg.items() if k not in ('config', 'resume')}
         unknown = sorted(set(cfg) - known)

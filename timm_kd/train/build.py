@@ -1,13 +1,18 @@
 """Setup steps of ``train_kd.py``: data config, student, teacher, datasets, task, lr, weight loading.
 
-Every step turns a user mistake into a ``UsageError`` with one sentence (class counts, input sizes,
-checkpoints that do not fit, missing data), so the script fails before its first training step.
+The builders take typed keyword arguments and a ``DataConfig`` (``resolve_data_config``,
+``create_student_model``, ``create_teacher_model``, ``create_data_splits``), so a tool calls them
+directly; ``data_config``, ``create_student``, ``build_teacher`` and ``create_datasets`` are thin wrappers
+that read train_kd's flags. Every step turns a user mistake into a ``UsageError`` with one sentence (class
+counts, input sizes, checkpoints that do not fit, missing data), so the script fails before its first
+training step.
 """
 import argparse
 import logging
 import os
 import pickle
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -23,166 +28,244 @@ from timm_kd.utils.messages import first_line
 from .args import LARGE_INPUT_AUG_FLAGS, build_parser, kd_view_modes, resolve_loss_weights, tl_aug_on
 from .schedule import schedule_lengths
 
-__all__ = ['data_config', 'create_student', 'build_teacher', 'create_datasets', 'subset_indices', 'create_mixer',
+__all__ = ['DataConfig', 'resolve_data_config', 'create_student_model', 'create_teacher_model', 'create_data_splits',
+           'data_config', 'create_student', 'build_teacher', 'create_datasets', 'subset_indices', 'create_mixer',
            'create_task', 'resolve_lr', 'load_weights', 'recipe_of', 'distill_record', 'views_record']
 
 _logger = logging.getLogger('train_kd')
 _TORCH_NAMES = ('cifar10', 'cifar100', 'mnist', 'fashionmnist', 'kmnist', 'qmnist', 'svhn', 'stl10')
 
 
-def _load_class_map(args: argparse.Namespace) -> Optional[Dict[Any, int]]:
-    """--class-map read as timm reads it (a .txt of class names, the line number being the index, or a .pkl dict
-    name -> index), checked to give every class a non-negative integer index; None without the flag."""
-    if not args.class_map:
-        return None
+@dataclass(frozen=True)
+class DataConfig:
+    """The data of a run as the builders need it: classes, image shape and normalisation, the train recipe, and
+    what the train loader draws and yields. ``resolve_data_config`` fills it from a dataset's recipe."""
+    num_classes: int
+    in_chans: int
+    size: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    crop_padding: int
+    std_aug: str = 'crop_flip'
+    interpolation: str = 'bilinear'
+    train_interpolation: str = 'random'
+    crop_pct: Optional[float] = None  # eval centre crop, inputs >= 128 px only
+    timm_kwargs: Mapping[str, Any] = field(default_factory=dict)  # timm's train-transform args, inputs >= 128 px
+    class_map: Optional[Mapping[Any, int]] = None  # class name -> index, read from class_map_file
+    class_map_file: str = ''
+    sample_view: Optional[str] = None  # the per-sample teacher-labelled view the train split yields (--tl-aug)
+    # the small-image recipe is torchvision crop + flip (torch RNG only); timm's transforms (and the per-sample
+    # view policies) also draw from python's random and numpy: the loader seeds these per sample
+    rngs: Tuple[str, ...] = ('torch',)
+    loader_extras: Tuple[str, ...] = ()  # task kwargs the loader adds: view_input, index
+
+
+def load_class_map(path: str, data_dir: Optional[str] = None) -> Dict[Any, int]:
+    """A class map read as timm reads it (a .txt of class names, the line number being the index, or a .pkl dict
+    name -> index), checked to give every class a non-negative integer index."""
     from timm.data.readers.class_map import load_class_map as timm_load_class_map
     try:
-        class_to_idx = timm_load_class_map(args.class_map, args.data_dir or '')
+        class_to_idx = timm_load_class_map(path, data_dir or '')
     except (AssertionError, ValueError, OSError, pickle.UnpicklingError) as e:
-        raise UsageError(f'--class-map {args.class_map!r} cannot be read ({first_line(e) or type(e).__name__}): use a '
+        raise UsageError(f'--class-map {path!r} cannot be read ({first_line(e) or type(e).__name__}): use a '
                          f'.txt file with one class name per line or a .pkl dict of class name -> index.') from e
     if not class_to_idx or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
                                    for i in class_to_idx.values()):
-        raise UsageError(f'--class-map {args.class_map!r} must map class names to indices 0, 1, 2, ...')
+        raise UsageError(f'--class-map {path!r} must map class names to indices 0, 1, 2, ...')
     return class_to_idx
 
 
-def data_config(args: argparse.Namespace, explicit: Dict[str, Any]) -> Dict[str, Any]:
-    """Classes, input size, normalisation and crop padding: flags over the dataset's recipe defaults.
+def resolve_data_config(
+        dataset: str,
+        *,
+        data_dir: Optional[str] = None,
+        num_classes: Optional[int] = None,
+        class_map: Optional[str] = None,
+        input_size: Optional[Sequence[int]] = None,
+        img_size: Optional[int] = None,
+        in_chans: Optional[int] = None,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+        crop_padding: Optional[int] = None,
+        std_aug: str = 'crop_flip',
+        interpolation: Optional[str] = None,
+        train_interpolation: str = 'random',
+        crop_pct: Optional[float] = None,
+        timm_aug: Optional[Mapping[str, Any]] = None,
+        sample_view: Optional[str] = None,
+        needs_index: bool = False,
+) -> DataConfig:
+    """Classes, input size, normalisation and crop padding: the arguments over the dataset's recipe defaults.
 
-    With --class-map the map sets the classes, as in timm: its largest index + 1 (a map of some of the class
-    folders trains on those classes only; the images of the others are left out)."""
+    With ``class_map`` (a file) the map sets the classes, as in timm: its largest index + 1 (a map of some of the
+    class folders trains on those classes only; the images of the others are left out). ``timm_aug`` (timm's
+    ``create_transform`` augmentation arguments) and ``crop_pct`` apply to inputs >= 128 px only;
+    ``sample_view`` is the per-sample teacher-labelled view of the train split, ``needs_index`` asks the
+    loader for sample indices (a method with a row per sample)."""
     try:
-        dd = dataset_defaults(args.dataset, args.data_dir)
+        dd = dataset_defaults(dataset, data_dir)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    class_map = _load_class_map(args)
-    if class_map is not None:
-        dd['num_classes'] = max(class_map.values()) + 1
-    num_classes = args.num_classes or dd['num_classes']
-    if args.num_classes and dd['num_classes'] and args.num_classes != dd['num_classes']:
-        raise UsageError(f'--num-classes {args.num_classes} does not match dataset {args.dataset!r}, which has '
+    class_to_idx = load_class_map(class_map, data_dir) if class_map else None
+    if class_to_idx is not None:
+        dd['num_classes'] = max(class_to_idx.values()) + 1
+    classes = num_classes or dd['num_classes']
+    if num_classes and dd['num_classes'] and num_classes != dd['num_classes']:
+        raise UsageError(f'--num-classes {num_classes} does not match dataset {dataset!r}, which has '
                          f'{dd["num_classes"]} classes.')
-    if not num_classes and '/' not in (args.dataset or '').strip('/') and not (
-            args.data_dir and os.path.isdir(args.data_dir)):
+    if not classes and '/' not in (dataset or '').strip('/') and not (data_dir and os.path.isdir(data_dir)):
         # timm reads a name without prefix as an image folder under --data-dir
-        hint = f' (did you mean torch/{args.dataset}?)' if args.dataset.lower() in _TORCH_NAMES else ''
-        where = f'--data-dir {args.data_dir!r} is not a directory' if args.data_dir else 'no --data-dir was given'
-        raise UsageError(f'Dataset {args.dataset!r} is read as an image folder, but {where}{hint}.')
-    if not num_classes:
-        raise UsageError(f'The number of classes of dataset {args.dataset!r} is not known: pass --num-classes N.')
-    if args.input_size:
-        in_chans, h, w = args.input_size
+        hint = f' (did you mean torch/{dataset}?)' if dataset.lower() in _TORCH_NAMES else ''
+        where = f'--data-dir {data_dir!r} is not a directory' if data_dir else 'no --data-dir was given'
+        raise UsageError(f'Dataset {dataset!r} is read as an image folder, but {where}{hint}.')
+    if not classes:
+        raise UsageError(f'The number of classes of dataset {dataset!r} is not known: pass --num-classes N.')
+    if input_size:
+        in_chans, h, w = input_size
         if h != w:
-            raise UsageError(f'--input-size must be square (C H H), got {args.input_size}.')
+            raise UsageError(f'--input-size must be square (C H H), got {input_size}.')
         size = h
     else:
-        in_chans, size = args.in_chans or 3, args.img_size or dd['input_size']
-    mean = tuple(args.mean) if args.mean else tuple(dd['mean'])
-    std = tuple(args.std) if args.std else tuple(dd['std'])
+        in_chans, size = in_chans or 3, img_size or dd['input_size']
+    mean = tuple(mean) if mean else tuple(dd['mean'])
+    std = tuple(std) if std else tuple(dd['std'])
     mean, std = (mean * in_chans if len(mean) == 1 else mean), (std * in_chans if len(std) == 1 else std)
     if len(mean) != in_chans or len(std) != in_chans:
         raise UsageError(f'--mean/--std need {in_chans} values (one per input channel), got {len(mean)}/{len(std)}.')
-    crop_padding = args.crop_padding if args.crop_padding is not None else dd['crop_padding']
-    std_aug = 'none' if args.no_aug else args.std_aug
-    timm_kwargs: Dict[str, Any] = {}
-    if size < SMALL_INPUT_LIMIT:
+    large = size >= SMALL_INPUT_LIMIT
+    return DataConfig(
+        num_classes=int(classes), in_chans=in_chans, size=int(size), mean=mean, std=std,
+        crop_padding=int(crop_padding if crop_padding is not None else dd['crop_padding']), std_aug=std_aug,
+        interpolation=interpolation or 'bilinear', train_interpolation=train_interpolation,
+        crop_pct=crop_pct if large else None, timm_kwargs=dict(timm_aug or {}) if large else {},
+        class_map=class_to_idx, class_map_file=class_map or '', sample_view=sample_view,
+        rngs=('torch',) if not large and not sample_view else ('torch', 'random', 'numpy'),
+        loader_extras=(('view_input',) if sample_view else ()) + (('index',) if needs_index else ()))
+
+
+def data_config(args: argparse.Namespace, explicit: Dict[str, Any]) -> DataConfig:
+    """``resolve_data_config`` of train_kd's flags; timm's ImageNet augmentation flags and --crop-pct, given for
+    inputs below 128 px, are refused (that recipe is pad + crop + flip)."""
+    dc = resolve_data_config(
+        args.dataset, data_dir=args.data_dir, num_classes=args.num_classes, class_map=args.class_map or None,
+        input_size=args.input_size, img_size=args.img_size, in_chans=args.in_chans, mean=args.mean, std=args.std,
+        crop_padding=args.crop_padding, std_aug='none' if args.no_aug else args.std_aug,
+        interpolation=args.interpolation, train_interpolation=args.train_interpolation, crop_pct=args.crop_pct,
+        timm_aug=dict(scale=tuple(args.scale), ratio=tuple(args.ratio), hflip=args.hflip, vflip=args.vflip,
+                      color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob,
+                      re_mode=args.remode, re_count=args.recount),
+        sample_view=args.tl_aug if tl_aug_on(args) else None, needs_index=METHODS[args.distill].needs_index)
+    if dc.size < SMALL_INPUT_LIMIT:
         defaults = build_parser().parse_args([])
         changed = [k for k in LARGE_INPUT_AUG_FLAGS if k in explicit and explicit[k] != getattr(defaults, k)]
         if changed:
             raise UsageError(f'--{changed[0].replace("_", "-")} is a timm ImageNet augmentation for inputs >= '
-                             f'{SMALL_INPUT_LIMIT} px; the {size} px recipe is pad + crop + flip (see --std-aug).')
+                             f'{SMALL_INPUT_LIMIT} px; the {dc.size} px recipe is pad + crop + flip (see --std-aug).')
         if args.crop_pct is not None:
-            raise UsageError(f'--crop-pct applies to inputs >= {SMALL_INPUT_LIMIT} px; {size} px eval images are '
+            raise UsageError(f'--crop-pct applies to inputs >= {SMALL_INPUT_LIMIT} px; {dc.size} px eval images are '
                              f'used whole.')
-    else:
-        timm_kwargs = dict(scale=tuple(args.scale), ratio=tuple(args.ratio), hflip=args.hflip, vflip=args.vflip,
-                           color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob,
-                           re_mode=args.remode, re_count=args.recount)
-    return dict(num_classes=int(num_classes), class_map=class_map, in_chans=in_chans, size=int(size), mean=mean,
-                std=std, crop_padding=int(crop_padding), std_aug=std_aug, interpolation=args.interpolation or 'bilinear',
-                train_interpolation=args.train_interpolation, crop_pct=args.crop_pct, timm_kwargs=timm_kwargs,
-                # the small-image recipe is torchvision crop + flip (torch RNG only); timm's transforms (and
-                # the --tl-aug policies) also draw from python's random and numpy
-                rngs=('torch',) if size < SMALL_INPUT_LIMIT and not tl_aug_on(args) else ('torch', 'random', 'numpy'),
-                # task kwargs the loader adds: the per-sample view, sample indices for methods with a row per sample
-                loader_extras=(('view_input',) if tl_aug_on(args) else ()) + (
-                    ('index',) if METHODS[args.distill].needs_index else ()))
+    return dc
 
 
-def _set_norm_cfg(model: torch.nn.Module, dc: Dict[str, Any], input_size: bool = True) -> None:
+def _set_norm_cfg(model: torch.nn.Module, dc: DataConfig, input_size: bool = True) -> None:
     """Record the normalisation the data really has in the model's pretrained_cfg (tasks and Hub export read it)."""
     cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
-    cfg.update(mean=dc['mean'], std=dc['std'])
+    cfg.update(mean=dc.mean, std=dc.std)
     if input_size:
-        cfg.update(input_size=(dc['in_chans'], dc['size'], dc['size']), num_classes=dc['num_classes'])
+        cfg.update(input_size=(dc.in_chans, dc.size, dc.size), num_classes=dc.num_classes)
     model.pretrained_cfg = cfg
     if hasattr(model, 'default_cfg'):
         model.default_cfg = cfg
 
 
-def _check_forward(model: torch.nn.Module, dc: Dict[str, Any], what: str) -> None:
+def _check_forward(model: torch.nn.Module, dc: DataConfig, what: str) -> None:
     """One tiny eval-mode forward: catches input-size and class-count mismatches before any data is read."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, dc['in_chans'], dc['size'], dc['size'],
+            out = model(torch.zeros(2, dc.in_chans, dc.size, dc.size,
                                     device=next(model.parameters()).device))
     except Exception as e:  # noqa: BLE001 - any failure here is an incompatible model / input pair
-        raise UsageError(f'The {what} cannot take {dc["in_chans"]}x{dc["size"]}x{dc["size"]} inputs: '
+        raise UsageError(f'The {what} cannot take {dc.in_chans}x{dc.size}x{dc.size} inputs: '
                          f'{first_line(e)}.') from e
     finally:
         model.train(was_training)
-    if out.ndim != 2 or out.shape[-1] != dc['num_classes']:
+    if out.ndim != 2 or out.shape[-1] != dc.num_classes:
         raise UsageError(f'The {what} predicts {tuple(out.shape[1:])} outputs but the dataset has '
-                         f'{dc["num_classes"]} classes: pass a model / checkpoint for {dc["num_classes"]} classes.')
+                         f'{dc.num_classes} classes: pass a model / checkpoint for {dc.num_classes} classes.')
 
 
-def create_student(args: argparse.Namespace, dc: Dict[str, Any]) -> torch.nn.Module:
-    kw: Dict[str, Any] = dict(pretrained=args.pretrained, num_classes=dc['num_classes'], in_chans=dc['in_chans'])
-    if args.drop:
-        kw['drop_rate'] = args.drop
-    if args.drop_path is not None:
-        kw['drop_path_rate'] = args.drop_path
-    if args.gp is not None:
-        kw['global_pool'] = args.gp
-    kw.update(args.model_kwargs)
+def create_student_model(
+        name: str,
+        data: DataConfig,
+        *,
+        pretrained: bool = False,
+        initial_checkpoint: Optional[str] = None,
+        drop_rate: float = 0.,
+        drop_path_rate: Optional[float] = None,
+        global_pool: Optional[str] = None,
+        model_kwargs: Optional[Mapping[str, Any]] = None,
+        grad_checkpointing: bool = False,
+) -> torch.nn.Module:
+    """The student ``name`` for ``data`` (its classes and channels), from ``initial_checkpoint`` if given, its
+    ``pretrained_cfg`` carrying the data's normalisation; one tiny forward checks it takes the data's images."""
+    kw: Dict[str, Any] = dict(pretrained=pretrained, num_classes=data.num_classes, in_chans=data.in_chans)
+    if drop_rate:
+        kw['drop_rate'] = drop_rate
+    if drop_path_rate is not None:
+        kw['drop_path_rate'] = drop_path_rate
+    if global_pool is not None:
+        kw['global_pool'] = global_pool
+    kw.update(model_kwargs or {})
     try:
-        model = timm.create_model(args.model, **kw)
+        model = timm.create_model(name, **kw)
     except Exception as e:  # noqa: BLE001 - unknown kwargs (TypeError), missing weights (RuntimeError/OSError) ...
-        raise UsageError(f'Could not create student {args.model!r}: {first_line(e)}.') from e
-    if args.initial_checkpoint:
+        raise UsageError(f'Could not create student {name!r}: {first_line(e)}.') from e
+    if initial_checkpoint:
         try:
-            timm_kd.load_kd_checkpoint(model, args.initial_checkpoint)
+            timm_kd.load_kd_checkpoint(model, initial_checkpoint)
         except Exception as e:  # noqa: BLE001 - KDCheckpointError / unreadable file
-            raise UsageError(f'--initial-checkpoint {args.initial_checkpoint!r} does not fit {args.model!r}: '
+            raise UsageError(f'--initial-checkpoint {initial_checkpoint!r} does not fit {name!r}: '
                              f'{first_line(e)}.') from e
-    if args.grad_checkpointing:
+    if grad_checkpointing:
         model.set_grad_checkpointing(enable=True)
-    _set_norm_cfg(model, dc)
-    _check_forward(model, dc, f'student {args.model!r}')
+    _set_norm_cfg(model, data)
+    _check_forward(model, data, f'student {name!r}')
     return model
 
 
-def build_teacher(args: argparse.Namespace, dc: Dict[str, Any]) -> torch.nn.Module:
-    """``timm_kd.distill.teacher.create_teacher`` for ``--teacher``: its load errors become usage errors."""
+def create_student(args: argparse.Namespace, dc: DataConfig) -> torch.nn.Module:
+    """``create_student_model`` of train_kd's flags."""
+    return create_student_model(
+        args.model, dc, pretrained=args.pretrained, initial_checkpoint=args.initial_checkpoint or None,
+        drop_rate=args.drop, drop_path_rate=args.drop_path, global_pool=args.gp, model_kwargs=args.model_kwargs,
+        grad_checkpointing=args.grad_checkpointing)
+
+
+def create_teacher_model(name: str, data: DataConfig, *, checkpoint: Optional[str] = None) -> torch.nn.Module:
+    """``timm_kd.distill.teacher.create_teacher`` for ``data``: its load errors become usage errors, and a teacher
+    for other classes or other inputs is refused."""
     try:
-        teacher = teacher_lib.create_teacher(args.teacher, checkpoint=args.teacher_checkpoint,
-                                             num_classes=dc['num_classes'])
+        teacher = teacher_lib.create_teacher(name, checkpoint=checkpoint, num_classes=data.num_classes)
     except teacher_lib.TeacherLoadError as e:
         raise UsageError(str(e).rstrip('.') + '.') from e
     t_classes = getattr(teacher, 'num_classes', None)
-    if isinstance(t_classes, int) and t_classes != dc['num_classes']:
-        raise UsageError(f'Teacher {args.teacher!r} predicts {t_classes} classes but the dataset and the student have '
-                         f'{dc["num_classes"]}: use a teacher trained on the same classes.')
-    if not args.teacher.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')):
+    if isinstance(t_classes, int) and t_classes != data.num_classes:
+        raise UsageError(f'Teacher {name!r} predicts {t_classes} classes but the dataset and the student have '
+                         f'{data.num_classes}: use a teacher trained on the same classes.')
+    if not name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')):
         # A registered architecture (+ checkpoint) carries its family's default mean/std, not necessarily the
         # ones it was trained with; KD teachers are trained on the student's dataset with its normalisation.
         # Published teachers (hf-hub:, local-dir:) keep their config, and the task re-normalises for them.
-        _set_norm_cfg(teacher, dc, input_size=False)
-    _check_forward(teacher, dc, f'teacher {args.teacher!r}')
+        _set_norm_cfg(teacher, data, input_size=False)
+    _check_forward(teacher, data, f'teacher {name!r}')
     return teacher
+
+
+def build_teacher(args: argparse.Namespace, dc: DataConfig) -> torch.nn.Module:
+    """``create_teacher_model`` of --teacher / --teacher-checkpoint."""
+    return create_teacher_model(args.teacher, dc, checkpoint=args.teacher_checkpoint)
 
 
 def _dataset_classes(ds) -> Tuple[Optional[int], bool]:
@@ -236,68 +319,90 @@ def subset_indices(ds, num: int, seed: int) -> List[int]:
     return sorted(picked)
 
 
-def create_datasets(args: argparse.Namespace, dc: Dict[str, Any]):
+def create_data_splits(
+        dataset: str,
+        data: DataConfig,
+        *,
+        data_dir: Optional[str] = None,
+        train_split: str = 'train',
+        val_split: str = 'validation',
+        download: bool = False,
+        input_key: Optional[str] = None,
+        target_key: Optional[str] = None,
+        train_num_samples: Optional[int] = None,
+        val_num_samples: Optional[int] = None,
+        seed: int = 0,
+) -> List[Any]:
+    """[train, eval] datasets of ``dataset`` with ``data``'s transforms (the train split yields the per-sample view
+    beside each image when ``data.sample_view`` is set); ``*_num_samples`` take a subset seeded by ``seed``."""
     kw: Dict[str, Any] = {}
-    if dc['class_map'] is not None:
-        kw['class_map'] = dc['class_map']  # the map as read: timm's readers would look for a bare name per split folder
-    if args.input_key:
-        kw['input_key'] = args.input_key
-    if args.target_key:
-        kw['target_key'] = args.target_key
-    common = dict(input_size=dc['size'], mean=dc['mean'], std=dc['std'], crop_padding=dc['crop_padding'])
-    train_tf = create_kd_transform(is_training=True, std_aug=dc['std_aug'], interpolation=dc['train_interpolation'],
-                                   **common, **dc['timm_kwargs'])
-    if tl_aug_on(args):  # the teacher-labelled per-sample view, made from the original's crop / flip
-        spec = ImageSpec(dc['size'], dc['mean'], dc['std'], dc['crop_padding'], dc['interpolation'])
+    if data.class_map is not None:
+        kw['class_map'] = data.class_map  # the map as read: timm's readers would look for a bare name per split folder
+    if input_key:
+        kw['input_key'] = input_key
+    if target_key:
+        kw['target_key'] = target_key
+    common = dict(input_size=data.size, mean=data.mean, std=data.std, crop_padding=data.crop_padding)
+    train_tf = create_kd_transform(is_training=True, std_aug=data.std_aug, interpolation=data.train_interpolation,
+                                   **common, **data.timm_kwargs)
+    if data.sample_view:  # the teacher-labelled per-sample view, made from the original's crop / flip
+        spec = ImageSpec(data.size, data.mean, data.std, data.crop_padding, data.interpolation)
         try:
-            train_tf = PairedTransform(train_tf, *create_view_transform(args.tl_aug, spec))
+            train_tf = PairedTransform(train_tf, *create_view_transform(data.sample_view, spec))
         except ValueError as e:
             raise UsageError(f'--tl-aug: {e}') from e
-    eval_kw = {'crop_pct': dc['crop_pct']} if dc['crop_pct'] is not None and dc['timm_kwargs'] else {}
-    eval_tf = create_kd_transform(is_training=False, interpolation=dc['interpolation'], **common, **eval_kw)
+    eval_kw = {'crop_pct': data.crop_pct} if data.crop_pct is not None else {}
+    eval_tf = create_kd_transform(is_training=False, interpolation=data.interpolation, **common, **eval_kw)
     out = []
-    synthetic = args.dataset.lower().startswith('synthetic/')
-    for split, training, tf, num in ((args.train_split, True, train_tf, args.train_num_samples),
-                                     (args.val_split, False, eval_tf, args.val_num_samples)):
+    synthetic = dataset.lower().startswith('synthetic/')
+    for split, training, tf, num in ((train_split, True, train_tf, train_num_samples),
+                                     (val_split, False, eval_tf, val_num_samples)):
         try:
-            ds = create_kd_dataset(args.dataset, root=args.data_dir, split=split, is_training=training,
-                                   download=args.dataset_download, transform=tf,
-                                   **kw, **({'num_samples': num} if synthetic and num else {}))
+            ds = create_kd_dataset(dataset, root=data_dir, split=split, is_training=training, download=download,
+                                   transform=tf, **kw, **({'num_samples': num} if synthetic and num else {}))
         except (DatasetNotFoundError, ValueError, OSError, RuntimeError) as e:
             raise UsageError(str(e).rstrip('.') + '.') from e
-        if dc['class_map'] is not None:
-            _check_class_map(args, dc['class_map'], ds, split, training)
+        if data.class_map is not None:
+            _check_class_map(dataset or data_dir, data, ds, split, training)
         if len(ds) == 0:
-            raise UsageError(f'The {split!r} split of dataset {args.dataset!r} is empty.')
+            raise UsageError(f'The {split!r} split of dataset {dataset!r} is empty.')
         n, exact = _dataset_classes(ds)
-        if n is not None and (n > dc['num_classes'] or (exact and n != dc['num_classes'])):
-            raise UsageError(f'The {split!r} split of dataset {args.dataset!r} has {n} classes but the models have '
-                             f'{dc["num_classes"]}: fix --num-classes or the dataset.')
+        if n is not None and (n > data.num_classes or (exact and n != data.num_classes)):
+            raise UsageError(f'The {split!r} split of dataset {dataset!r} has {n} classes but the models have '
+                             f'{data.num_classes}: fix --num-classes or the dataset.')
         if num and len(ds) > num:
-            ds = torch.utils.data.Subset(ds, subset_indices(ds, num, args.seed))
+            ds = torch.utils.data.Subset(ds, subset_indices(ds, num, seed))
         out.append(ds)
     return out
 
 
-def _check_class_map(args: argparse.Namespace, class_map: Dict[Any, int], ds, split: str, training: bool) -> None:
-    """The dataset applies --class-map (timm's folder, tar and Hub readers do; torchvision and our own datasets
+def create_datasets(args: argparse.Namespace, dc: DataConfig) -> List[Any]:
+    """``create_data_splits`` of train_kd's flags."""
+    return create_data_splits(
+        args.dataset, dc, data_dir=args.data_dir, train_split=args.train_split, val_split=args.val_split,
+        download=args.dataset_download, input_key=args.input_key, target_key=args.target_key,
+        train_num_samples=args.train_num_samples, val_num_samples=args.val_num_samples, seed=args.seed)
+
+
+def _check_class_map(source: str, data: DataConfig, ds, split: str, training: bool) -> None:
+    """The dataset applies the class map (timm's folder, tar and Hub readers do; torchvision and our own datasets
     would ignore it), and in the training split every class of the map has images (a misspelt name would leave
     one out silently)."""
     reader = getattr(ds, 'reader', None)
-    if not any(getattr(reader, attr, None) == class_map for attr in ('class_to_idx', 'class_name_to_idx')):
-        raise UsageError(f'Dataset {args.dataset or args.data_dir!r} does not apply --class-map (timm applies it to '
+    if not any(getattr(reader, attr, None) == data.class_map for attr in ('class_to_idx', 'class_name_to_idx')):
+        raise UsageError(f'Dataset {source!r} does not apply --class-map (timm applies it to '
                          f'image folders, tar files and hfds/ datasets): drop the flag or use such a dataset.')
     targets = _targets(ds) if training else None
     if targets is not None:
-        names = {i: name for name, i in class_map.items()}
+        names = {i: name for name, i in data.class_map.items()}
         empty = sorted(set(names) - set(targets))
         if empty:
-            raise UsageError(f'--class-map {args.class_map!r} names classes without images in the {split!r} split '
-                             f'({", ".join(repr(names[i]) for i in empty[:5])}): check them against the class '
+            raise UsageError(f'--class-map {data.class_map_file!r} names classes without images in the {split!r} '
+                             f'split ({", ".join(repr(names[i]) for i in empty[:5])}): check them against the class '
                              f'folders.')
 
 
-def create_mixer(args: argparse.Namespace, dc: Dict[str, Any]) -> Optional['timm_kd.DistillMixup']:
+def create_mixer(args: argparse.Namespace, dc: DataConfig) -> Optional['timm_kd.DistillMixup']:
     """The DistillMixup of the KD view flags (--tl-mixup, --tl-cutmix, --cutmix-hard, --cutout, --pick ...), or None."""
     mixer = None
     if kd_view_modes(args):
@@ -309,7 +414,7 @@ def create_mixer(args: argparse.Namespace, dc: Dict[str, Any]) -> Optional['timm
                 cutmix_alpha=args.cutmix_hard if hard else args.tl_cutmix,
                 cutmix_minmax=args.cutmix_minmax if (args.tl_cutmix or hard) else None,
                 prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                label_smoothing=args.smoothing if hard else 0., num_classes=dc['num_classes'],
+                label_smoothing=args.smoothing if hard else 0., num_classes=dc.num_classes,
                 pairing=args.mix_pairing, label_mode='hard' if hard else 'teacher',
                 cutout=(True if args.cutout == -1 else args.cutout) if args.cutout else False,
                 mix_fraction=args.mix_fraction, n_candidates=args.pick_candidates if pick else None,
@@ -319,7 +424,7 @@ def create_mixer(args: argparse.Namespace, dc: Dict[str, Any]) -> Optional['timm
     return mixer
 
 
-def create_task(args: argparse.Namespace, dc: Dict[str, Any], student, teacher, device, train_ds=None
+def create_task(args: argparse.Namespace, dc: DataConfig, student, teacher, device, train_ds=None
                 ) -> Tuple[Any, Any]:
     """(task, timm Mixup or None): DistillationTask with a teacher, timm's ClassificationTask without."""
     from timm.data import Mixup
@@ -328,7 +433,7 @@ def create_task(args: argparse.Namespace, dc: Dict[str, Any], student, teacher, 
     if timm_mix:
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                          prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                         label_smoothing=args.smoothing, num_classes=dc['num_classes'])
+                         label_smoothing=args.smoothing, num_classes=dc.num_classes)
     criterion_kwargs = dict(smoothing=args.smoothing, soft_targets=timm_mix)
     if teacher is None:
         from timm.task import ClassificationTask
@@ -398,7 +503,7 @@ def views_record(args: argparse.Namespace, task) -> Dict[str, Any]:
                 loss_weights=dict(task=gamma, kd=alpha, views=alpha * args.mixed_kd_weight))
 
 
-def recipe_of(args: argparse.Namespace, dc: Dict[str, Any], world: int, mixed_precision: str) -> Dict[str, Any]:
+def recipe_of(args: argparse.Namespace, dc: DataConfig, world: int, mixed_precision: str) -> Dict[str, Any]:
     lengths = schedule_lengths(args)
     gamma, alpha = resolve_loss_weights(args)
     recipe = dict(
@@ -406,8 +511,8 @@ def recipe_of(args: argparse.Namespace, dc: Dict[str, Any], world: int, mixed_pr
         decay_milestones=lengths.decay_milestones, decay_rate=args.decay_rate, warmup_epochs=args.warmup_epochs,
         opt=args.opt, momentum=args.momentum, weight_decay=args.weight_decay, wd_all_params=args.wd_all_params,
         batch_size=args.batch_size, global_batch_size=args.batch_size * world, world_size=world,
-        smoothing=args.smoothing, std_aug=dc['std_aug'], crop_padding=dc['crop_padding'],
-        input_size=[dc['in_chans'], dc['size'], dc['size']], mean=list(dc['mean']), std=list(dc['std']),
+        smoothing=args.smoothing, std_aug=dc.std_aug, crop_padding=dc.crop_padding,
+        input_size=[dc.in_chans, dc.size, dc.size], mean=list(dc.mean), std=list(dc.std),
         mixup=args.mixup, cutmix=args.cutmix, seed=args.seed, mixed_precision=mixed_precision,
         model_ema=args.model_ema)
     if args.teacher:

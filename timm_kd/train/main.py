@@ -110,7 +110,7 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
     teacher = build_teacher(args, dc) if args.teacher else None
     try:
         loader_train = create_train_loader(train_ds, args.batch_size, args.seed, rank, world, args.workers,
-                                           args.pin_mem, rngs=dc['rngs'], extras=dc['loader_extras'])
+                                           args.pin_mem, rngs=dc.rngs, extras=dc.loader_extras)
     except ValueError as e:
         raise UsageError(f'Dataset {args.dataset!r}: {e}.') from e
     sampler = loader_train.batch_sampler.sampler
@@ -166,7 +166,7 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
     run_dir = training.run_dir
     n_params = sum(p.numel() for p in student.parameters())
     _logger.info(f'Run folder: {run_dir}. Student {args.model} ({n_params / 1e6:.3f}M params), '
-                 f'{dc["num_classes"]} classes, input {dc["in_chans"]}x{dc["size"]}x{dc["size"]}, '
+                 f'{dc.num_classes} classes, input {dc.in_chans}x{dc.size}x{dc.size}, '
                  f'train {len(train_ds)} / eval {len(eval_ds)} images ({args.dataset or args.data_dir}).')
     if teacher is not None:
         _logger.info(f'Teacher {args.teacher} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.3f}M params, '
@@ -190,7 +190,7 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
         model=args.model, teacher=args.teacher, **teacher_lineage(teacher), distill=distill_record(args),
         teacher_top1=tm.get('top1'), teacher_top5=tm.get('top5'),
         best_top1=None, best_top5=None, best_epoch=None, last_top1=None, last_top5=None, last_epoch=None,
-        num_classes=dc['num_classes'], dataset=args.dataset, eval_metric=args.eval_metric,
+        num_classes=dc.num_classes, dataset=args.dataset, eval_metric=args.eval_metric,
         dataset_name=args.dataset_name, dataset_id=args.dataset_id, val_split=args.val_split,  # for model cards
         train_images=len(train_ds), eval_images=len(eval_ds),
         recipe=recipe_of(args, dc, world, accelerator.mixed_precision), data_config=training.export_data_config(),

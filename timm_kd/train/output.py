@@ -13,12 +13,15 @@ import logging
 import os
 import sys
 from datetime import datetime
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import timm
 
 from timm_kd.utils.messages import public_ref
 from timm_kd.utils.files import atomic_write_text
+
+if TYPE_CHECKING:
+    from .build import DataConfig
 
 __all__ = ['new_run_dir', 'choose_run_dir', 'LogFiles', 'write_summary_row', 'write_results', 'RESULTS_VERSION',
            'teacher_lineage']
@@ -146,7 +149,7 @@ def write_results(path: str, results: Dict[str, Any]) -> None:
 
 
 def choose_run_dir(args: argparse.Namespace, explicit: Dict[str, Any], resume_file: Optional[str],
-             dc: Dict[str, Any]) -> str:
+             dc: 'DataConfig') -> str:
     named = 'experiment' in explicit or 'output' in explicit
     if resume_file:
         ckpt_dir = os.path.dirname(os.path.abspath(resume_file))
@@ -159,5 +162,5 @@ def choose_run_dir(args: argparse.Namespace, explicit: Dict[str, Any], resume_fi
     name = args.experiment or '-'.join(
         [datetime.now().strftime('%Y%m%d-%H%M%S'), timm.models.safe_model_name(args.model)]
         + ([timm.models.safe_model_name(args.teacher.split(':')[-1].split('/')[-1])] if args.teacher else [])
-        + [str(dc['size'])])
+        + [str(dc.size)])
     return new_run_dir(args.output or os.path.join('.', 'output', 'train'), name)

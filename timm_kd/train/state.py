@@ -25,7 +25,7 @@ from timm.utils import unwrap_model
 from timm_kd.utils.errors import UsageError
 from timm_kd.utils.files import atomic_copy, atomic_save
 from timm_kd.utils.messages import first_line
-from .build import load_weights
+from .build import DataConfig, load_weights
 from .checkpoint import capture_rng_state, restore_rng_state
 from .loop import EpochMeters, NonFiniteLossError
 
@@ -159,7 +159,7 @@ class TrainState:
             next_epoch=next_epoch, next_step=next_step, optimizer=training.optimizer.state_dict(),
             scheduler=training.scheduler.state_dict() if training.scheduler is not None else None,
             scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
-            world_size=acc.num_processes, rank_states=rank_states, num_classes=training.data_config['num_classes'],
+            world_size=acc.num_processes, rank_states=rank_states, num_classes=training.data_config.num_classes,
             data_config=training.export_data_config(), best=dict(training.best), last=dict(training.last),
             teacher_metrics=training.teacher_metrics, checkpoint_hist=[list(h) for h in training.checkpoint_hist],
             state_dict_ema=ema.module.state_dict() if ema is not None else None,
@@ -233,7 +233,7 @@ class Training:
     student: torch.nn.Module
     optimizer: Any
     scheduler: Optional[Any]
-    data_config: Dict[str, Any]
+    data_config: DataConfig
     run_dir: Optional[str] = None  # main process only
     meters: EpochMeters = field(default_factory=EpochMeters)
     best: Dict[str, Any] = field(default_factory=lambda: dict(metric=None, epoch=None, top1=None, top5=None))
@@ -244,8 +244,8 @@ class Training:
     def export_data_config(self) -> Dict[str, Any]:
         """The eval-time data config of the student (timm's pretrained_cfg keys), for export."""
         dc = self.data_config
-        return dict(input_size=[dc['in_chans'], dc['size'], dc['size']], mean=list(dc['mean']), std=list(dc['std']),
-                    crop_pct=dc['crop_pct'] or 1.0, interpolation=dc['interpolation'], num_classes=dc['num_classes'])
+        return dict(input_size=[dc.in_chans, dc.size, dc.size], mean=list(dc.mean), std=list(dc.std),
+                    crop_pct=dc.crop_pct or 1.0, interpolation=dc.interpolation, num_classes=dc.num_classes)
 
     def save_recovery(self, epoch: int, next_step: int) -> None:
         """Collective: recovery.pth.tar after ``next_step`` steps of ``epoch``."""
