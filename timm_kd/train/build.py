@@ -20,17 +20,16 @@ import timm
 import timm_kd
 from timm_kd.data.datasets import DatasetNotFoundError, create_kd_dataset, dataset_defaults
 from timm_kd.data.transforms import SMALL_INPUT_LIMIT, create_kd_transform
-from timm_kd.data.views import ImageSpec, PairedTransform, create_view_transform, images_per_step
+from timm_kd.data.views import ImageSpec, PairedTransform, create_view_transform
 from timm_kd.distill import teacher as teacher_lib
 from timm_kd.distill.methods import METHODS
 from timm_kd.utils.errors import UsageError
 from timm_kd.utils.messages import first_line
 from .args import LARGE_INPUT_AUG_FLAGS, build_parser, kd_view_modes, resolve_loss_weights, tl_aug_on
-from .schedule import schedule_lengths
 
 __all__ = ['DataConfig', 'resolve_data_config', 'create_student_model', 'create_teacher_model', 'create_data_splits',
            'data_config', 'create_student', 'build_teacher', 'create_datasets', 'subset_indices', 'create_mixer',
-           'create_task', 'resolve_lr', 'load_weights', 'recipe_of', 'distill_record', 'views_record']
+           'DistillSetup', 'distill_setup', 'create_task', 'resolve_lr', 'load_weights']
 
 _logger = logging.getLogger('train_kd')
 _TORCH_NAMES = ('cifar10', 'cifar100', 'mnist', 'fashionmnist', 'kmnist', 'qmnist', 'svhn', 'stl10')
@@ -424,9 +423,35 @@ def create_mixer(args: argparse.Namespace, dc: DataConfig) -> Optional['timm_kd.
     return mixer
 
 
-def create_task(args: argparse.Namespace, dc: DataConfig, student, teacher, device, train_ds=None
-                ) -> Tuple[Any, Any]:
-    """(task, timm Mixup or None): DistillationTask with a teacher, timm's ClassificationTask without."""
+@dataclass(frozen=True)
+class DistillSetup:
+    """The distillation of a run, resolved once from train_kd's flags: the method and the hyper-parameters of its
+    flags, the view loss, the temperature T and the loss weights (γ on CE(x), α on the logit term, w: the views
+    get α·w). The task is built from it and results.json records it (``timm_kd.train.record``)."""
+    method: str
+    method_kwargs: Mapping[str, Any]
+    view_loss: str
+    temperature: float
+    task_loss_weight: float
+    distill_loss_weight: float
+    mixed_kd_weight: float
+
+
+def distill_setup(args: argparse.Namespace) -> Optional[DistillSetup]:
+    """The ``DistillSetup`` of train_kd's flags (None without --teacher): the one place the loss weights of
+    --kd-alpha / --task-loss-weight / --distill-loss-weight are resolved for a run."""
+    if not args.teacher:
+        return None
+    gamma, alpha = resolve_loss_weights(args)
+    return DistillSetup(method=args.distill, method_kwargs=METHODS[args.distill].kwargs_from_args(args),
+                        view_loss=args.view_loss, temperature=args.kd_temperature, task_loss_weight=gamma,
+                        distill_loss_weight=alpha, mixed_kd_weight=args.mixed_kd_weight)
+
+
+def create_task(args: argparse.Namespace, dc: DataConfig, student, teacher, device, train_ds=None,
+                distill: Optional[DistillSetup] = None) -> Tuple[Any, Any]:
+    """(task, timm Mixup or None): DistillationTask with a teacher (from ``distill``, by default the flags'), timm's
+    ClassificationTask without."""
     from timm.data import Mixup
     timm_mix = args.mixup > 0 or args.cutmix > 0 or (args.cutmix_minmax is not None and not kd_view_modes(args))
     mixup_fn = None
@@ -438,39 +463,29 @@ def create_task(args: argparse.Namespace, dc: DataConfig, student, teacher, devi
     if teacher is None:
         from timm.task import ClassificationTask
         return ClassificationTask(student, criterion_kwargs=criterion_kwargs, device=device, verbose=False), mixup_fn
-    gamma, alpha = resolve_loss_weights(args)
+    distill = distill or distill_setup(args)
     try:
         task = timm_kd.DistillationTask(
-            student, teacher, mixup=create_mixer(args, dc), method=args.distill,
-            method_kwargs=_method_kwargs(args, train_ds), view_loss=args.view_loss,
-            temperature=args.kd_temperature, task_loss_weight=gamma, distill_loss_weight=alpha,
-            mixed_kd_weight=args.mixed_kd_weight, criterion_kwargs=criterion_kwargs, device=device)
+            student, teacher, mixup=create_mixer(args, dc), method=distill.method,
+            method_kwargs=_method_kwargs(distill, args.dataset, train_ds), view_loss=distill.view_loss,
+            temperature=distill.temperature, task_loss_weight=distill.task_loss_weight,
+            distill_loss_weight=distill.distill_loss_weight, mixed_kd_weight=distill.mixed_kd_weight,
+            criterion_kwargs=criterion_kwargs, device=device)
     except ValueError as e:
         raise UsageError(str(e)) from e
     return task, mixup_fn
 
 
-def _method_kwargs(args: argparse.Namespace, train_ds) -> Dict[str, Any]:
-    """The hyper-parameters of --distill: its flags, and for a method with a row per training sample (CRD's
+def _method_kwargs(distill: DistillSetup, dataset: str, train_ds) -> Dict[str, Any]:
+    """The hyper-parameters of the method: its flags', and for a method with a row per training sample (CRD's
     memory bank) the size of the training set, whose loader then yields sample indices."""
-    cls = METHODS[args.distill]
-    kwargs = cls.kwargs_from_args(args)
-    if cls.needs_index:
+    kwargs = dict(distill.method_kwargs)
+    if METHODS[distill.method].needs_index:
         if isinstance(train_ds, torch.utils.data.IterableDataset) or not hasattr(train_ds, '__len__'):
-            raise UsageError(f'--distill {args.distill} keeps one memory row per training sample and needs sample '
-                             f'indices, which the stream {args.dataset!r} does not have: use a map-style dataset.')
+            raise UsageError(f'--distill {distill.method} keeps one memory row per training sample and needs sample '
+                             f'indices, which the stream {dataset!r} does not have: use a map-style dataset.')
         kwargs['num_samples'] = len(train_ds)
     return kwargs
-
-
-def distill_record(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
-    """The distillation method of a run as results.json records it (None without a teacher)."""
-    if not args.teacher:
-        return None
-    gamma, alpha = resolve_loss_weights(args)
-    return dict(method=args.distill, **METHODS[args.distill].kwargs_from_args(args), view_loss=args.view_loss,
-                temperature=args.kd_temperature, task_loss_weight=gamma, distill_loss_weight=alpha,
-                mixed_kd_weight=args.mixed_kd_weight)
 
 
 def resolve_lr(args: argparse.Namespace, world_size: int) -> None:
@@ -491,34 +506,3 @@ def load_weights(model: torch.nn.Module, state_dict: Dict[str, Any], what: str) 
         raise UsageError(f'{what}: {first_line(e)}.') from e
     if res.missing_keys or res.unexpected_keys:
         raise UsageError(f'{what}: missing keys {res.missing_keys[:5]}, unexpected keys {res.unexpected_keys[:5]}.')
-
-
-def views_record(args: argparse.Namespace, task) -> Dict[str, Any]:
-    """What a step trains on (results.json 'views', the model card): the views, the images per step of one process
-    and the loss weights (task CE on x, KL on x, KL on the views)."""
-    gamma, alpha = resolve_loss_weights(args)
-    mixer = getattr(task, 'mixup', None)
-    return dict(sample_view=args.tl_aug if tl_aug_on(args) else None, mix_view=repr(mixer) if mixer else None,
-                images_per_step=images_per_step(args.batch_size, tl_aug_on(args), mixer),
-                loss_weights=dict(task=gamma, kd=alpha, views=alpha * args.mixed_kd_weight))
-
-
-def recipe_of(args: argparse.Namespace, dc: DataConfig, world: int, mixed_precision: str) -> Dict[str, Any]:
-    lengths = schedule_lengths(args)
-    gamma, alpha = resolve_loss_weights(args)
-    recipe = dict(
-        epochs=lengths.epochs, epoch_scale=args.epoch_scale, sched=args.sched, lr=args.lr,
-        decay_milestones=lengths.decay_milestones, decay_rate=args.decay_rate, warmup_epochs=args.warmup_epochs,
-        opt=args.opt, momentum=args.momentum, weight_decay=args.weight_decay, wd_all_params=args.wd_all_params,
-        batch_size=args.batch_size, global_batch_size=args.batch_size * world, world_size=world,
-        smoothing=args.smoothing, std_aug=dc.std_aug, crop_padding=dc.crop_padding,
-        input_size=[dc.in_chans, dc.size, dc.size], mean=list(dc.mean), std=list(dc.std),
-        mixup=args.mixup, cutmix=args.cutmix, seed=args.seed, mixed_precision=mixed_precision,
-        model_ema=args.model_ema)
-    if args.teacher:
-        recipe.update(kd_temperature=args.kd_temperature, task_loss_weight=gamma, distill_loss_weight=alpha,
-                      mixed_kd_weight=args.mixed_kd_weight, tl_mixup=args.tl_mixup, tl_cutmix=args.tl_cutmix,
-                      cutmix_hard=args.cutmix_hard, cutout=args.cutout, pick=args.pick,
-                      pick_candidates=args.pick_candidates, pick_ratio=args.pick_ratio,
-                      mix_fraction=args.mix_fraction, mix_pairing=args.mix_pairing, tl_aug=args.tl_aug)
-    return recipe

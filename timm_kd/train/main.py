@@ -19,11 +19,11 @@ from timm_kd.utils.files import atomic_write_text, output_error, remove_stale_te
 from timm_kd.utils.messages import first_line
 from .args import is_main_process_env, parse_args, report_error, resume_flag_changes, validate_args
 from .build import (
-    build_teacher, create_datasets, create_student, create_task, data_config, distill_record, recipe_of, resolve_lr,
-    views_record)
+    build_teacher, create_datasets, create_student, create_task, data_config, distill_setup, resolve_lr)
 from .data import create_eval_loader, create_train_loader
 from .loop import EpochMeters, NonFiniteLossError, evaluate, mean_lr, train_one_epoch
 from .output import RESULTS_VERSION, LogFiles, choose_run_dir, teacher_lineage, write_results, write_summary_row
+from .record import run_record
 from .schedule import create_kd_scheduler, schedule_lengths, set_position
 from .state import CheckpointError, Training, find_resume_checkpoint
 
@@ -117,7 +117,8 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
     updates_per_epoch = len(loader_train)
     loader_eval = create_eval_loader(eval_ds, args.validation_batch_size or args.batch_size, args.workers,
                                      args.pin_mem, seed=args.seed)
-    task, mixup_fn = create_task(args, dc, student, teacher, device, train_ds)
+    distill = distill_setup(args)  # the method, T and the loss weights, resolved once for the run
+    task, mixup_fn = create_task(args, dc, student, teacher, device, train_ds, distill=distill)
     task.to(device)
     if args.channels_last:
         task.to(memory_format=torch.channels_last)
@@ -185,18 +186,19 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
         _logger.info(f'Teacher {args.teacher}: top-1 {tm["top1"]:.2f}, top-5 {tm["top5"]:.2f}, loss '
                      f'{tm["loss"]:.4f} on the {args.val_split!r} split ({len(eval_ds)} images).')
     tm = training.teacher_metrics or {}
+    record = run_record(args, dc, distill, task, world, accelerator.mixed_precision)
     results: Dict[str, Any] = dict(
         version=RESULTS_VERSION,
-        model=args.model, teacher=args.teacher, **teacher_lineage(teacher), distill=distill_record(args),
+        model=args.model, teacher=args.teacher, **teacher_lineage(teacher), distill=record['distill'],
         teacher_top1=tm.get('top1'), teacher_top5=tm.get('top5'),
         best_top1=None, best_top5=None, best_epoch=None, last_top1=None, last_top5=None, last_epoch=None,
         num_classes=dc.num_classes, dataset=args.dataset, eval_metric=args.eval_metric,
         dataset_name=args.dataset_name, dataset_id=args.dataset_id, val_split=args.val_split,  # for model cards
         train_images=len(train_ds), eval_images=len(eval_ds),
-        recipe=recipe_of(args, dc, world, accelerator.mixed_precision), data_config=training.export_data_config(),
+        recipe=record['recipe'], data_config=training.export_data_config(),
         world_size=world, run_dir=run_dir, finished=False)
-    if teacher is not None:
-        results['views'] = views_record(args, task)
+    if 'views' in record:
+        results['views'] = record['views']
 
     # 6. epochs
     num_updates = start_epoch * updates_per_epoch + start_step
