@@ -532,7 +532,7 @@ def test_crd_bank_size_a_stream_and_an_unknown_method_are_usage_errors(tmp_path,
             yield torch.zeros(3, 16, 16), 0
     parsed, _ = parse_args(args + ['--distill', 'crd'])
     with pytest.raises(UsageError, match='needs sample indices, which the stream'):
-        build._method_kwargs(parsed, Stream())
+        build._method_kwargs(build.distill_setup(parsed), parsed.dataset, Stream())
 
 
 def test_features_of_a_ddp_student_go_through_ddp_so_gradients_are_reduced(tmp_path):
