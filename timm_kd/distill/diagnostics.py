@@ -1,4 +1,10 @@
-"""What the distillation step reports beside its loss: statistics of the teacher's outputs.
+"""What the distillation step reports beside its loss: the pick diagnostics and statistics of the teacher.
+
+Per step, on the device (a handful of small kernels, no host sync; ``DistillationTask(diagnostics=False)``
+skips them): ``kl_ratio`` (r = mean KL of the picked rows / mean KL of the pool, paper Eq. 4),
+``pick_diagnostics`` (the picked share of the pool, the share of the batch's images with a picked view) and
+``label_disagreement`` (share of the trained mixed views whose teacher argmax differs from the label of the
+larger-area source).
 
 ``TeacherProbStats`` is the teacher-only augmentation score of Wang et al. (the standard deviation of the
 chunk-mean teacher probability, the mean entropy, the share of originals the teacher gets wrong). The
@@ -10,7 +16,30 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-__all__ = ['TeacherProbStats']
+from timm_kd.data.pick import per_sample_kl
+
+__all__ = ['kl_ratio', 'pick_diagnostics', 'label_disagreement', 'TeacherProbStats']
+
+
+def kl_ratio(s_pool: torch.Tensor, t_pool: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean per-sample KL(teacher || student) at T of the picked ``rows`` over its mean on the whole pool."""
+    kl_pool = per_sample_kl(s_pool, t_pool, temperature)
+    return kl_pool[rows].mean() / kl_pool.mean()
+
+
+def pick_diagnostics(rows: torch.Tensor, pool_size: int, source: torch.Tensor, batch_size: int,
+                     like: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """``picked_share`` (picked / pool) and ``pick_coverage`` (share of the batch's images with at least one
+    picked view; ``source`` is the image each pool row was made from); scalars like ``like``."""
+    covered = torch.zeros(batch_size, dtype=torch.bool, device=rows.device)
+    covered[source.index_select(0, rows)] = True
+    return {'picked_share': like.new_full((), rows.shape[0] / pool_size), 'pick_coverage': covered.float().mean()}
+
+
+def label_disagreement(t_view: torch.Tensor, major: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+    """Share of the ``mixed`` view rows whose teacher argmax differs from ``major`` (the larger-area label)."""
+    disagree = (t_view.argmax(-1) != major) & mixed
+    return disagree.sum() / mixed.sum().clamp(min=1)
 
 
 class TeacherProbStats:

@@ -26,7 +26,7 @@ Forward passes per step (B images, pool N = n_candidates·B, k picked), in this 
   own BatchNorm batch statistics, as the authors.
 """
 import logging
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -36,9 +36,10 @@ from timm.task.classification import resolve_classification_loss
 from timm.utils import unwrap_model
 
 from timm_kd.data.mixup import DistillMixup, MixedViews
-from timm_kd.data.pick import PICK_CRITERIA, pick_topk
+from timm_kd.data.pick import PICK_CRITERIA, PickCriterion, pick_topk
+from .diagnostics import kl_ratio, label_disagreement, pick_diagnostics
 from .intermediates import forward_with_features
-from .losses import kd_loss, per_sample_kl, soft_target_cross_entropy
+from .losses import kd_loss, soft_target_cross_entropy
 from .methods import Distiller, ModelOutputs, create_method
 from .pick import batchnorm_modules, frozen_bn_stats
 
@@ -72,6 +73,31 @@ def _norm_cfg(model: nn.Module) -> Optional[Tuple[tuple, tuple]]:
     if isinstance(cfg, dict) and cfg.get('mean') is not None and cfg.get('std') is not None:
         return tuple(float(v) for v in cfg['mean']), tuple(float(v) for v in cfg['std'])
     return None
+
+
+def _check_classes(student: nn.Module, teacher: DistillationTeacher, mixup: Optional[DistillMixup]) -> Optional[int]:
+    """The student's class count (None if it has none); the teacher and a hard-label mixer must agree with it."""
+    s_classes = getattr(unwrap_model(student), 'num_classes', None)
+    t_classes = getattr(unwrap_model(teacher.model), 'num_classes', None)
+    if isinstance(s_classes, int) and isinstance(t_classes, int) and s_classes != t_classes:
+        raise ValueError(
+            f'The teacher predicts {t_classes} classes but the student {s_classes}: '
+            'distillation needs the same classes (check the teacher checkpoint / num_classes).')
+    if mixup is not None and mixup.label_mode == 'hard' and isinstance(s_classes, int) \
+            and mixup.num_classes != s_classes:
+        raise ValueError(
+            f"DistillMixup(num_classes={mixup.num_classes}) builds hard labels for a student with "
+            f'{s_classes} classes: pass num_classes={s_classes}.')
+    return s_classes
+
+
+class _Labelled(NamedTuple):
+    """The view rows the teacher labelled in its pass: the rows, their teacher logits, the rows drawn up front
+    ('random', else None) and the pick criterion (None: train on the whole pool)."""
+    x: torch.Tensor
+    logits: torch.Tensor
+    rows: Optional[torch.Tensor]
+    criterion: Optional[PickCriterion]
 
 
 class DistillationTask(LogitDistillationTask):
@@ -150,46 +176,15 @@ class DistillationTask(LogitDistillationTask):
         if mixup is not None and not isinstance(mixup, DistillMixup):
             raise TypeError(f'mixup must be a timm_kd.DistillMixup or None, got {type(mixup).__name__}.')
 
-        student_unwrapped = unwrap_model(student)
-        if isinstance(teacher, DistillationTeacher):
-            pass
-        elif isinstance(teacher, str):
-            teacher = DistillationTeacher(
-                teacher,
-                num_classes=getattr(student_unwrapped, 'num_classes', None),
-                in_chans=getattr(student_unwrapped, 'in_chans', 3),
-                pretrained_path=teacher_pretrained_path,
-                pretrained_cfg_overlay=teacher_pretrained_cfg_overlay,
-                device=self.device,
-                dtype=self.dtype,
-            )
-        elif isinstance(teacher, nn.Module):
-            teacher = DistillationTeacher(teacher, device=self.device, dtype=self.dtype)
-        else:
-            raise TypeError(f'teacher must be a model name or an nn.Module, got {type(teacher).__name__}.')
-        teacher.eval()
-        teacher.requires_grad_(False)
-
-        s_classes = getattr(student_unwrapped, 'num_classes', None)
-        t_classes = getattr(unwrap_model(teacher.model), 'num_classes', None)
-        if isinstance(s_classes, int) and isinstance(t_classes, int) and s_classes != t_classes:
-            raise ValueError(
-                f'The teacher predicts {t_classes} classes but the student {s_classes}: '
-                'distillation needs the same classes (check the teacher checkpoint / num_classes).')
-        if mixup is not None and mixup.label_mode == 'hard' and isinstance(s_classes, int) \
-                and mixup.num_classes != s_classes:
-            raise ValueError(
-                f"DistillMixup(num_classes={mixup.num_classes}) builds hard labels for a student with "
-                f'{s_classes} classes: pass num_classes={s_classes}.')
-
+        teacher = self._wrap_teacher(teacher, student, teacher_pretrained_path, teacher_pretrained_cfg_overlay)
+        s_classes = _check_classes(student, teacher, mixup)
         if isinstance(method, Distiller):
             if method_kwargs:
                 raise ValueError('method_kwargs only apply to a method given by name, not to a built Distiller.')
             distiller = method
         else:
-            distiller = create_method(
-                method, student_unwrapped, unwrap_model(teacher.model), num_classes=s_classes,
-                temperature=temperature, **(method_kwargs or {}))
+            distiller = create_method(method, unwrap_model(student), unwrap_model(teacher.model),
+                                      num_classes=s_classes, temperature=temperature, **(method_kwargs or {}))
         if view_loss not in VIEW_LOSSES:
             raise ValueError(f"Unknown view_loss '{view_loss}', expected one of {VIEW_LOSSES}.")
         if view_loss == 'method' and not distiller.logit_method:
@@ -208,24 +203,43 @@ class DistillationTask(LogitDistillationTask):
         self.distill_loss_weight = float(distill_loss_weight)
         self.mixed_kd_weight = float(mixed_kd_weight)
         self.diagnostics = diagnostics
+        self._setup_normalization(student, teacher)
+        if self.verbose:
+            _logger.info(f'DistillationTask: {self.extra_repr()}, teacher re-normalization={self._renormalize}')
 
+    def _wrap_teacher(self, teacher: Union[str, nn.Module, DistillationTeacher], student: nn.Module,
+                      pretrained_path: Optional[str], pretrained_cfg_overlay: Optional[Dict[str, Any]]
+                      ) -> DistillationTeacher:
+        """timm's ``DistillationTeacher`` of ``teacher``: as given, wrapping a module, or built by name with
+        pretrained weights for the student's classes and channels (a plain nn.Module student may lack them:
+        timm's own resolution would fail there). Eval mode, frozen."""
+        if not isinstance(teacher, DistillationTeacher):
+            if not isinstance(teacher, (str, nn.Module)):
+                raise TypeError(f'teacher must be a model name or an nn.Module, got {type(teacher).__name__}.')
+            s = unwrap_model(student)
+            teacher = DistillationTeacher(
+                teacher, num_classes=getattr(s, 'num_classes', None), in_chans=getattr(s, 'in_chans', 3),
+                pretrained_path=pretrained_path, pretrained_cfg_overlay=pretrained_cfg_overlay, device=self.device,
+                dtype=self.dtype)
+        teacher.eval()
+        teacher.requires_grad_(False)
+        return teacher
+
+    def _setup_normalization(self, student: nn.Module, teacher: DistillationTeacher) -> None:
+        """The student's mean/std as buffers, and whether the teacher's input is re-normalized to its own (only
+        when both models carry a ``pretrained_cfg`` with mean/std and these differ; decided once, no sync)."""
         s_norm, t_norm = _norm_cfg(student), _norm_cfg(teacher.model)
         self._renormalize = s_norm is not None and t_norm is not None and s_norm != t_norm
         if s_norm is not None:
-            self.register_buffer(
-                'student_mean', torch.tensor(s_norm[0], device=self.device, dtype=self.dtype).view(1, -1, 1, 1),
-                persistent=False)
-            self.register_buffer(
-                'student_std', torch.tensor(s_norm[1], device=self.device, dtype=self.dtype).view(1, -1, 1, 1),
-                persistent=False)
+            for name, values in (('student_mean', s_norm[0]), ('student_std', s_norm[1])):
+                self.register_buffer(
+                    name, torch.tensor(values, device=self.device, dtype=self.dtype).view(1, -1, 1, 1), persistent=False)
         else:
             self.student_mean = self.student_std = None
         if self._renormalize:
             # the teacher's mean/std must be the ones from its cfg (a wrapper made elsewhere may differ)
             teacher.mean_kd.copy_(torch.tensor(t_norm[0]).view(1, -1, 1, 1))
             teacher.std_kd.copy_(torch.tensor(t_norm[1]).view(1, -1, 1, 1))
-        if self.verbose:
-            _logger.info(f'DistillationTask: {self.extra_repr()}, teacher re-normalization={self._renormalize}')
 
     def extra_repr(self) -> str:
         return (f'method={self.distiller.method_name or type(self.distiller).__name__}, '
@@ -284,67 +298,15 @@ class DistillationTask(LogitDistillationTask):
         if self.teacher.training or self.teacher.model.training:
             self.teacher.eval()  # a user's teacher.train() elsewhere must not put teacher BN in train mode
         views = self._views(input, target, views, view_input)
-        student = self.trainable_module
-        method = self.distiller
-        temp = self.temperature
-        batch_size = input.shape[0]
-        result: Dict[str, torch.Tensor] = {}
-
-        # 1. the teacher first, one no-grad pass over x and the views it labels
-        x_view = t_view = rows = crit = None
-        if views is None or views.soft_target is not None:  # KD+CutMix baseline: the teacher only sees x
-            t_x = self._teacher_outputs(input)
-        else:
-            pool = views.x_mix
-            crit = PICK_CRITERIA[views.pick] if views.pick is not None else None
-            if crit is not None and crit.score is None:  # rows drawn up front: label only those
-                rows = views.pick_index
-                x_view = pool.index_select(0, rows)
-            else:
-                x_view = pool
-            t_x, t_view = self._split_teacher(self._teacher_outputs(torch.cat([input, x_view])), batch_size)
-
+        # 1. the teacher first, one no-grad pass over x and the view rows it labels
+        t_x, labelled = self._teacher_pass(input, views)
         # 2. the student on x, the method's loss on x
-        s_x = model_outputs(student, input, method, 'student')
-        output = s_x.logits
-        task_loss = self.criterion(output, target)
-        kd = method.logit_loss(output, t_x.logits, target)
-        terms = method(s_x, t_x, target, index=index)
-
-        # 3. the views: score and pick (no grad), then the student on the trained rows
-        if views is None:
-            mixed_loss = kd.new_zeros(())
-        elif views.soft_target is not None:
-            mixed_loss = soft_target_cross_entropy(student(views.x_mix), views.soft_target)
-        else:
-            if crit is not None and crit.score is not None:
-                s_pool = None
-                if crit.needs_student:
-                    with torch.no_grad(), frozen_bn_stats(batchnorm_modules(unwrap_model(student))):
-                        s_pool = student(pool)
-                rows = pick_topk(crit.score(s_pool, t_view, temp), views.num_pick)
-                if s_pool is not None and self.diagnostics:
-                    kl_pool = per_sample_kl(s_pool, t_view, temp)
-                    result['kl_ratio'] = kl_pool[rows].mean() / kl_pool.mean()
-                x_view, t_view = pool.index_select(0, rows), t_view.index_select(0, rows)
-            s_view = student(x_view)
-            major = views.major_target() if target is not None and target.ndim == 1 else None
-            if rows is not None and major is not None:
-                major = major.index_select(0, rows)
-            if self.view_loss == 'method':
-                mixed_loss = method.logit_loss(s_view, t_view, major)
-            else:
-                mixed_loss = kd_loss(s_view, t_view, temp)
-            result['teacher_view_output'] = t_view
-            if rows is not None and self.diagnostics:
-                result['picked_share'] = kd.new_full((), rows.shape[0] / pool.shape[0])
-                covered = torch.zeros(batch_size, dtype=torch.bool, device=input.device)
-                covered[views.source.index_select(0, rows)] = True
-                result['pick_coverage'] = covered.float().mean()
-            if self.diagnostics and major is not None:
-                mixed = views.mixed if rows is None else views.mixed.index_select(0, rows)
-                disagree = (t_view.argmax(-1) != major) & mixed
-                result['label_disagreement'] = disagree.sum() / mixed.sum().clamp(min=1)
+        s_x = model_outputs(self.trainable_module, input, self.distiller, 'student')
+        task_loss = self.criterion(s_x.logits, target)
+        kd = self.distiller.logit_loss(s_x.logits, t_x.logits, target)
+        terms = self.distiller(s_x, t_x, target, index=index)
+        # 3. the views: pick (no grad), then the student on the trained rows
+        mixed_loss, extras = self._view_term(views, labelled, target, kd, input.shape[0])
 
         loss = (self.task_loss_weight * task_loss + self.distill_loss_weight * kd
                 + self.distill_loss_weight * self.mixed_kd_weight * mixed_loss)
@@ -352,15 +314,73 @@ class DistillationTask(LogitDistillationTask):
             loss = loss + term
         out = {
             'loss': loss,
-            'output': output,
+            'output': s_x.logits,
             'task_loss': task_loss,
             'kd_loss': kd,
             'mixed_loss': mixed_loss,
             'teacher_output': t_x.logits,
         }
         out.update({k: v.detach() for k, v in terms.items()})
-        out.update({k: v.detach() for k, v in result.items()})
+        out.update({k: v.detach() for k, v in extras.items()})
         return out
+
+    def _teacher_pass(self, input: torch.Tensor, views: Optional[MixedViews]
+                      ) -> Tuple[ModelOutputs, Optional[_Labelled]]:
+        """The teacher's outputs on x and, unless there are no views or they carry hard labels (the KD+CutMix
+        baseline: the teacher sees only x), its logits on the view rows: the whole pool, or only the rows a
+        criterion without a score ('random') drew up front. One pass over cat(x, rows)."""
+        if views is None or views.soft_target is not None:
+            return self._teacher_outputs(input), None
+        crit = PICK_CRITERIA[views.pick] if views.pick is not None else None
+        rows = views.pick_index if crit is not None and crit.score is None else None
+        x_view = views.x_mix if rows is None else views.x_mix.index_select(0, rows)
+        t_x, t_view = self._split_teacher(self._teacher_outputs(torch.cat([input, x_view])), input.shape[0])
+        return t_x, _Labelled(x_view, t_view, rows, crit)
+
+    def _view_term(self, views: Optional[MixedViews], labelled: Optional[_Labelled], target: torch.Tensor,
+                   kd: torch.Tensor, batch_size: int) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """(unweighted L_view, view outputs and diagnostics): picks the scored rows of the pool, runs the student
+        on the trained rows and applies the view loss; 0 without views, the hard-label CE for the baseline."""
+        if views is None:
+            return kd.new_zeros(()), {}
+        student = self.trainable_module
+        if labelled is None:  # the KD+CutMix baseline
+            return soft_target_cross_entropy(student(views.x_mix), views.soft_target), {}
+        extras: Dict[str, torch.Tensor] = {}
+        x_view, t_view, rows, crit = labelled
+        if crit is not None and crit.score is not None:
+            rows = self._pick(x_view, t_view, crit, views.num_pick, extras)
+            x_view, t_view = x_view.index_select(0, rows), t_view.index_select(0, rows)
+        s_view = student(x_view)
+        major = views.major_target() if target is not None and target.ndim == 1 else None
+        if rows is not None and major is not None:
+            major = major.index_select(0, rows)
+        if self.view_loss == 'method':
+            mixed_loss = self.distiller.logit_loss(s_view, t_view, major)
+        else:
+            mixed_loss = kd_loss(s_view, t_view, self.temperature)
+        extras['teacher_view_output'] = t_view
+        if self.diagnostics:
+            if rows is not None:
+                extras.update(pick_diagnostics(rows, views.x_mix.shape[0], views.source, batch_size, kd))
+            if major is not None:
+                mixed = views.mixed if rows is None else views.mixed.index_select(0, rows)
+                extras['label_disagreement'] = label_disagreement(t_view, major, mixed)
+        return mixed_loss, extras
+
+    def _pick(self, pool: torch.Tensor, t_pool: torch.Tensor, crit: PickCriterion, num_pick: int,
+              extras: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The ``num_pick`` pool rows with the largest score: the student scores the pool without grad, in
+        train-mode BatchNorm that leaves the running statistics alone, when the criterion needs it. Adds the
+        KL ratio of the picked rows to ``extras`` when the student scored."""
+        s_pool = None
+        if crit.needs_student:
+            with torch.no_grad(), frozen_bn_stats(batchnorm_modules(unwrap_model(self.trainable_module))):
+                s_pool = self.trainable_module(pool)
+        rows = pick_topk(crit.score(s_pool, t_pool, self.temperature), num_pick)
+        if s_pool is not None and self.diagnostics:
+            extras['kl_ratio'] = kl_ratio(s_pool, t_pool, rows, self.temperature)
+        return rows
 
     @staticmethod
     def _split_teacher(outputs: ModelOutputs, batch_size: int) -> Tuple[ModelOutputs, torch.Tensor]:
