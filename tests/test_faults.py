@@ -404,10 +404,10 @@ def _our_tracebacks(stderr: str) -> int:
 def test_a_peer_process_reports_a_user_error_only_after_giving_the_main_process_time(monkeypatch, capsys):
     """A launched run's processes meet a bad flag together: the main one prints at once, another waits
     PEER_REPORT_DELAY first (the launcher ends it when the main one exits), and prints if it is still alive."""
-    from timm_kd.train import args as args_module
+    from timm_kd.train import parser as parser_module
     waits = []
-    monkeypatch.setattr(args_module.time, 'sleep', waits.append)
-    for rank, expected_waits in (('0', []), ('1', [args_module.PEER_REPORT_DELAY])):
+    monkeypatch.setattr(parser_module.time, 'sleep', waits.append)
+    for rank, expected_waits in (('0', []), ('1', [parser_module.PEER_REPORT_DELAY])):
         monkeypatch.setenv('RANK', rank)
         waits.clear()
         assert _fail(BASE + ['--kd-alpha', '5', '--teacher', 'resnet8'], capsys).startswith(
