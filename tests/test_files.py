@@ -161,3 +161,37 @@ def test_json_and_yaml_count_levels_alike(value, depth):
         if depth:
             with pytest.raises(FileReadError, match=f'deeper than {depth - 1} levels'):
                 parse(text, 'x', max_depth=depth - 1)
+
+
+def test_a_folder_lock_is_exclusive_and_ends_with_its_process(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from timm_kd.utils.files import LOCK_NAME, FolderLocked, folder_lock_holder, lock_folder
+    run = tmp_path / 'run'
+    run.mkdir()
+    assert folder_lock_holder(str(run)) is None
+    lock = lock_folder(str(run))
+    assert folder_lock_holder(str(run))['pid'] == os.getpid()
+    with pytest.raises(FolderLocked) as e:
+        lock_folder(str(run))
+    assert f'is in use by process {os.getpid()} on ' in _one_sentence(e.value, run) and e.value.holder['pid'] == \
+        os.getpid()
+    lock.close()
+    assert folder_lock_holder(str(run)) is None
+    # a process killed while it holds the lock leaves a lock file that nobody holds: the next process takes it
+    code = (f'from timm_kd.utils.files import lock_folder; f = lock_folder({str(run)!r}); print(flush=True); '
+            f'import time; time.sleep(600)')
+    child = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    child.stdout.readline()  # the child holds the lock
+    assert folder_lock_holder(str(run))['pid'] == child.pid
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert folder_lock_holder(str(run)) is None
+    lock_folder(str(run)).close()
+    (run / LOCK_NAME).unlink()
+    (run / LOCK_NAME).symlink_to(tmp_path / 'elsewhere')
+    with pytest.raises(FileReadError, match='symbolic link'):
+        lock_folder(str(run))
+    assert not (tmp_path / 'elsewhere').exists()

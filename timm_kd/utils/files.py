@@ -16,12 +16,16 @@ ones a killed run left behind are removed by ``remove_stale_temp_files`` when a 
 A write that fails (read-only or full disk) raises ``OutputError`` with one sentence, the target unchanged.
 """
 import errno
+import fcntl
 import json
 import os
+import socket
 import shutil
 import stat
 import tempfile
-from typing import IO, Any, Callable, List
+import sys
+import time
+from typing import IO, Any, Callable, Dict, List, Optional
 
 import torch
 import yaml
@@ -32,7 +36,7 @@ from .messages import first_line
 __all__ = ['TEMP_PREFIX', 'OutputError', 'output_error', 'atomic_save', 'atomic_write_text', 'atomic_write_bytes',
            'atomic_copy', 'remove_stale_temp_files', 'FileReadError', 'MAX_FILE_BYTES', 'MAX_DEPTH', 'MAX_YAML_VALUES',
            'is_regular_file', 'open_regular', 'read_bytes', 'read_text', 'read_json', 'read_yaml', 'parse_json',
-           'parse_yaml']
+           'parse_yaml', 'LOCK_NAME', 'FolderLocked', 'lock_folder', 'folder_lock_holder']
 
 TEMP_PREFIX = '.timm-kd-tmp-'
 
@@ -342,3 +346,71 @@ def read_yaml(path: str, limit: int = MAX_FILE_BYTES, max_depth: int = MAX_DEPTH
     it does not exist (if given)."""
     text = read_text(path, limit, default=_MISSING if default is _MISSING else None)
     return default if text is None else parse_yaml(text, path, max_depth, max_values)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# folder locks
+# ---------------------------------------------------------------------------------------------------------
+
+#: the lock file of a folder a process works in (a run folder while train_kd trains in it)
+LOCK_NAME = '.timm-kd-lock'
+
+
+class FolderLocked(UsageError):
+    """Another process holds the folder's lock; ``holder`` says which (pid, host, since, command)."""
+
+    def __init__(self, message: str, holder: Dict[str, Any]):
+        super().__init__(message)
+        self.holder = holder
+
+
+def _holder_text(holder: Dict[str, Any]) -> str:
+    since = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['since'])) if isinstance(
+        holder.get('since'), (int, float)) else 'an unknown time'
+    return f'process {holder.get("pid", "?")} on {holder.get("host", "an unknown host")} (since {since})'
+
+
+def _lock_file(folder: str) -> IO:
+    return open_regular(os.path.join(folder, LOCK_NAME), 'a')
+
+
+def lock_folder(folder: str) -> IO:
+    """Take the lock of ``folder`` for this process: an exclusive ``flock`` on :data:`LOCK_NAME` (made if missing,
+    never through a link), which records who holds it. The lock lasts until the returned file is closed or the
+    process ends in any way (the kernel drops it even after SIGKILL), so a lock left by a killed process is
+    simply taken over. Raises :class:`FolderLocked` (one sentence) while another process holds it."""
+    f = _lock_file(folder)
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.close()
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        holder = folder_lock_holder(folder) or {}
+        raise FolderLocked(f'{folder} is in use by {_holder_text(holder)}; wait for it to end or stop it (a folder is '
+                           f'worked on by one process at a time).', holder) from None
+    os.ftruncate(f.fileno(), 0)
+    f.write(json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'since': time.time(),
+                        'command': ' '.join(sys.argv)[:500]}) + '\n')
+    f.flush()
+    return f
+
+
+def folder_lock_holder(folder: str) -> Optional[Dict[str, Any]]:
+    """Who holds the lock of ``folder`` (the record :func:`lock_folder` wrote: pid, host, since, command), or None
+    when no process holds it. Takes the lock for an instant to tell, so it never waits."""
+    if not os.path.lexists(os.path.join(folder, LOCK_NAME)):
+        return None
+    with _lock_file(folder) as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        else:
+            return None  # free: the lock file of a process that has ended
+    try:
+        holder = parse_json(read_text(os.path.join(folder, LOCK_NAME), limit=1 << 16), LOCK_NAME)
+    except FileReadError:
+        holder = None
+    return holder if isinstance(holder, dict) else {}
