@@ -4,6 +4,7 @@ The folder holds ``config.json`` + ``model.safetensors`` (what ``timm.create_mod
 the model card and the run's records under ``training/`` (cleaned of local paths and secrets).
 """
 import csv
+import io
 import json
 import logging
 import os
@@ -13,8 +14,9 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import timm
 import yaml
 
-from timm_kd.utils.messages import first_line, public_ref
 from timm_kd.models import load_kd_checkpoint, read_kd_checkpoint
+from timm_kd.utils.files import FileReadError, open_regular, read_json, read_text, read_yaml
+from timm_kd.utils.messages import public_record, public_text
 from .cards import identify_dataset, student_card
 from .io import check_repo_id, push_folder, save_model_folder, sha256_file, timm_kd_version
 
@@ -22,57 +24,54 @@ __all__ = ['RunFolderError', 'read_run', 'export_student', 'publish_student']
 
 _logger = logging.getLogger(__name__)
 
-_SECRET_WORDS = ('token', 'secret', 'password', 'api_key')
 # where a run wrote / pushed / read its files: local or one-off, not recipe (and a reproduction from the
 # published args must not push to this repo again)
 _LOCAL_ARGS = ('push_to_hub', 'hub_private', 'resume', 'config', 'output', 'experiment', 'data_dir')
+# results.json entries that stay local: where the run folder is and how a push went
+_LOCAL_RESULTS = ('run_dir', 'hub_url', 'hub_error')
 
 
-class RunFolderError(ValueError):
+class RunFolderError(FileReadError):
     """A run folder (or one of its records) that cannot be published; the message says which file and why."""
 
 
 def _clean_args(args: Dict[str, Any]) -> Dict[str, Any]:
-    """Training args fit for a public card: no secrets, no local paths, plain YAML types."""
-    out = {}
-    for k, v in (args or {}).items():
-        if any(w in str(k).lower() for w in _SECRET_WORDS) or k in _LOCAL_ARGS:
-            continue
-        if isinstance(v, tuple):
-            v = list(v)
-        out[str(k)] = v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v)
-    if out.get('teacher_checkpoint'):
-        out['teacher_checkpoint'] = public_ref(out['teacher_checkpoint'])
-    return out
-
-
-def _read_record(path: Path, parse) -> Any:
-    try:
-        return parse(path.read_text(encoding='utf-8'))
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError, csv.Error) as e:
-        raise RunFolderError(f'Cannot read {path}: {first_line(e)}; fix or remove that file and publish again.') from e
+    """Training args fit for a public card: no run-local flags, plain YAML types, through the one secret and path
+    filter (:func:`public_record`)."""
+    out = {str(k): (list(v) if isinstance(v, tuple) else v if isinstance(v, (str, int, float, bool, type(None), list,
+                                                                           dict)) else str(v))
+           for k, v in (args or {}).items() if k not in _LOCAL_ARGS}
+    return public_record(out)
 
 
 def read_run(run_dir: Union[str, os.PathLike]) -> Tuple[Dict[str, Any], Dict[str, Any], List[Dict[str, str]]]:
     """(results.json, args.yaml, summary.csv rows) of a train_kd.py run folder; missing files give empties.
 
-    Raises :class:`RunFolderError` for a record that is unreadable or not what train_kd.py writes (only plain
-    YAML is read: tags that would construct Python objects are refused).
+    Every record is read as a regular file only, never through a link, within size and depth limits (only
+    plain YAML: tags that would construct Python objects are refused). Raises ``FileReadError`` (or its
+    :class:`RunFolderError`) for a record that is unreadable or not what train_kd.py writes.
     """
     run_dir = Path(run_dir)
-    records = {'results.json': ({}, json.loads, dict), 'args.yaml': ({}, yaml.safe_load, dict),
-               'summary.csv': ([], lambda text: list(csv.DictReader(text.splitlines())), list)}
-    out = []
-    for name, (empty, parse, kind) in records.items():
-        path = run_dir / name
-        value = _read_record(path, parse) if path.is_file() else empty
-        if value is None:
-            value = empty
-        if not isinstance(value, kind):
-            raise RunFolderError(f'Cannot read {path}: expected a {kind.__name__} of records, found a '
+    results = read_json(str(run_dir / 'results.json'), default=None) or {}
+    args = read_yaml(str(run_dir / 'args.yaml'), default=None) or {}
+    for name, value in (('results.json', results), ('args.yaml', args)):
+        if not isinstance(value, dict):
+            raise RunFolderError(f'Cannot read {run_dir / name}: expected a dict of records, found a '
                                  f'{type(value).__name__}; fix or remove that file and publish again.')
-        out.append(value)
-    return out[0], out[1], out[2]
+    try:
+        rows = list(csv.DictReader(read_text(str(run_dir / 'summary.csv'), default='').splitlines()))
+    except csv.Error as e:
+        raise RunFolderError(f'Cannot read {run_dir / "summary.csv"}: {e}; fix or remove that file and publish '
+                             f'again.') from e
+    return results, args, rows
+
+
+def _csv_text(rows: List[Dict[str, str]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), restval='', extrasaction='ignore', lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def export_student(
@@ -99,13 +98,18 @@ def export_student(
     if not run_dir.is_dir():
         raise FileNotFoundError(f'Run folder {run_dir} does not exist.')
     ckpt = run_dir / ('model_best.pth.tar' if which == 'best' else 'last.pth.tar')
-    if not ckpt.is_file():
+    if not os.path.lexists(ckpt):
         raise FileNotFoundError(
             f'{ckpt} not found: the run folder has no {which} checkpoint'
             + (" (try --which last)" if which == 'best' and (run_dir / 'last.pth.tar').is_file() else '') + '.')
+    open_regular(str(ckpt)).close()  # a link or a FIFO in its place is refused, never read
     results, args, rows = read_run(run_dir)
     state_dict, meta = read_kd_checkpoint(ckpt)
+    # from here on only what may be published: no run-local entries, through the one secret and path filter
     args = _clean_args(args or (meta.get('args') if isinstance(meta.get('args'), dict) else {}))
+    results = public_record({k: v for k, v in results.items() if k not in _LOCAL_RESULTS})
+    rows = [public_record({k: v for k, v in r.items() if k is not None}) for r in rows]  # None: cells past the header
+    dataset_name = public_text(dataset_name) if dataset_name else dataset_name
     ema = bool(args.get('model_ema'))
     if ema:  # with --model-ema, train_kd.py reports (and picks the best epoch by) the EMA weights: publish those
         try:
@@ -118,7 +122,7 @@ def export_student(
     if not arch:
         raise RunFolderError(f'Cannot tell the architecture of {ckpt}: no arch in the checkpoint, results.json or '
                              f'args.yaml.')
-    results = dict(results, model=results.get('model') or arch)
+    results['model'] = results.get('model') or arch
     num_classes = results.get('num_classes') or args.get('num_classes')
     kwargs = {k: args[k] for k in ('in_chans',) if args.get(k) is not None}
     model = timm.create_model(arch, pretrained=False, **({'num_classes': num_classes} if num_classes else {}), **kwargs)
@@ -146,16 +150,12 @@ def export_student(
         'results': {k: results.get(k) for k in ('best_top1', 'best_top5', 'best_epoch', 'last_top1', 'last_top5')},
         'recipe': results.get('recipe') or {}, 'timm_kd_version': timm_kd_version(),
     }
-    # local paths and push outcomes stay local
-    public = {k: v for k, v in results.items() if k not in ('run_dir', 'hub_url', 'hub_error')}
-    for key in ('teacher_checkpoint', 'teacher_source'):
-        if public.get(key):
-            public[key] = public_ref(public[key])
-    extra: Dict[str, Union[str, bytes]] = {'training/results.json': json.dumps(public, indent=2, default=str)}
-    if args:  # the cleaned args, not the file: a secret that slipped into args.yaml is never republished
+    # the cleaned records, not the files: a secret or a local path that slipped into them is never republished
+    extra: Dict[str, Union[str, bytes]] = {'training/results.json': json.dumps(results, indent=2, default=str)}
+    if args:
         extra['training/args.yaml'] = yaml.safe_dump(args, sort_keys=True)
-    if (run_dir / 'summary.csv').is_file():
-        extra['training/summary.csv'] = (run_dir / 'summary.csv').read_bytes()
+    if rows:
+        extra['training/summary.csv'] = _csv_text(rows)
     folder = Path(out_dir) if out_dir is not None else run_dir / 'hub' / name
     return save_model_folder(model, folder, readme, model_config={'pretrained_cfg': cfg_overrides, 'timm_kd': lineage},
                              data_config=data_config or None, extra_files=extra, protect=run_dir)
