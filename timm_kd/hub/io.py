@@ -2,8 +2,9 @@
 
 A model folder (``config.json``, ``model.safetensors``, ``README.md`` and extras) is built in a fresh
 temporary folder beside its destination and renamed into place, so a crash never leaves half an export.
-An existing destination is only replaced when timm-kd wrote it (it carries :data:`EXPORT_MARKER`) or
-when it is empty: a user's folder is never overwritten.
+An existing destination is only replaced when it is empty or when timm-kd wrote it and nothing else: its
+:data:`EXPORT_MARKER` lists the files the export wrote with their sha256, so a user's folder, or a file a user
+added to or changed in an export, is never overwritten or removed.
 
 Every upload request has a timeout and the upload is retried a bounded number of times on transient
 failures (no answer, connection lost, HTTP 429 / 5xx); a failure ends in one :class:`HubPublishError`
@@ -20,13 +21,14 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 import timm
 
+from timm_kd.utils.files import FileReadError, is_regular_file, read_json
 from timm_kd.utils.hub_access import explain_hub_error, http_status, hub_endpoint
 
 __all__ = ['HubPublishError', 'hub_endpoint', 'explain_hub_error', 'check_repo_id', 'save_model_folder',
@@ -85,6 +87,45 @@ def sha256_file(path: Union[str, os.PathLike], chunk: int = 1 << 20) -> str:
 # folders
 # ---------------------------------------------------------------------------------------------------------
 
+#: what an export written before its marker listed its files holds (an older timm-kd's marker is trusted for these)
+_EXPORT_FILES = ('config.json', 'model.safetensors', 'README.md', 'training/args.yaml', 'training/results.json',
+                 'training/summary.csv')
+
+
+def _read_marker(folder: Path) -> Dict[str, Any]:
+    """The :data:`EXPORT_MARKER` of ``folder`` ({} when there is none, or it is a link, not a file or not ours)."""
+    try:
+        writer = read_json(str(folder / EXPORT_MARKER), limit=1 << 20, default={})
+    except FileReadError:
+        return {}
+    return writer if isinstance(writer, dict) else {}
+
+
+def _entries(folder: Path) -> Iterator[Tuple[str, Path]]:
+    """(relative posix path, path) of everything below ``folder`` that is not a folder (links not followed)."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            path = Path(dirpath, name)
+            yield path.relative_to(folder).as_posix(), path
+
+
+def _foreign(folder: Path) -> List[str]:
+    """What in ``folder`` timm-kd did not write: everything, unless the marker of a finished export proves which
+    files it wrote (by name and sha256; an older timm-kd's marker by the names an export has)."""
+    writer = _read_marker(folder)
+    files = writer.get('files')
+    if isinstance(files, dict):
+        def ours(rel: str, path: Path) -> bool:
+            return files.get(rel) == sha256_file(path)
+    elif writer.get('host') and 'temporary' not in writer:
+        def ours(rel: str, path: Path) -> bool:
+            return rel in _EXPORT_FILES
+    else:  # no marker, or a temporary folder (perhaps of an export still running): nothing in it is an export's
+        return sorted(rel for rel, _ in _entries(folder))
+    return sorted(rel for rel, path in _entries(folder)
+                  if rel != EXPORT_MARKER and not (is_regular_file(str(path)) and ours(rel, path)))
+
+
 def _check_destination(folder: Path, protect: Optional[Path]) -> None:
     """Refuse a destination that holds something timm-kd did not write (or the protected run folder)."""
     if protect is not None:
@@ -96,14 +137,20 @@ def _check_destination(folder: Path, protect: Optional[Path]) -> None:
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise FileExistsError(f'{folder} exists and is not a folder; choose another output folder (nothing was '
                               f'changed).')
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / EXPORT_MARKER).is_file():
-        raise FileExistsError(f'{folder} already exists and holds files timm-kd did not write; pass a new or empty '
-                              f'output folder (nothing was changed).')
+    foreign = _foreign(folder) if folder.is_dir() else []
+    if foreign:
+        names = ', '.join(foreign[:3]) + (f' and {len(foreign) - 3} more' if len(foreign) > 3 else '')
+        raise FileExistsError(f'{folder} holds files timm-kd did not write ({names}); move them away or pass a new '
+                              f'or empty output folder (nothing was changed).')
 
 
-def _mark(folder: Path) -> None:
-    """Write :data:`EXPORT_MARKER`: this folder is timm-kd's, written by this process on this host."""
-    writer = {'written_by': f'timm-kd {timm_kd_version()}', 'host': socket.gethostname(), 'pid': os.getpid()}
+def _mark(folder: Path, files: Optional[Dict[str, str]] = None) -> None:
+    """Write :data:`EXPORT_MARKER`, timm-kd's proof of what it wrote: without ``files``, that ``folder`` is a
+    temporary folder of this process at exactly this path (a copy or a renamed folder is never taken for it);
+    with ``files`` (relative path -> sha256), that it is a finished export of exactly these files."""
+    writer: Dict[str, Any] = {'written_by': f'timm-kd {timm_kd_version()}', 'host': socket.gethostname(),
+                              'pid': os.getpid()}
+    writer.update({'temporary': str(folder.resolve())} if files is None else {'files': files})
     (folder / EXPORT_MARKER).write_text(json.dumps(writer) + '\n')
 
 
@@ -120,14 +167,16 @@ def _process_gone(pid: Any) -> bool:
 
 
 def _remove_stale_temps(folder: Path) -> None:
-    """Remove the temporary folders that exports to ``folder`` left when they were killed: hidden siblings
-    ``.<name>.*`` marked by a process of this host that no longer runs. Anything unmarked is not ours."""
+    """Remove the temporary folders that exports to ``folder`` left when they were killed: hidden sibling folders
+    ``.<name>.*`` whose marker says they are a temporary folder at that very path, made by a process of this host
+    that no longer runs. Anything else (a user's file or folder, a copy of an export or of a temporary folder) is
+    not ours and stays."""
     for tmp in folder.parent.glob(f'.{folder.name}.*'):
-        try:
-            writer = json.loads((tmp / EXPORT_MARKER).read_text())
-        except (OSError, ValueError):
+        if tmp.is_symlink() or not tmp.is_dir():
             continue
-        if isinstance(writer, dict) and writer.get('host') == socket.gethostname() and _process_gone(writer.get('pid')):
+        writer = _read_marker(tmp)
+        if writer.get('temporary') == str(tmp.resolve()) and writer.get('host') == socket.gethostname() and \
+                _process_gone(writer.get('pid')):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -143,9 +192,10 @@ def save_model_folder(
     """Write a timm Hub folder: ``config.json``, ``model.safetensors`` (only), ``README.md`` and extras.
 
     The folder is built next to its destination and renamed into place: a crash leaves the old folder or
-    the new one, and the next export to the same place removes what the crash left. An existing destination is replaced only when it is empty or an earlier timm-kd export;
-    anything else (a user's folder, a file, ``protect`` or a folder containing it) raises
-    ``FileExistsError`` before anything is written.
+    the new one, and the next export to the same place removes what the crash left. An existing destination
+    is replaced only when it is empty or an earlier timm-kd export holding nothing but the files its marker
+    lists, unchanged; anything else (a user's folder or a file a user added to or changed in an export, a file,
+    ``protect`` or a folder containing it) raises ``FileExistsError`` before anything is written.
     """
     from timm.models import save_for_hf
     folder = Path(folder)
@@ -168,8 +218,10 @@ def save_model_folder(
             if p.is_file():
                 with open(p, 'rb') as f:
                     os.fsync(f.fileno())
+        _mark(tmp, {rel: sha256_file(p) for rel, p in _entries(tmp) if rel != EXPORT_MARKER})
         old = None
-        if folder.exists():  # empty, or our own earlier export (checked above)
+        if folder.exists():  # empty, or our own earlier export (checked above; again now, in case it changed since)
+            _check_destination(folder, None)
             old = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.old-', dir=folder.parent))
             _mark(old)
             os.replace(folder, old / folder.name)
