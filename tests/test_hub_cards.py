@@ -218,3 +218,22 @@ def test_cards_state_nothing_the_records_do_not_hold(hf, tmp_path):
     assert '**Dataset:** CIFAR-100 (`uoft-cs/cifar100` on the Hub), 37 classes\n' in card
     assert 'input ' not in card.split('## Model details')[1].split('##')[0]
     assert '(weights not recorded)' in card and 'default pretrained' not in card
+
+
+@pytest.mark.parametrize('method, phrase', [('crd', 'the **CRD** distillation method (`--distill crd`)'),
+                                            ('dkd', 'the **DKD** distillation method (`--distill dkd`)'),
+                                            (None, 'knowledge distillation')])
+def test_the_card_names_the_distillation_method(tmp_path, method, phrase):
+    """Issue 21: the card of a CRD run never named CRD."""
+    from hub_runs import fake_run
+    from timm_kd.hub import export_student
+    run = tmp_path / 'run'
+    fake_run(run)
+    if method:
+        args = dict(yaml.safe_load((run / 'args.yaml').read_text()), distill=method)
+        (run / 'args.yaml').write_text(yaml.safe_dump(args))
+        results = dict(json.loads((run / 'results.json').read_text()), distill={'method': method, 'beta': 0.8})
+        (run / 'results.json').write_text(json.dumps(results))
+    card = (export_student(run, 'me/x', out_dir=tmp_path / 'x') / 'README.md').read_text()
+    assert f'trained with {phrase} from a **resnet32x4** teacher' in card, card[:1500]
+    assert f'- **Distillation method:** `{method or "kd"}`' in card

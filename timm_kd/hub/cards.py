@@ -292,6 +292,14 @@ def _log_table(rows: List[Dict[str, Any]]) -> str:
     return text + ''.join('| ' + ' | '.join(_short(row.get(h)) for h in head) + ' |\n' for row in picked)
 
 
+def _method(results: Dict[str, Any], args: Dict[str, Any]) -> Tuple[str, str]:
+    """(the distillation method of a run, its recorded settings as text); runs from before ``--distill`` are KD."""
+    record = results.get('distill') if isinstance(results.get('distill'), dict) else {}
+    method = str(record.get('method') or args.get('distill') or 'kd')
+    settings = ', '.join(f'{k} {_short(v)}' for k, v in record.items() if k != 'method' and not isinstance(v, dict))
+    return method, settings
+
+
 def student_card(
         model: nn.Module,
         repo_id: str,
@@ -326,9 +334,14 @@ def student_card(
                            or args.get('teacher_checkpoint'))
         t_acc = f', top-1 {_fmt(r["teacher_top1"])} % on the same evaluation images' if r['teacher_top1'] is not None else ''
         teacher_line = f'`{teacher}`{t_acc}' + (f' (weights: `{t_src}`)' if t_src else ' (weights not recorded)')
-        how = f'with knowledge distillation from a **{teacher}** teacher'
+        method, settings = _method(results, args)
+        how = 'with knowledge distillation' if method == 'kd' else \
+            f'with the **{method.upper()}** distillation method (`--distill {method}`)'
+        how += f' from a **{teacher}** teacher'
+        method_line = f'\n- **Distillation method:** `{method}`' + (f' ({settings})' if settings else '')
     else:
         teacher_line, how = 'none (plain training with the data set\'s labels)', 'without a teacher'
+        method_line = ''
     input_size = (results.get('data_config') or {}).get('input_size')
     published = f'{which} epoch' + (f' (epoch {epoch})' if epoch is not None else '')
     published += ', exponential moving average (EMA) of the weights, which is what was evaluated' if ema else ''
@@ -344,7 +357,7 @@ A **{arch}** image classifier trained {how} on {info.label}, using timm-kd (`pip
 ## Model details
 - **Architecture:** `{arch}`, {_params(model)} parameters, registered by `timm_kd`
 - **Dataset:** {info.text}{f', input {_input(input_size)}' if input_size else ''}
-- **Teacher:** {teacher_line}
+- **Teacher:** {teacher_line}{method_line}
 - **Published weights:** {published}; `model.safetensors` only
 - **Exported with:** {_software()}
 
