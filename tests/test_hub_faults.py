@@ -285,21 +285,146 @@ def test_train_kd_hub_ids_are_checked_before_training(argv, phrase):
 
 
 def test_the_next_export_removes_what_a_killed_export_left(tmp_path):
-    import socket
+    import shutil
     import subprocess
     run = tmp_path / 'run'
     fake_run(run)
-    finished = subprocess.Popen(['true'])
-    finished.wait()  # a process id that no longer runs
-    left = {}
-    for name, pid, marked in (('.x.k1ll3d', finished.pid, True), ('.x.old-b2sy', os.getpid(), True),
-                              ('.x.mine', finished.pid, False)):
-        left[name] = run / 'hub' / name
-        left[name].mkdir(parents=True)
-        (left[name] / 'model.safetensors').write_bytes(b'half a model')
-        if marked:
-            (left[name] / hub_io.EXPORT_MARKER).write_text(json.dumps({'host': socket.gethostname(), 'pid': pid}))
+    kill_inside = ('import os, signal, timm.models\n'
+                   'from timm_kd.hub.cli import publish_main\n'
+                   'timm.models.save_for_hf = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n'
+                   f'publish_main([{str(run)!r}, "--repo-id", "kd/x", "--dry-run"])\n')
+    res = subprocess.run([sys.executable, '-c', kill_inside], capture_output=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == -9, res.stderr
+    killed, = (run / 'hub').iterdir()  # the killed export's temporary folder
+    shutil.copytree(killed, run / 'hub' / '.x.copy')  # a user's copy: its marker names another path
+    running = run / 'hub' / '.x.old-b2sy'
+    running.mkdir()
+    hub_io._mark(running)  # a temporary folder of a process that still runs (this one)
+    mine = run / 'hub' / '.x.mine'
+    mine.mkdir()
+    (mine / 'model.safetensors').write_bytes(b'half a model')
     assert publish_main([str(run), '--repo-id', 'kd/x', '--dry-run']) == 0
-    assert not left['.x.k1ll3d'].exists()  # ours, its writer is gone
-    assert left['.x.old-b2sy'].exists() and left['.x.mine'].exists()  # a running writer's; not ours
-    assert sorted(p.name for p in (run / 'hub').iterdir()) == ['.x.mine', '.x.old-b2sy', 'x']
+    assert not killed.exists()  # ours, its writer is gone
+    assert sorted(p.name for p in (run / 'hub').iterdir()) == ['.x.copy', '.x.mine', '.x.old-b2sy', 'x']
+
+
+# ---------------------------------------------------------------------------------------------------------
+# links, secrets and local paths: nothing private leaves the machine
+# ---------------------------------------------------------------------------------------------------------
+
+PRIVATE = b'-----BEGIN OPENSSH PRIVATE KEY----- b3BlbnNzaC1rZXktdjEAAAAA\n'
+
+
+def _exported_bytes(tmp_path: Path, skip: Path) -> bytes:
+    """Every byte below tmp_path except in ``skip`` (the private file itself)."""
+    return b''.join(p.read_bytes() for p in sorted(tmp_path.rglob('*')) if p.is_file() and not p.is_symlink()
+                    and p != skip)
+
+
+@pytest.mark.timeout(60)  # a guard: a FIFO opened for reading would block forever
+@pytest.mark.parametrize('record', ['summary.csv', 'results.json', 'args.yaml', 'model_best.pth.tar', 'fifo'])
+def test_a_linked_or_special_record_is_refused_and_never_exported(tmp_path, capsys, record):
+    """Issue 21: a summary.csv that links to an SSH key was copied into the export (which is public by default)."""
+    run = tmp_path / 'run'
+    fake_run(run)
+    private = tmp_path / 'id_ed25519'
+    private.write_bytes(PRIVATE)
+    if record == 'fifo':
+        (run / 'summary.csv').unlink()
+        os.mkfifo(run / 'summary.csv')
+        record, phrase = 'summary.csv', 'is a named pipe (FIFO), not a regular file'
+    else:
+        (run / record).unlink()
+        (run / record).symlink_to(private)
+        phrase = 'is a symbolic link'
+    out = tmp_path / 'OUT'
+    assert publish_main([str(run), '--repo-id', 'me/x', '--dry-run', '--out', str(out)]) == 2
+    line = _one_error(capsys.readouterr().err)
+    assert f'{run / record} {phrase}' in line, line
+    assert not out.exists() and not [p for p in tmp_path.rglob('.OUT*')]
+    assert PRIVATE[:30] not in _exported_bytes(tmp_path, private) and private.read_bytes() == PRIVATE
+
+
+def test_secrets_and_local_paths_are_never_published(tmp_path):
+    """Issue 21: a token inside a flag value, a secret-named key of results.json and the local paths of
+    --class-map / --initial-checkpoint reached the card and training/args.yaml."""
+    import yaml
+    run = tmp_path / 'run'
+    fake_run(run)
+    home = '/home/alice/projects'
+    token, org_token = 'hf_' + 'aB3' * 12, 'api_org_' + 'Zq9' * 10
+    args = yaml.safe_load((run / 'args.yaml').read_text())
+    args.update(class_map=f'{home}/flowers/class_map.txt', initial_checkpoint=f'{home}/init/resnet8.pth',
+                dataset_name=f'flowers {token}', model_kwargs={'note': f'from {home}/notes.txt', 'key': org_token},
+                wandb_project=f'https://bob:pa55word@example.com/p?sig={token}', tags=[f'token={token}', 'ok'])
+    (run / 'args.yaml').write_text(yaml.safe_dump(args))
+    results = json.loads((run / 'results.json').read_text())
+    results.update(api_token='s3cr3t-api-value', Password='hunter2-hunter2', dataset_name=args['dataset_name'],
+                   nested={'aws_secret_access_key': 'wJalrXUtnFEMI', 'log': f'loaded {home}/init/resnet8.pth'},
+                   teacher_source=f'{home}/teachers/resnet32x4.pth')
+    (run / 'results.json').write_text(json.dumps(results))
+    with open(run / 'summary.csv', 'a') as f:
+        f.write(f'5,1,1,1,{token}\n')
+    out = tmp_path / 'OUT'
+    assert publish_main([str(run), '--repo-id', 'me/x', '--dry-run', '--out', str(out)]) == 0
+    published = {p.relative_to(out).as_posix(): p.read_text() for p in out.rglob('*') if p.is_file()
+                 and p.suffix != '.safetensors'}
+    for name, text in published.items():
+        for private in (token, org_token, 's3cr3t', 'hunter2', 'wJalrXUtnFEMI', 'pa55word', home, TOKEN):
+            assert private not in text, (name, private)
+    published_args = yaml.safe_load(published['training/args.yaml'])
+    assert published_args['class_map'] == 'class_map.txt' and published_args['initial_checkpoint'] == 'resnet8.pth'
+    assert published_args['model_kwargs'] == {'note': 'from notes.txt', 'key': '<redacted>'}
+    assert published_args['tags'] == ['token=<redacted>', 'ok'] and 'flowers <redacted>' in published['README.md']
+    assert published_args['wandb_project'] == 'https://example.com/p'
+    public = json.loads(published['training/results.json'])
+    assert 'api_token' not in public and 'Password' not in public and public['nested'] == {'log': 'loaded resnet8.pth'}
+    assert public['teacher_source'] == 'resnet32x4.pth' and '`resnet32x4.pth`' in published['README.md']
+
+
+# ---------------------------------------------------------------------------------------------------------
+# an export removes or replaces only what it wrote itself
+# ---------------------------------------------------------------------------------------------------------
+
+def test_a_users_hidden_copy_beside_out_is_kept(tmp_path):
+    """Issue 21: a user's `.NAME.*` beside --out (here a backup of an earlier export, marker and all) was removed as
+    a stale temporary of a killed export."""
+    import shutil
+    import subprocess
+    run = tmp_path / 'run'
+    fake_run(run)
+    out = tmp_path / 'x'
+    subprocess.run([sys.executable, str(ROOT / 'hfhub' / 'publish.py'), str(run), '--repo-id', 'me/x', '--dry-run',
+                    '--out', str(out)], check=True, capture_output=True, timeout=300,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    shutil.copytree(out, tmp_path / '.x.bak')  # its marker names a process of this host that has ended
+    (tmp_path / '.x.notes').write_text('mine')
+    assert publish_main([str(run), '--repo-id', 'me/x', '--dry-run', '--which', 'last', '--out', str(out)]) == 0
+    assert tree_digest(tmp_path / '.x.bak') and (tmp_path / '.x.notes').read_text() == 'mine'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['.x.bak', '.x.notes', 'run', 'x']
+
+
+@pytest.mark.parametrize('change', ['added', 'edited', 'link'])
+def test_republishing_never_removes_what_a_user_added_to_an_export(tmp_path, capsys, change):
+    """Issue 21: republishing replaced an earlier export as a whole, deleting the files a user had added."""
+    run = tmp_path / 'run'
+    fake_run(run)
+    out = tmp_path / 'x'
+    assert publish_main([str(run), '--repo-id', 'me/x', '--dry-run', '--out', str(out)]) == 0
+    user_file = {'added': out / 'training' / 'eval_notes.md', 'edited': out / 'README.md',
+                 'link': out / 'extra.md'}[change]
+    if change == 'link':
+        user_file.symlink_to(run / 'args.yaml')
+    else:
+        user_file.write_text('my own words')
+    before = tree_digest(out)
+    assert publish_main([str(run), '--repo-id', 'me/x', '--dry-run', '--which', 'last', '--out', str(out)]) == 2
+    line = _one_error(capsys.readouterr().err)
+    relative = user_file.relative_to(out).as_posix()
+    assert f'{out} holds files timm-kd did not write ({relative})' in line and 'nothing was changed' in line, line
+    assert tree_digest(out) == before and (user_file.is_symlink() or user_file.read_text() == 'my own words')
+    user_file.unlink()  # once the user's file is gone, the export is replaced as before
+    if change == 'edited':
+        return  # README.md is gone too: the rest is still timm-kd's
+    assert publish_main([str(run), '--repo-id', 'me/x', '--dry-run', '--which', 'last', '--out', str(out)]) == 0
