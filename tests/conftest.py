@@ -50,3 +50,23 @@ def teacher_ckpt(tmp_path_factory):
 def init_ckpt(tmp_path_factory):
     """Known starting weights for the student (--initial-checkpoint): the first update can be checked."""
     return _random_resnet8(tmp_path_factory, 1, 'init')
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nothing can be written into: a read-only tmpfs (as root), else mode 0555; skipped when neither
+    holds (root without mount rights ignores the mode)."""
+    import subprocess
+    folder = tmp_path / 'read_only'
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=64k', 'tmpfs', str(folder)],
+                                                   capture_output=True).returncode == 0
+    if not mounted:
+        if os.geteuid() == 0:
+            pytest.skip('root without mount rights: no way to make a read-only folder here')
+        folder.chmod(0o555)
+    yield folder
+    if mounted:
+        subprocess.run(['umount', '-l', str(folder)], check=False)
+    else:
+        folder.chmod(0o755)

@@ -57,13 +57,17 @@ def runs(tmp_path):
 
 
 def _tree_state(root):
-    """(mtime_ns, sha256) of every file below root."""
+    """(mtime_ns, sha256) of every file below root (a link: its target's name; a FIFO: its mode)."""
     out = {}
     for dirpath, _, files in os.walk(root):
         for f in files:
             p = os.path.join(dirpath, f)
+            st = os.lstat(p)
+            if os.path.islink(p) or not os.path.isfile(p):
+                out[p] = (st.st_mtime_ns, os.readlink(p) if os.path.islink(p) else st.st_mode)
+                continue
             with open(p, 'rb') as fh:
-                out[p] = (os.stat(p).st_mtime_ns, hashlib.sha256(fh.read()).hexdigest())
+                out[p] = (st.st_mtime_ns, hashlib.sha256(fh.read()).hexdigest())
     return out
 
 
@@ -112,12 +116,8 @@ def test_broken_folders_are_named_and_skipped_and_nothing_is_modified(runs, tmp_
     fake_run(bad, 'unfinished', 50.0, 49.0, finished=False, seed=0)
     fake_run(bad, 'future', 50.0, 49.0, version=99, seed=0)
     fake_run(bad, 'nosummary', 50.0, 49.0, summary=False, seed=0)
-    (bad / 'garbage').mkdir()
-    (bad / 'garbage' / 'args.yaml').write_text('- just\n- a list\n')
     (bad / 'noresults').mkdir()
     (bad / 'noresults' / 'args.yaml').write_text(yaml.safe_dump(ARGS))
-    trunc = fake_run(bad, 'truncated', 50.0, 49.0, seed=0)
-    (trunc / 'results.json').write_text('{"best_top1": 5')
     # a run's own sub-folders (a published copy) are not runs of their own
     copy = root / 'kd' / 'kd-s0' / 'hub' / 'x' / 'training'
     copy.mkdir(parents=True)
@@ -133,9 +133,9 @@ def test_broken_folders_are_named_and_skipped_and_nothing_is_modified(runs, tmp_
     captured = capsys.readouterr()
     reasons = {line.split(':', 1)[0].rsplit('/', 1)[-1]: line for line in captured.err.splitlines()
                if line.startswith('skipped')}
-    assert set(reasons) == {'unfinished', 'future', 'nosummary', 'garbage', 'noresults', 'truncated'}
+    assert set(reasons) == {'unfinished', 'future', 'nosummary', 'noresults'}  # damaged records: see below
     assert 'unknown version 99' in reasons['future'] and 'unfinished' in reasons['unfinished']
-    assert 'no summary.csv' in reasons['nosummary'] and 'not a mapping' in reasons['garbage']
+    assert 'no summary.csv' in reasons['nosummary'] and 'no results.json' in reasons['noresults']
     assert '| 3 |' in captured.out and '| 74.78 (0.35) |' in captured.out  # kd-s0's copy was not counted
     assert _tree_state(root) == before  # mtimes and contents of every file unchanged
     assert (out / 't.md').read_text() == captured.out
@@ -292,3 +292,83 @@ def test_same_setting_rules():
     assert report.same_setting(None, 'none') and report.same_setting(0, False) and report.same_setting(1, 1.0)
     assert not report.same_setting('kld', 'none') and not report.same_setting(0.5, 0.25)
     assert report.same_setting('torch/cifar100', 'torch/cifar100') and not report.same_setting(1, 'kd')
+
+
+# ---------------------------------------------------------------------------------------------------------
+# issue 21: run folders are inputs; unsafe or damaged records are one sentence, never a hang or a traceback
+# ---------------------------------------------------------------------------------------------------------
+
+ALIAS_BOMB = 'a: &a [x, x, x, x, x, x, x, x, x]\n' + ''.join(
+    f'{c}: &{c} [{", ".join([f"*{p}"] * 9)}]\n' for p, c in zip('abcdefgh', 'bcdefghi'))
+
+
+@pytest.mark.timeout(120)  # a guard: a FIFO read blocks forever, the alias bomb spins for hours
+@pytest.mark.parametrize('case, phrase', [
+    ('binary-summary', 'summary.csv is not UTF-8 text'),
+    ('non-numeric-summary', "summary.csv has 'n/a' in column eval_top1 of row 2, not a number"),
+    ('fifo-results', 'results.json is a named pipe (FIFO), not a regular file'),
+    ('fifo-args', 'args.yaml is a named pipe (FIFO), not a regular file'),
+    ('link-summary', 'summary.csv is a symbolic link'),
+    ('deep-results', 'results.json nests lists or mappings deeper than 64 levels'),
+    ('alias-bomb-args', 'args.yaml stands for more than 200000 values once its YAML aliases are expanded'),
+    ('list-args', 'args.yaml holds a list, not a mapping of flags'),
+    ('truncated-results', 'results.json is not valid JSON'),
+])
+def test_unsafe_or_damaged_records_are_one_sentence(runs, tmp_path, capsys, case, phrase):
+    root, _, _ = runs
+    run = root / 'kd' / 'kd-s1'
+    name = {'binary': 'summary.csv', 'non': 'summary.csv', 'link': 'summary.csv', 'deep': 'results.json',
+            'alias': 'args.yaml', 'list': 'args.yaml', 'truncated': 'results.json'}.get(case.split('-')[0])
+    name = name or case.split('-')[1] + ('.json' if case.endswith('results') else '.yaml')
+    target = run / name
+    if case == 'binary-summary':
+        target.write_bytes(bytes(range(256)) * 8)
+    elif case == 'non-numeric-summary':
+        target.write_text(target.read_text().replace(',72.0,', ',n/a,'))
+    elif case.startswith('fifo'):
+        target.unlink()
+        os.mkfifo(target)
+    elif case == 'link-summary':
+        target.unlink()
+        target.symlink_to(root / 'kd' / 'kd-s0' / 'summary.csv')
+    elif case == 'deep-results':
+        target.write_text('{"best_top1": ' + '[' * 100_000 + ']' * 100_000 + '}')
+    elif case == 'alias-bomb-args':
+        target.write_text(ALIAS_BOMB)
+    elif case == 'list-args':
+        target.write_text('- just\n- a list\n')
+    else:
+        target.write_text('{"best_top1": 5')
+    before = _tree_state(root)
+    assert report.main([str(root), '--output', str(tmp_path / 'out' / 't.md'), '--figures',
+                        str(tmp_path / 'out' / 'fig')]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err == f'timm_kd.report: error: {target} ' + err.split(f'{target} ', 1)[-1] and phrase in err, err
+    assert '\n' not in err and 'Traceback' not in err and captured.out == ''
+    assert not (tmp_path / 'out').exists() and _tree_state(root) == before
+
+
+def test_the_report_never_writes_inside_a_run_folder_or_over_an_input(runs, tmp_path, capsys, read_only_folder):
+    root, _, _ = runs
+    run = root / 'kd' / 'kd-s0'
+    paper = tmp_path / 'paper.yaml'
+    paper.write_text(yaml.safe_dump([dict(source='x', match=dict(pick='kld'), top1=70.0)]))
+    before = _tree_state(root)
+    cases = [(['--output', str(run / 'summary.csv')], f'--output {run / "summary.csv"} is inside the run folder {run}'),
+             (['--output', str(run / 'hub' / 'table.md')], 'is inside the run folder'),
+             (['--output', str(run)], 'is inside the run folder'),
+             (['--figures', str(run / 'figures')], f'--figures {run / "figures"} is inside the run folder {run}'),
+             (['--output', str(tmp_path)], f'--output {tmp_path} is a folder'),
+             (['--paper', str(paper), '--output', str(paper)], f'--output {paper} is the --paper file'),
+             (['--output', str(read_only_folder / 't.md')], f'Cannot write {read_only_folder / "t.md"}: '),
+             (['--figures', str(read_only_folder / 'fig')], f'Cannot write {read_only_folder / "fig"}'),
+             (['--figures', str(paper)], f'--figures {paper} is not a folder')]
+    for argv, phrase in cases:
+        assert report.main([str(root), *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith('timm_kd.report: error: ') and phrase in err and '\n' not in err, (argv, err)
+    assert _tree_state(root) == before and list(read_only_folder.iterdir()) == []
+    assert yaml.safe_load(paper.read_text())[0]['top1'] == 70.0
+    # beside the runs of a sweep is fine: the sweep folder itself is not a run folder
+    assert report.main([str(root), '--output', str(root / 'kd' / 'table.md')]) == 0

@@ -10,7 +10,6 @@
 - ``t_stddev.{png,svg}``: the teacher-only augmentation score of ``python -m timm_kd.da_score`` (lower is
   better, as the authors argue), when its JSON is given.
 """
-import json
 import math
 import os
 import sys
@@ -19,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from timm_kd.experiments.plotting import STYLE, pyplot, save_figure
+from timm_kd.utils.files import read_json
 
 __all__ = ['write_figures', 'plot_accuracy', 'epoch_scaling_series', 'plot_epoch_scaling', 'plot_pick_diagnostics', 'plot_t_stddev',
            'read_da_score', 'group_label']
@@ -118,9 +118,8 @@ def read_da_score(path: str) -> Optional[List[Tuple[str, float, float]]]:
     """(augmentation, T-stddev, its std over seeds or 0) of a ``python -m timm_kd.da_score`` scores.json (its
     ``ranking`` rows: ``view``, ``stddev_mean``, ``stddev_sd``). Also read: a list (or ``{"results": ...}``) of
     objects with a name (``view``/``name``/``augmentation``) and ``t_stddev``, or a mapping name -> number.
-    None when the file has none of these shapes."""
-    with open(path) as f:
-        data = json.load(f)
+    None when the file has none of these shapes; a file that cannot be read safely is a ``FileReadError``."""
+    data = read_json(path)
     if isinstance(data, dict):
         data = next((data[k] for k in ('ranking', 'results') if isinstance(data.get(k), (list, dict))), data)
     items = data.items() if isinstance(data, dict) else [(None, d) for d in data] if isinstance(data, list) else []

@@ -14,7 +14,10 @@ shows published numbers (``configs/paper_results.yaml``: the first entry whose `
 the group's, compared as ``same_setting`` does) beside ours. Output: Markdown (default), CSV or LaTeX.
 
 A folder that is unfinished, lacks a file, or was written by an unknown results version is named on stderr
-and skipped. Run folders are only ever opened for reading.
+and skipped. A record that cannot be read safely (a link, a FIFO or other non-regular file, too large or too
+deeply nested, a YAML alias bomb, binary or malformed, a summary.csv cell that is not a number) stops the
+report with one sentence naming the file (exit code 2). Run folders are inputs: they are only ever opened for
+reading, and --output / --figures may not point inside one (nor at another file the report reads).
 """
 import argparse
 import csv
@@ -31,7 +34,7 @@ import yaml
 
 from timm_kd.train.args import RESUME_RUN_FLAGS
 from timm_kd.utils.errors import UsageError
-from timm_kd.utils.files import atomic_write_text
+from timm_kd.utils.files import atomic_write_text, output_error, read_json, read_text, read_yaml
 
 __all__ = ['RunRecord', 'Group', 'SkippedRun', 'find_run_dirs', 'load_run', 'load_runs', 'group_runs',
            'varying_keys', 'build_table', 'format_table', 'load_paper', 'same_setting', 'main', 'IGNORED_SETTINGS',
@@ -88,8 +91,11 @@ class Group:
         return sorted((r.seed for r in self.runs), key=str)
 
 
+_RECORDS = ('args.yaml', 'results.json')
+
+
 def _is_run_dir(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, f)) for f in ('args.yaml', 'results.json'))
+    return any(os.path.lexists(os.path.join(path, f)) for f in _RECORDS)  # a link or a FIFO too: it is refused
 
 
 def find_run_dirs(paths: Iterable[str]) -> List[str]:
@@ -107,15 +113,11 @@ def find_run_dirs(paths: Iterable[str]) -> List[str]:
     return sorted(found)
 
 
-def _read_json(path: str) -> Any:
-    with open(path, 'r') as f:
-        return json.load(f)
-
-
 def _sweep_labels(run_dir: str) -> Tuple[Dict[str, Any], Dict[str, List[str]]]:
     """The sweep labels of a run (from its parent's sweep.json) and every axis's label order."""
+    sweep = read_json(os.path.join(os.path.dirname(run_dir), 'sweep.json'), default={})
     try:
-        runs = _read_json(os.path.join(os.path.dirname(run_dir), 'sweep.json'))['runs']
+        runs = sweep['runs']
         order: Dict[str, List[str]] = {}
         for entry in runs.values():
             for axis, label in entry['labels'].items():
@@ -123,29 +125,44 @@ def _sweep_labels(run_dir: str) -> Tuple[Dict[str, Any], Dict[str, List[str]]]:
                 if label not in order[axis]:
                     order[axis].append(label)
         return dict(runs[os.path.basename(run_dir)]['labels']), order
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):  # another layout, or not a run of that sweep
         return {}, {}
 
 
+def _summary(path: str) -> List[Dict[str, str]]:
+    """The rows of a summary.csv, every cell a number or empty."""
+    try:
+        rows = list(csv.DictReader(read_text(path).splitlines()))
+    except csv.Error as e:
+        raise UsageError(f'{path} is not a valid CSV file: {e}; fix or remove it.') from None
+    for i, row in enumerate(rows, 1):
+        for column, cell in row.items():
+            if cell is None or column is None:
+                raise UsageError(f'{path} has {"fewer" if cell is None else "more"} cells in row {i} than columns in '
+                                 f'its header; fix or remove it.')
+            try:
+                float(cell or 0)
+            except ValueError:
+                raise UsageError(f'{path} has {cell[:40]!r} in column {column} of row {i}, not a number; fix or '
+                                 f'remove it.') from None
+    return rows
+
+
 def load_run(path: str) -> RunRecord:
-    """Read one run folder. Raises SkippedRun naming what is missing, unfinished or of an unknown version."""
-    try:
-        with open(os.path.join(path, 'args.yaml'), 'r') as f:
-            args = yaml.safe_load(f)
-    except OSError:
-        raise SkippedRun('no args.yaml') from None
-    except yaml.YAMLError:
-        raise SkippedRun('args.yaml is not valid YAML') from None
+    """Read one run folder. Raises SkippedRun naming what is missing, unfinished or of an unknown version, and
+    UsageError (one sentence naming the file) for a record that cannot be read safely or is malformed."""
+    args = read_yaml(os.path.join(path, 'args.yaml'), default=None)
+    if args is None:
+        raise SkippedRun('no args.yaml')
     if not isinstance(args, dict):
-        raise SkippedRun('args.yaml is not a mapping of flags')
-    try:
-        results = _read_json(os.path.join(path, 'results.json'))
-    except OSError:
-        raise SkippedRun('no results.json (the run has not finished an epoch)') from None
-    except ValueError:
-        raise SkippedRun('results.json is not valid JSON') from None
+        raise UsageError(f'{os.path.join(path, "args.yaml")} holds a {type(args).__name__}, not a mapping of flags; '
+                         f'fix or remove it.')
+    results = read_json(os.path.join(path, 'results.json'), default=None)
+    if results is None:
+        raise SkippedRun('no results.json (the run has not finished an epoch)')
     if not isinstance(results, dict):
-        raise SkippedRun('results.json is not a mapping')
+        raise UsageError(f'{os.path.join(path, "results.json")} holds a {type(results).__name__}, not a mapping; fix '
+                         f'or remove it.')
     version = results.get('version', 1)
     if version not in RESULTS_VERSIONS:
         raise SkippedRun(f'results.json has the unknown version {version!r} (this report reads '
@@ -157,11 +174,9 @@ def load_run(path: str) -> RunRecord:
         raise SkippedRun(f'unfinished (last epoch {results.get("last_epoch")}; resume it with train_kd.py --resume)')
     if not all(isinstance(results[k], (int, float)) and math.isfinite(results[k]) for k in METRICS):
         raise SkippedRun('results.json has no finite best/last top-1')
-    try:
-        with open(os.path.join(path, 'summary.csv'), 'r', newline='') as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        raise SkippedRun('no summary.csv') from None
+    if not os.path.lexists(os.path.join(path, 'summary.csv')):
+        raise SkippedRun('no summary.csv')
+    rows = _summary(os.path.join(path, 'summary.csv'))
     if not rows or 'eval_top1' not in rows[0] or 'epoch' not in rows[0]:
         raise SkippedRun('summary.csv has no epoch / eval_top1 columns')
     labels, _ = _sweep_labels(path)
@@ -232,12 +247,9 @@ def varying_keys(groups: Sequence[Group], ignore: Iterable[str] = IGNORED_SETTIN
 def load_paper(path: str) -> List[Dict[str, Any]]:
     """Published numbers: a YAML list of ``{source, match: {setting: value}, top1[, std][, note]}``."""
     try:
-        with open(path) as f:
-            entries = yaml.safe_load(f)
-    except OSError as e:
-        raise UsageError(f'--paper {path!r} cannot be read: {e.strerror}.') from None
-    except yaml.YAMLError:
-        raise UsageError(f'--paper {path!r} is not valid YAML.') from None
+        entries = read_yaml(path)
+    except UsageError as e:
+        raise UsageError(f'--paper: {e}') from None
     if not isinstance(entries, list) or not all(
             isinstance(e, dict) and isinstance(e.get('match'), dict) and 'top1' in e for e in entries):
         raise UsageError(f'--paper {path!r} must be a list of entries with a "match" mapping and "top1".')
@@ -416,28 +428,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    fmt = args.format or {'.csv': 'csv', '.tex': 'latex'}.get(os.path.splitext(args.output)[1].lower(), 'md')
-    try:
-        text, groups, keys, skipped = report(args.paths, args.baseline, args.paper, fmt,
-                                             filter(None, args.ignore.split(',')))
-    except UsageError as e:
-        print(f'timm_kd.report: error: {e}', file=sys.stderr)
-        return 2
-    for path, why in skipped:
-        print(f'skipped {path}: {why}', file=sys.stderr)
-    if not groups:
-        print('timm_kd.report: no finished run folder found below ' + ', '.join(args.paths), file=sys.stderr)
-        return 1
-    print(text, end='')
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--output and --figures write outside every run folder below the inputs and over no file the report reads."""
+    run_dirs = [os.path.realpath(d) for d in find_run_dirs(args.paths)]
+    for flag, path in (('--output', args.output), ('--figures', args.figures)):
+        if not path:
+            continue
+        real = os.path.realpath(path)
+        inside = next((d for d in run_dirs if real == d or real.startswith(d + os.sep)), None)
+        if inside:
+            raise UsageError(f'{flag} {path} is inside the run folder {inside}; run folders are inputs the report '
+                             f'never writes into, so write elsewhere.')
+        for what, read in (('--paper', args.paper), ('--da-score', args.da_score)):
+            if read and real == os.path.realpath(read):
+                raise UsageError(f'{flag} {path} is the {what} file the report reads; write elsewhere.')
+    if args.output and os.path.isdir(args.output):
+        raise UsageError(f'--output {args.output} is a folder; give the file to write, e.g. {args.output}/table.md.')
+    if args.figures and os.path.lexists(args.figures) and not os.path.isdir(args.figures):
+        raise UsageError(f'--figures {args.figures} is not a folder; give the folder to write the figures into.')
+
+
+def _write_outputs(args: argparse.Namespace, text: str, groups: List[Group], keys: List[str]) -> None:
+    for path in filter(None, (os.path.dirname(os.path.abspath(args.output)) if args.output else '', args.figures)):
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise output_error(path, e) from None
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         atomic_write_text(args.output, text)
     if args.figures:
         from .figures import write_figures
         for path in write_figures(groups, keys, args.figures, da_score=args.da_score or None):
             print(f'wrote {path}', file=sys.stderr)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    fmt = args.format or {'.csv': 'csv', '.tex': 'latex'}.get(os.path.splitext(args.output)[1].lower(), 'md')
+    try:
+        _check_outputs(args)
+        text, groups, keys, skipped = report(args.paths, args.baseline, args.paper, fmt,
+                                             filter(None, args.ignore.split(',')))
+        for path, why in skipped:
+            print(f'skipped {path}: {why}', file=sys.stderr)
+        if not groups:
+            print('timm_kd.report: no finished run folder found below ' + ', '.join(args.paths), file=sys.stderr)
+            return 1
+        print(text, end='')
+        _write_outputs(args, text, groups, keys)
+    except UsageError as e:  # OutputError included
+        print(f'timm_kd.report: error: {e}', file=sys.stderr)
+        return 2
     return 0
 
 
