@@ -264,3 +264,106 @@ def test_sweep_resumes_a_killed_run_and_skips_finished_ones(tmp_path, capsys, mo
     assert (killed / 'results.json').stat().st_mtime_ns == stamp
     timed = json.loads((out / 'sweep.json').read_text())['runs']
     assert all(timed[n]['wall_seconds'] > 0 and timed[n]['labels']['seed'] == n[-1] for n in ('seed-3', 'seed-4'))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# issue 21: no traceback, no hang, no live run touched
+# ---------------------------------------------------------------------------------------------------------
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('timm_kd.sweep: error: ') and '\n' not in err and 'Traceback' not in err, err
+    return err
+
+
+@pytest.mark.parametrize('item, phrase', [
+    ('lr=!!python/object/apply:os.system ["touch pwned"]', "--set lr=!!python/object/apply:os.system"),
+    ('lr=!custom 0.1', "could not determine a constructor for the tag '!custom'"),
+    ('lr=[0.1', '--set lr=[0.1 is not valid YAML'),
+])
+def test_a_yaml_tag_in_set_is_one_sentence(tmp_path, capsys, item, phrase):
+    grid = _grid(tmp_path, dict(seed=[0]), base=dict(model='resnet8'))
+    assert sweep.main([grid, '--set', item, '--dry-run']) == 2
+    assert phrase in _one_error(capsys) and not (tmp_path / 'pwned').exists()
+
+
+def test_a_label_too_long_for_a_file_name_is_one_sentence(tmp_path, capsys):
+    script = tmp_path / 'fake_train.py'
+    script.write_text(FAKE_TRAIN)
+    grid = _grid(tmp_path, dict(view={'x' * 250: dict(pick='none')}, seed=[0]), base=dict(model='resnet8'))
+    assert sweep.main([grid, '--script', str(script)]) == 2
+    err = _one_error(capsys)
+    assert "Run 'seed-0__view-xxxx" in err and 'a folder name of 263 bytes' in err and 'use shorter axis labels' in err
+    assert not (tmp_path / 'sweep').exists()
+
+
+@pytest.mark.timeout(120)  # a guard: reading a FIFO would block forever
+def test_a_fifo_in_a_run_folder_never_blocks_the_sweep(tmp_path, capsys):
+    grid = _grid(tmp_path, dict(seed=[0]), base=dict(model='resnet8'))
+    run = tmp_path / 'sweep' / 'seed-0'
+    run.mkdir(parents=True)
+    os.mkfifo(run / 'results.json')
+    assert sweep.main([grid, '--dry-run']) == 2
+    assert f'{run / "results.json"} is a named pipe (FIFO)' in _one_error(capsys)
+
+
+@pytest.mark.parametrize('state', ['resume', 'restart'])
+def test_a_rerun_leaves_a_live_run_alone(tmp_path, capsys, state):
+    """Issue 21: a rerun of a killed sweep resumed a run that was still alive; its start removed the live run's temp
+    file and the run died. A run folder locked by a live process is neither resumed, restarted nor moved."""
+    from timm_kd.utils.files import TEMP_PREFIX, lock_folder
+    script = tmp_path / 'fake_train.py'
+    script.write_text(FAKE_TRAIN)
+    grid = _grid(tmp_path, dict(lr=[0.1], seed=[0, 1]), base=dict(model='resnet8', epochs=2))
+    live = tmp_path / 'sweep' / 'lr-0.1__seed-0'
+    live.mkdir(parents=True)
+    (live / f'{TEMP_PREFIX}abc').write_bytes(b'a checkpoint being written')
+    if state == 'resume':
+        (live / 'last.pth.tar').write_bytes(b'a checkpoint')
+    with lock_folder(str(live)):  # the live train_kd.py holds its run folder
+        before = sorted(p.name for p in live.iterdir())
+        assert sweep.main([grid, '--script', str(script), '--dry-run']) == 0
+        assert 'running  lr-0.1__seed-0' in capsys.readouterr().out
+        assert sweep.main([grid, '--script', str(script)]) == 1
+        out = capsys.readouterr().out
+    assert f'lr-0.1__seed-0: not started (running in process {os.getpid()} on ' in out
+    assert 'lr-0.1__seed-1: finished' in out and 'still running elsewhere: lr-0.1__seed-0' in out
+    assert sorted(p.name for p in live.iterdir()) == before and not (tmp_path / 'sweep' / '.stale').exists()
+
+
+SLOW_TRAIN = """
+import os, sys, time
+argv = sys.argv[1:]
+run = os.path.join(argv[argv.index('--output') + 1], argv[argv.index('--experiment') + 1])
+os.makedirs(run, exist_ok=True)
+with open(os.path.join(run, 'pid'), 'w') as f:
+    f.write(str(os.getpid()))
+time.sleep(600)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_stops_the_sweep_with_one_sentence(tmp_path):
+    """Issue 21: Ctrl-C of a sweep ended in a traceback. Ctrl-C reaches the whole foreground process group (the sweep
+    and its runs): the runs stop, the sweep says so in one sentence, and a rerun continues them."""
+    script = tmp_path / 'slow_train.py'
+    script.write_text(SLOW_TRAIN)
+    grid = _grid(tmp_path, dict(seed=[0, 1]), base=dict(model='resnet8', epochs=2))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT), PYTHONUNBUFFERED='1')
+    p = subprocess.Popen([sys.executable, '-m', 'timm_kd.sweep', grid, '--script', str(script), '--jobs', '2'],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    pids = [tmp_path / 'sweep' / f'seed-{s}' / 'pid' for s in (0, 1)]
+    while not all(f.exists() and f.read_text() for f in pids):
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, (out, err)
+    assert 'Traceback' not in out + err and err.strip().splitlines() == [
+        'timm_kd.sweep: interrupted: the running runs were stopped (seed-0, seed-1); run the same command again to '
+        'continue them.']
+    for f in pids:  # every run process has ended
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(f.read_text()), 0)
+    assert json.loads((tmp_path / 'sweep' / 'sweep.json').read_text())['runs'].keys() == {'seed-0', 'seed-1'}
+    assert sweep.run_state(str(tmp_path / 'sweep' / 'seed-0')) == 'restart'  # continued by the next call

@@ -16,15 +16,16 @@ A grid file names the sweep folder, the flags every run shares and the axes to c
 Every run becomes ``train_kd.py <base flags> <axis flags> --output SWEEP --experiment NAME`` with the
 deterministic name ``view-kd__epoch_scale-1__seed-0`` (axis-label pairs in axis order), so a sweep that is
 run again finds its runs: finished ones (results.json ``finished: true``) are skipped, interrupted ones
-continue with ``train_kd.py --resume RUN_DIR`` (bit-exact, see the resume section of train_kd), and a
-folder that was killed before its first checkpoint is moved to ``SWEEP/.stale/`` and started afresh.
+continue with ``train_kd.py --resume RUN_DIR`` (bit-exact, see the resume section of train_kd), a folder
+that was killed before its first checkpoint is moved to ``SWEEP/.stale/`` and started afresh, and a run whose
+folder another process holds (a train_kd.py still running in it, e.g. left by a killed sweep) is left alone.
 ``SWEEP/sweep.json`` records every run's labels and flags (``timm_kd.report`` shows the labels) and the
 wall time of each run the sweep finished (the dry run's time estimate). The output of run NAME goes to
-``SWEEP/logs/NAME.log``. Flags are passed through unchanged: whatever train_kd.py accepts works.
+``SWEEP/logs/NAME.log``. Flags are passed through unchanged: whatever train_kd.py accepts works. Ctrl-C
+stops the running runs and the sweep (exit code 130); the same command continues them.
 """
 import argparse
 import contextlib
-import csv
 import io
 import itertools
 import json
@@ -32,6 +33,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -39,13 +41,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
-import yaml
-
 from timm_kd.train.args import kd_view_modes, parse_args, validate_args
 from timm_kd.train.state import checkpoint_candidates
 from timm_kd.utils.errors import UsageError
-from timm_kd.utils.files import atomic_write_text
-from timm_kd.utils.messages import first_line
+from timm_kd.utils.files import FileReadError, atomic_write_text, folder_lock_holder, open_regular, parse_yaml, \
+    read_json, read_text, read_yaml
 
 __all__ = ['Run', 'load_grid', 'parse_overrides', 'expand_grid', 'flags_to_argv', 'run_state',
            'step_cost', 'device_slots', 'execute', 'main', 'AXIS_FLAGS']
@@ -56,6 +56,8 @@ AXIS_FLAGS = {'method': 'distill', 'view': 'tl_aug'}
 TRAIN_IMAGES = {'torch/cifar100': 50000, 'torch/cifar10': 50000, 'sklearn/digits': 1201, 'tinyimagenet': 100000}
 GRID_KEYS = ('output', 'base', 'axes')
 SWEEP_FILE = 'sweep.json'
+# the longest file name made from a run name: SWEEP/.stale/NAME-YYYYmmdd-HHMMSS (a file name has at most 255 bytes)
+MAX_RUN_NAME = 255 - len('-20260101-000000')
 
 
 @dataclass
@@ -96,13 +98,10 @@ def _label(value: Any) -> str:
 
 
 def load_grid(path: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        raise UsageError(f'Grid file {path!r} does not exist.')
     try:
-        with open(path) as f:
-            grid = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise UsageError(f'Grid file {path!r} is not valid YAML: {first_line(e)}.') from e
+        grid = read_yaml(path) or {}
+    except FileReadError as e:
+        raise UsageError(f'Grid file {e}') from None
     if not isinstance(grid, dict):
         raise UsageError(f'Grid file {path!r} must hold a mapping with the keys {", ".join(GRID_KEYS)}.')
     unknown = sorted(set(grid) - set(GRID_KEYS))
@@ -121,7 +120,7 @@ def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
         key, sep, value = item.partition('=')
         if not sep or not key.strip():
             raise UsageError(f'--set expects FLAG=VALUE, got {item!r}.')
-        out[key.strip().lstrip('-').replace('-', '_')] = yaml.safe_load(value) if value else ''
+        out[key.strip().lstrip('-').replace('-', '_')] = parse_yaml(value, f'--set {item}') if value else ''
     return out
 
 
@@ -153,6 +152,9 @@ def expand_grid(grid: Dict[str, Any]) -> List[Run]:
         for _, extra in combo:
             flags.update(extra)
         name = '__'.join(f'{axis}-{label}' for axis, label in labels.items()) or 'run'
+        if len(name.encode()) > MAX_RUN_NAME:
+            raise UsageError(f'Run {name[:40] + "..."!r} gets a folder name of {len(name.encode())} bytes, more than '
+                             f'the {MAX_RUN_NAME} a file name allows here: use shorter axis labels.')
         if name in seen:
             raise UsageError(f'Two runs of the grid get the folder name {name!r}: make the axis labels unique.')
         seen[name] = True
@@ -161,16 +163,16 @@ def expand_grid(grid: Dict[str, Any]) -> List[Run]:
 
 
 def run_state(run_dir: str) -> str:
-    """'done' (results.json says finished), 'resume' (a checkpoint to continue from), 'restart' (a folder
-    without checkpoint: killed before its first one) or 'new'."""
+    """'running' (another process holds the folder's lock), 'done' (results.json says finished), 'resume' (a
+    checkpoint to continue from), 'restart' (a folder without checkpoint: killed before its first one) or 'new'.
+    A record that cannot be read safely (a link, a FIFO, ...) raises ``FileReadError``."""
     if not os.path.isdir(run_dir):
         return 'new'
-    try:
-        with open(os.path.join(run_dir, 'results.json')) as f:
-            if json.load(f).get('finished'):
-                return 'done'
-    except (OSError, ValueError, AttributeError):
-        pass
+    if folder_lock_holder(run_dir) is not None:
+        return 'running'
+    results = read_json(os.path.join(run_dir, 'results.json'), default={})
+    if isinstance(results, dict) and results.get('finished'):
+        return 'done'
     if checkpoint_candidates(run_dir):
         return 'resume'
     return 'restart'
@@ -217,6 +219,8 @@ def _plan(runs: List[Run], sweep_dir: str) -> None:
     that parses but fails train_kd's checks (e.g. a missing teacher checkpoint) gets the state 'invalid'."""
     for run in runs:
         run.state = run_state(os.path.join(sweep_dir, run.name))
+        if run.state == 'running':
+            run.info['holder'] = folder_lock_holder(os.path.join(sweep_dir, run.name))
         args, explicit = _read_train_argv(run.argv, f'Run {run.name!r}')
         if run.state != 'done':
             try:  # train_kd's checks that need no model or data: flag combinations, files that must exist
@@ -231,12 +235,8 @@ def _plan(runs: List[Run], sweep_dir: str) -> None:
 
 
 def _read_sweep_file(sweep_dir: str) -> Dict[str, Any]:
-    try:
-        with open(os.path.join(sweep_dir, SWEEP_FILE)) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    data = read_json(os.path.join(sweep_dir, SWEEP_FILE), default={})
+    return data if isinstance(data, dict) else {}
 
 
 def _write_sweep_file(sweep_dir: str, grid_path: str, runs: List[Run], wall: Dict[str, float]) -> None:
@@ -266,10 +266,16 @@ def _duration(seconds: float) -> str:
     return f'{h}h{rem // 60:02d}m' if h else f'{rem // 60}m{rem % 60:02d}s'
 
 
+def _holder(run: Run) -> str:
+    holder = run.info.get('holder') or {}
+    return f'process {holder.get("pid", "?")} on {holder.get("host", "an unknown host")}'
+
+
 def print_plan(runs: List[Run], sweep_dir: str, script: str, jobs: int, rate: Optional[float]) -> None:
-    todo = [r for r in runs if r.state != 'done']
-    print(f'Sweep {sweep_dir}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run '
-          f'({jobs} at a time).')
+    todo = [r for r in runs if r.state not in ('done', 'running')]
+    busy = sum(r.state == 'running' for r in runs)
+    print(f'Sweep {sweep_dir}: {len(runs)} runs, {len(runs) - len(todo) - busy} finished, '
+          + (f'{busy} running elsewhere, ' if busy else '') + f'{len(todo)} to run ({jobs} at a time).')
     for run in runs:
         cost = f'{_units(run.cost)} units' if run.cost else 'cost unknown'
         cmd = f'--resume {os.path.join(sweep_dir, run.name)}' if run.state == 'resume' else ' '.join(
@@ -277,6 +283,8 @@ def print_plan(runs: List[Run], sweep_dir: str, script: str, jobs: int, rate: Op
         print(f'  {run.state:8s} {run.name}  ({run.epochs} epochs, {cost})\n           {script} {cmd}')
         if run.state == 'invalid':
             print(f'           {run.info["error"]}')
+        elif run.state == 'running':
+            print(f'           its folder is held by {_holder(run)}: left alone')
     if not todo:
         print('Nothing to run: every run has finished.')
         return
@@ -307,9 +315,9 @@ class Progress:
         if run.state == 'done':
             return run.epochs or 0
         try:
-            with open(os.path.join(self.sweep_dir, run.name, 'summary.csv'), newline='') as f:
-                return max(sum(1 for _ in csv.reader(f)) - 1, 0)
-        except OSError:
+            return max(len(read_text(os.path.join(self.sweep_dir, run.name, 'summary.csv'), default='').splitlines())
+                       - 1, 0)
+        except FileReadError:
             return 0
 
     def bar(self) -> str:
@@ -333,19 +341,20 @@ class Progress:
 
 def _result_summary(run_dir: str) -> str:
     try:
-        with open(os.path.join(run_dir, 'results.json')) as f:
-            r = json.load(f)
+        r = read_json(os.path.join(run_dir, 'results.json'))
         return f'best top-1 {r["best_top1"]:.2f} (epoch {r["best_epoch"]}), last {r["last_top1"]:.2f}'
-    except (OSError, ValueError, KeyError, TypeError):
+    except (FileReadError, KeyError, TypeError, ValueError):
         return 'no results.json'
 
 
 def _last_error(log_path: str) -> str:
     try:
-        with open(log_path, errors='replace') as f:
-            lines = [ln.strip() for ln in f.readlines()[-30:] if ln.strip()]
-    except OSError:
+        with open_regular(log_path) as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - (1 << 16)))
+            tail = f.read().decode('utf-8', errors='replace')
+    except (OSError, FileReadError):
         return ''
+    lines = [ln.strip() for ln in tail.splitlines()[-30:] if ln.strip()]
     errors = [ln for ln in lines if 'error' in ln.lower()]
     return (errors or lines or [''])[-1][:300]
 
@@ -369,11 +378,39 @@ def device_slots(devices: str, jobs: int) -> List[str]:
     return [','.join(ids[i:i + per]) for i in range(0, len(ids), per)]
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a sweep: ``names`` are the runs that were stopped, ``wall`` the wall seconds of those that had
+    finished."""
+
+    def __init__(self, names: List[str], wall: Dict[str, float]):
+        super().__init__(', '.join(names))
+        self.names, self.wall = names, wall
+
+
+def _stop(active: Dict[subprocess.Popen, tuple], grace: float = 30.0) -> None:
+    """Stop the running runs: SIGTERM, SIGKILL after ``grace`` seconds; close their logs. A second Ctrl-C is ignored
+    meanwhile, so the runs are never left half-stopped."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for proc in active:
+            proc.terminate()
+        for proc, entry in active.items():
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            entry[2].close()  # the run's log file
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def execute(runs: List[Run], sweep_dir: str, script: str, jobs: int, launcher: str = 'python',
             launch_args: Sequence[str] = (), devices: Optional[List[str]] = None, poll: float = 0.5
             ) -> Dict[str, float]:
     """Run every run that is not done, ``jobs`` at a time (each on its own ``devices`` slot, when given: its
-    CUDA_VISIBLE_DEVICES). Returns wall seconds of the runs that finished."""
+    CUDA_VISIBLE_DEVICES). A run whose folder another process holds (see ``run_state``) is left alone. Returns wall
+    seconds of the runs that finished; Ctrl-C stops the running runs and raises :class:`Interrupted`."""
     os.makedirs(os.path.join(sweep_dir, 'logs'), exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     env.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // jobs)))
@@ -391,7 +428,26 @@ def execute(runs: List[Run], sweep_dir: str, script: str, jobs: int, launcher: s
             while queue and len(active) < jobs:
                 tag, run = queue.pop(0)
                 run_dir = os.path.join(sweep_dir, run.name)
+                log_path = os.path.join(sweep_dir, 'logs', f'{run.name}.log')
+                try:  # again now: the folder may have been taken or let go since the plan
+                    run.state = run_state(run_dir)
+                    if run.state == 'running':
+                        run.info['holder'] = folder_lock_holder(run_dir)
+                        progress.line(f'{tag} {run.name}: not started (running in {_holder(run)}; run the same command '
+                                      f'again once it has ended)')
+                        continue
+                    log = open_regular(log_path, 'a')  # never through a link
+                except FileReadError as e:
+                    run.state = 'failed'
+                    progress.failed += 1
+                    progress.line(f'{tag} {run.name}: FAILED before it started: {e}')
+                    continue
                 how = 'new'
+                if run.state == 'done':
+                    progress.finished += 1
+                    log.close()
+                    progress.line(f'{tag} {run.name}: skipped (finished elsewhere: {_result_summary(run_dir)})')
+                    continue
                 if run.state == 'restart':  # killed before its first checkpoint: keep the folder, start afresh
                     stale = os.path.join(sweep_dir, '.stale', f'{run.name}-{datetime.now():%Y%m%d-%H%M%S}')
                     os.makedirs(os.path.dirname(stale), exist_ok=True)
@@ -399,8 +455,6 @@ def execute(runs: List[Run], sweep_dir: str, script: str, jobs: int, launcher: s
                     how = f'restarted, the old folder is {stale}'
                 elif run.state == 'resume':
                     how = 'resumed'
-                log_path = os.path.join(sweep_dir, 'logs', f'{run.name}.log')
-                log = open(log_path, 'a')
                 slot = devices.pop(0) if devices else None
                 proc = subprocess.Popen(_command(run, sweep_dir, script, launcher, list(launch_args)),
                                         stdout=log, stderr=subprocess.STDOUT,
@@ -418,7 +472,11 @@ def execute(runs: List[Run], sweep_dir: str, script: str, jobs: int, launcher: s
                 progress.running = len(active)
                 seconds = time.time() - t_start
                 run_dir = os.path.join(sweep_dir, run.name)
-                if proc.returncode == 0 and run_state(run_dir) == 'done':
+                try:
+                    done = proc.returncode == 0 and run_state(run_dir) == 'done'
+                except FileReadError:
+                    done = False
+                if done:
                     run.state = 'done'
                     progress.finished += 1
                     wall[run.name] = seconds
@@ -429,13 +487,8 @@ def execute(runs: List[Run], sweep_dir: str, script: str, jobs: int, launcher: s
                                   f'{_last_error(log_path)} (log {log_path})')
             progress.draw()
     except KeyboardInterrupt:
-        for proc in active:
-            proc.terminate()
-        for proc, entry in active.items():
-            proc.wait()
-            entry[2].close()  # the run's log file
-        progress.line('Interrupted: the running runs were stopped; run the same command again to resume them.')
-        raise
+        _stop(active)
+        raise Interrupted([entry[1].name for entry in active.values()], wall) from None
     progress.draw(final=True)
     return wall
 
@@ -471,6 +524,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        return _main(args)
+    except KeyboardInterrupt:  # before any run started (or after the last one ended)
+        print('timm_kd.sweep: interrupted before any run started.', file=sys.stderr)
+        return 130
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
         if args.jobs < 1:
             raise UsageError(f'--jobs must be at least 1, got {args.jobs}.')
         slots = device_slots(args.devices, args.jobs) if args.devices else None
@@ -482,11 +543,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         sweep_dir = os.path.abspath(args.output or grid['output'])
         runs = expand_grid(grid)
         _plan(runs, sweep_dir)
+        rate = _measured_rate(sweep_dir)  # reads sweep.json: a link or a FIFO there is refused now
     except UsageError as e:
         print(f'timm_kd.sweep: error: {e}', file=sys.stderr)
         return 2
     if args.dry_run:
-        print_plan(runs, sweep_dir, script, args.jobs, args.rate or _measured_rate(sweep_dir))
+        print_plan(runs, sweep_dir, script, args.jobs, args.rate or rate)
         return 0
     invalid = [r for r in runs if r.state == 'invalid']
     if invalid:
@@ -499,13 +561,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     wall: Dict[str, float] = {}
     try:
         wall = execute(runs, sweep_dir, script, args.jobs, args.launcher, shlex.split(args.launch_args), slots)
-    finally:
-        _write_sweep_file(sweep_dir, args.grid, runs, wall)
-    failed = [r.name for r in runs if r.state != 'done']
-    print(f'Sweep {sweep_dir}: {len(runs) - len(failed)}/{len(runs)} runs finished'
-          + (f'; failed: {", ".join(failed)} (run the same command again to retry them).' if failed else '.')
-          + f' Tables: python -m timm_kd.report {sweep_dir}')
-    return 1 if failed else 0
+    except Interrupted as e:
+        _write_sweep_file(sweep_dir, args.grid, runs, e.wall)
+        print(f'timm_kd.sweep: interrupted: the running runs were stopped ({e}); run the same command again to '
+              f'continue them.', file=sys.stderr)
+        return 130
+    _write_sweep_file(sweep_dir, args.grid, runs, wall)
+    busy = [r.name for r in runs if r.state == 'running']
+    failed = [r.name for r in runs if r.state not in ('done', 'running')]
+    print(f'Sweep {sweep_dir}: {len(runs) - len(failed) - len(busy)}/{len(runs)} runs finished'
+          + (f'; failed: {", ".join(failed)} (run the same command again to retry them)' if failed else '')
+          + (f'; still running elsewhere: {", ".join(busy)}' if busy else '')
+          + f'. Tables: python -m timm_kd.report {sweep_dir}')
+    return 1 if failed or busy else 0
 
 
 if __name__ == '__main__':
