@@ -169,3 +169,44 @@ def test_cli_mistakes_exit_2_with_one_sentence(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and phrase in err and err.count('\n') == 0, err
     assert not (tmp_path / 'never').exists()
+
+
+def test_output_that_is_a_file_and_a_budget_too_small_are_one_sentence(tmp_path, capsys):
+    """Issue 21: --output naming a file was a traceback; a budget too small for two chunk means gave a NaN T. stddev
+    that was ranked without a word. Both are refused before any scoring."""
+    teacher_ckpt = _random_teacher(tmp_path / 'teacher.pth')
+    a_file = tmp_path / 'scores'
+    a_file.write_text('my notes')
+    for argv, phrase in (
+            (_cli(teacher_ckpt, '--views', 'none', '--output', str(a_file)),
+             f'--output {a_file} is a file, not a folder'),
+            (_cli(teacher_ckpt, '--views', 'flip,none', '--batches', '3', '--chunk', '2', '--output',
+                  str(tmp_path / 'never')),
+             "view 'none': 3 batches give 1 mean of 2 blocks (1 block per batch), and T. stddev needs at least 2: "
+             "pass --batches 4 or more, or a smaller --chunk"),
+            (_cli(teacher_ckpt, '--views', 'cutmix', '--output', str(tmp_path / 'never')),  # one epoch: 4 batches
+             "view 'cutmix': 4 batches give 0 means of 10 blocks (2 blocks per batch), and T. stddev needs at least 2: "
+             "pass --batches 10 or more, or a smaller --chunk")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and phrase in err and err.count('\n') == 0, err
+    assert a_file.read_text() == 'my notes' and not (tmp_path / 'never').exists()
+
+
+def test_a_nan_score_is_flagged_and_ranked_last(tmp_path, capsys, monkeypatch):
+    """Should a view's T. stddev still be NaN for a seed (e.g. a teacher whose outputs are not finite), the view is
+    ranked last with no mean over the other seeds, and a warning says so."""
+    import timm_kd.experiments.da_score as da
+    scored = da.score_view
+
+    def nan_for_flip_seed_1(*args, **kwargs):
+        res = scored(*args, **kwargs)
+        return dict(res, stddev=math.nan) if nan_for_flip_seed_1.calls.pop(0) == ('flip', 1) else res
+    nan_for_flip_seed_1.calls = [('flip', 0), ('flip', 1), ('none', 0), ('none', 1)]
+    monkeypatch.setattr(da, 'score_view', nan_for_flip_seed_1)
+    res = main(_cli(_random_teacher(tmp_path / 't.pth'), '--views', 'flip,none', '--seeds', '0,1', '--batches', '4',
+                    '--chunk', '2', '--no-plot', '--output', str(tmp_path / 'out')))
+    assert [r['view'] for r in res['ranking']] == ['none', 'flip'] and math.isnan(res['ranking'][1]['stddev_mean'])
+    assert res['ranking'][1]['note'] == 'no T. stddev for seed 1' and res['ranking'][0]['note'] == ''
+    assert "da_score: warning: view 'flip' has no T. stddev for seed 1; it is ranked last." in capsys.readouterr().err

@@ -109,3 +109,20 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_output_that_is_a_file_and_max_per_class_0_are_one_sentence(tmp_path, capsys):
+    """Issue 21: both were tracebacks."""
+    _checkpoint(tmp_path / 'a.pth.tar', 0)
+    a_file = tmp_path / 'results'
+    a_file.write_text('my notes')
+    base = [str(tmp_path / 'a.pth.tar'), '--dataset', 'synthetic/10x16', '--classes', '0,1']
+    for argv, phrase in ((base + ['--output', str(a_file)], f'--output {a_file} is a file, not a folder'),
+                         (base + ['--max-per-class', '0', '--output', str(tmp_path / 'o')],
+                          '--max-per-class must be at least 1, got 0'),
+                         (base + ['--batch-size', '0', '--output', str(tmp_path / 'o')],
+                          '--batch-size must be at least 1, got 0')):
+        assert features.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f'timm_kd.features: error: {err.split("error: ", 1)[1]}' and phrase in err and '\n' not in err
+    assert a_file.read_text() == 'my notes' and not (tmp_path / 'o').exists()

@@ -41,7 +41,7 @@ from timm_kd.train.build import (
     DataConfig, create_data_splits, create_student_model, create_teacher_model, resolve_data_config)
 from timm_kd.train.data import create_train_loader
 from timm_kd.utils.errors import UsageError
-from timm_kd.utils.files import atomic_write_text
+from timm_kd.utils.files import atomic_write_text, output_error
 
 __all__ = ['TeacherProbStats', 'score_view', 'main']
 
@@ -205,6 +205,18 @@ def _check_views(args: argparse.Namespace) -> List[Any]:
     return out
 
 
+def _check_budget(views: List[Any], batches: int, chunk: Optional[int]) -> None:
+    """Every view gets at least two chunk means (T. stddev is their standard deviation), checked before any scoring."""
+    for name, view, _ in views:
+        per_batch = 1 if view.kind == 'none' else 2  # the original rows, and the view's rows
+        size = chunk or 5 * per_batch
+        kept = batches * per_batch // size
+        if kept < 2:
+            raise UsageError(f"view {name!r}: {batches} batches give {kept} mean{'' if kept == 1 else 's'} of {size} "
+                             f"blocks ({per_batch} block{'' if per_batch == 1 else 's'} per batch), and T. stddev needs "
+                             f"at least 2: pass --batches {-(-2 * size // per_batch)} or more, or a smaller --chunk.")
+
+
 def _mean_sd(values: Sequence[float]):
     vals = [v for v in values if not math.isnan(v)]
     if not vals:
@@ -233,16 +245,27 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if (args.chunk is not None and args.chunk < 1) or any(c < 1 for c in study):
         raise UsageError(f'--chunk and --chunk-study take block counts >= 1, got {args.chunk} / {args.chunk_study!r}.')
     check_numbers(build_parser(), args)
+    out_dir = os.path.abspath(args.output or os.path.join('output', 'da_score', datetime.now().strftime('%Y%m%d-%H%M%S')))
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f'--output {out_dir} is a file, not a folder: pass a new or empty folder.')
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise UsageError(f'--output {out_dir} is not empty: pass another folder.')
     views = _check_views(args)
     data = _data(args)
     teacher = create_teacher_model(args.teacher, data, checkpoint=args.teacher_checkpoint).eval()
     teacher = _teacher_on_data(teacher, data.mean, data.std)
     student = create_student_model(args.student, data, initial_checkpoint=args.student_checkpoint) \
         if args.student else None
-    out_dir = os.path.abspath(args.output or os.path.join('output', 'da_score', datetime.now().strftime('%Y%m%d-%H%M%S')))
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise UsageError(f'--output {out_dir} is not empty: pass another folder.')
-    os.makedirs(out_dir, exist_ok=True)
+    batches = args.batches
+    if batches is None:  # one epoch: as many batches as the loader of the training split gives
+        train_ds, _ = create_data_splits(args.dataset, data, data_dir=args.data_dir,
+                                         train_num_samples=args.train_num_samples, seed=seeds[0])
+        batches = len(create_train_loader(train_ds, args.batch_size, seeds[0], 0, 1, 0))
+    _check_budget(views, batches, args.chunk)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise output_error(out_dir, e) from None
     if student is not None:
         student.train()  # the pick pass scores with batch statistics (frozen running stats), as in training
 
@@ -259,7 +282,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             np.random.seed(seed)  # DistillMixup draws from numpy's global RNG, as timm's Mixup
             torch.manual_seed(seed)
             t1 = time.perf_counter()
-            res = score_view(teacher, loader, mixer, args.batches or len(loader), args.chunk, student,
+            res = score_view(teacher, loader, mixer, batches, args.chunk, student,
                              args.kd_temperature, chunk_study=study)
             per_seed.append(dict(view=name, kind=view.kind, config=config, seed=seed, seconds=time.perf_counter() - t1,
                                  **res))
@@ -270,9 +293,15 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     rows = []
     for name, view, config in views:
         mine = [r for r in per_seed if r['view'] == name]
-        row = dict(view=name, kind=view.kind, config=config, seeds=len(mine), help=view.help)
+        row = dict(view=name, kind=view.kind, config=config, seeds=len(mine), help=view.help, note='')
         for key in ('stddev', 'entropy', 'disagreement'):
             row[f'{key}_mean'], row[f'{key}_sd'] = _mean_sd([r.get(key, math.nan) for r in mine])
+        unscored = [str(r['seed']) for r in mine if math.isnan(r.get('stddev', math.nan))]
+        if unscored:  # no mean over the other seeds: the view is not comparable, and says so
+            row['stddev_mean'] = row['stddev_sd'] = math.nan
+            row['note'] = f'no T. stddev for seed{"s" if len(unscored) > 1 else ""} {", ".join(unscored)}'
+            print(f'da_score: warning: view {name!r} has {row["note"]}; it is ranked last.', file=sys.stderr,
+                  flush=True)
         rows.append(row)
     rows.sort(key=lambda r: (math.isnan(r['stddev_mean']), r['stddev_mean']))
     for rank, row in enumerate(rows, 1):
@@ -297,7 +326,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     atomic_write_text(os.path.join(out_dir, 'scores.json'), json.dumps(result, indent=2, default=str) + '\n')
     buf = io.StringIO()
     fields = ['rank', 'view', 'kind', 'config', 'seeds', 'stddev_mean', 'stddev_sd', 'entropy_mean', 'entropy_sd',
-              'disagreement_mean', 'disagreement_sd']
+              'disagreement_mean', 'disagreement_sd', 'note']
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction='ignore')
     writer.writeheader()
     writer.writerows(rows)

@@ -40,7 +40,7 @@ from timm_kd.experiments.plotting import STYLE, pyplot, save_figure
 from timm_kd.train.args import load_flag_file
 from timm_kd.train.build import DataConfig, resolve_data_config
 from timm_kd.utils.errors import UsageError
-from timm_kd.utils.files import atomic_write_text
+from timm_kd.utils.files import atomic_write_text, output_error
 from timm_kd.utils.messages import first_line
 
 __all__ = ['v_measure', 'extract_features', 'cluster_v_score', 'embed_2d', 'plot_embeddings', 'parse_groups',
@@ -282,6 +282,12 @@ def run(args: argparse.Namespace) -> List[Dict]:
     splits = [s.strip() for s in args.splits.split(',') if s.strip()]
     if not splits or any(s not in ('train', 'test') for s in splits):
         raise UsageError(f'--splits takes train and/or test, got {args.splits!r}.')
+    for flag, value in (('--max-per-class', args.max_per_class), ('--batch-size', args.batch_size)):
+        if value is not None and value < 1:
+            raise UsageError(f'{flag} must be at least 1, got {value}.')
+    out = args.output or os.path.join('output', 'features', datetime.now().strftime('%Y%m%d-%H%M%S'))
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise UsageError(f'--output {out} is a file, not a folder: pass a folder to write the results into.')
     data = _data(args)
     num_classes = data.config.num_classes
     classes = sorted({c for g in groups.values() for c in g} | set(shown))
@@ -291,8 +297,10 @@ def run(args: argparse.Namespace) -> List[Dict]:
     models = [load_model(ref, args.model, num_classes, args.which) for ref in args.checkpoints]
     loaders = {s: _split_loader(data, data.train_split if s == 'train' else data.val_split, classes,
                                 args.max_per_class, args.batch_size) for s in splits}
-    out = args.output or os.path.join('output', 'features', datetime.now().strftime('%Y%m%d-%H%M%S'))
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise output_error(out, e) from None
     rows = []
     for name, model in models:
         points = {}
