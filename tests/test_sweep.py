@@ -287,6 +287,11 @@ def test_a_yaml_tag_in_set_is_one_sentence(tmp_path, capsys, item, phrase):
     assert phrase in _one_error(capsys) and not (tmp_path / 'pwned').exists()
 
 
+def test_the_default_script_is_the_train_kd_py_beside_the_package(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not found through the current folder
+    assert sweep._default_script() == str(ROOT / 'train_kd.py')
+
+
 def test_a_label_too_long_for_a_file_name_is_one_sentence(tmp_path, capsys):
     script = tmp_path / 'fake_train.py'
     script.write_text(FAKE_TRAIN)

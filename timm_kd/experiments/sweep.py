@@ -494,7 +494,8 @@ def execute(runs: List[Run], sweep_dir: str, script: str, jobs: int, launcher: s
 
 
 def _default_script() -> str:
-    beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'train_kd.py')
+    package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # timm_kd/experiments/..
+    beside = os.path.join(package, 'train_kd.py')
     return beside if os.path.isfile(beside) else 'train_kd.py'
 
 
