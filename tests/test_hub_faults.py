@@ -323,7 +323,7 @@ def _exported_bytes(tmp_path: Path, skip: Path) -> bytes:
 
 
 @pytest.mark.timeout(60)  # a guard: a FIFO opened for reading would block forever
-@pytest.mark.parametrize('record', ['summary.csv', 'results.json', 'args.yaml', 'model_best.pth.tar', 'fifo'])
+@pytest.mark.parametrize('record', ['summary.csv', 'results.json', 'args.yaml', 'model_best.pth.tar', 'fifo', 'hub'])
 def test_a_linked_or_special_record_is_refused_and_never_exported(tmp_path, capsys, record):
     """Issue 21: a summary.csv that links to an SSH key was copied into the export (which is public by default)."""
     run = tmp_path / 'run'
@@ -334,6 +334,13 @@ def test_a_linked_or_special_record_is_refused_and_never_exported(tmp_path, caps
         (run / 'summary.csv').unlink()
         os.mkfifo(run / 'summary.csv')
         record, phrase = 'summary.csv', 'is a named pipe (FIFO), not a regular file'
+    elif record == 'hub':  # the default destination, RUN/hub/<name>, through a link to elsewhere
+        (tmp_path / 'elsewhere').mkdir()
+        (run / 'hub').symlink_to(tmp_path / 'elsewhere', target_is_directory=True)
+        assert publish_main([str(run), '--repo-id', 'me/x', '--dry-run']) == 2
+        assert f'{run / "hub"} is a symbolic link' in _one_error(capsys.readouterr().err)
+        assert list((tmp_path / 'elsewhere').iterdir()) == []
+        return
     else:
         (run / record).unlink()
         (run / record).symlink_to(private)

@@ -156,6 +156,9 @@ def export_student(
         extra['training/args.yaml'] = yaml.safe_dump(args, sort_keys=True)
     if rows:
         extra['training/summary.csv'] = _csv_text(rows)
+    if out_dir is None and (run_dir / 'hub').is_symlink():  # the default place must stay inside the run folder
+        raise RunFolderError(f'{run_dir / "hub"} is a symbolic link; timm-kd never writes into a run folder through a '
+                             f'link (remove it, or pass --out).')
     folder = Path(out_dir) if out_dir is not None else run_dir / 'hub' / name
     return save_model_folder(model, folder, readme, model_config={'pretrained_cfg': cfg_overrides, 'timm_kd': lineage},
                              data_config=data_config or None, extra_files=extra, protect=run_dir)
@@ -192,4 +195,4 @@ def publish_student(
         _logger.info(f'Dry run: wrote {folder}, nothing uploaded.')
         return folder
     return push_folder(folder, repo_id, private=private, token=token, timeout=timeout,
-                       commit_message=f'Upload {Path(run_dir).name} ({which} weights) with timm-kd')
+                       commit_message=f'Upload {public_text(Path(run_dir).name)} ({which} weights) with timm-kd')
