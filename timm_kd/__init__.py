@@ -5,7 +5,7 @@
 __version__ = '0.1.0'
 
 from . import models
-from .models import KDCheckpointError, load_kd_checkpoint, read_kd_checkpoint
+from .models import KDCheckpointError, list_teachers, load_kd_checkpoint, read_kd_checkpoint
 from .data.mixup import DistillMixup
 from .distill import DistillationTask
 from . import hub

@@ -4,6 +4,8 @@ from ._convert import (
     KDCheckpointError, checkpoint_accuracy, checkpoint_num_classes, clean_kd_state_dict, load_kd_checkpoint,
     read_kd_checkpoint)
 from ._names import arch_from_path, map_arch, original_names
+from ._store import (
+    TEACHER_SOURCES, TeacherSource, downloads_dir, fetch_command, list_teachers, store_dir, store_folder)
 from .cifar_resnet import *
 from .cifar_wrn import *
 from .cifar_vgg import *

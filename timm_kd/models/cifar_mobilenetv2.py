@@ -12,9 +12,9 @@ from typing import Any, Dict, List
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-from ._builder import cifar_cfg
+from ._builder import build_cifar_model, cifar_cfg
 from ._cifar_net import CifarNet
 from ._convert import checkpoint_filter_fn
 
@@ -182,7 +182,7 @@ ORIGINAL_NAMES = {'MobileNetV2': 'mobilenetv2_cifar'}
 def mobilenetv2_cifar(pretrained: bool = False, **kwargs: Any) -> CifarMobileNetV2:
     """MobileNetV2 for CIFAR (RepDistiller ``MobileNetV2`` = ``mobile_half``): expansion 6, width 0.5."""
     model_args = dict(expand_ratio=6, width_mult=0.5)
-    return build_model_with_cfg(
+    return build_cifar_model(
         CifarMobileNetV2, 'mobilenetv2_cifar', pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3, 4), flatten_sequential=True),

@@ -9,9 +9,9 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-from ._builder import cifar_cfg
+from ._builder import build_cifar_model, cifar_cfg
 from ._cifar_net import CifarNet, init_weights_rd
 from ._convert import checkpoint_filter_fn
 
@@ -132,7 +132,7 @@ default_cfgs = generate_default_cfgs({f'{name}.cifar100': _cfg(name) for name in
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     depth, widths = _ARCHS[variant]
-    return build_model_with_cfg(
+    return build_cifar_model(
         CifarResNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3)),

@@ -11,9 +11,9 @@ from typing import Any, Dict, Tuple, Type
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-from ._builder import cifar_cfg
+from ._builder import build_cifar_model, cifar_cfg
 from ._cifar_net import CifarNet
 from ._convert import checkpoint_filter_fn
 
@@ -161,7 +161,7 @@ ORIGINAL_NAMES = {'ResNet18': 'resnet18_cifar', 'ResNet50': 'resnet50_cifar'}
 
 
 def _create_resnetv2(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNetV2:
-    return build_model_with_cfg(
+    return build_cifar_model(
         CifarResNetV2, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3, 4)),

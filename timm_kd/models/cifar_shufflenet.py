@@ -15,9 +15,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-from ._builder import cifar_cfg
+from ._builder import build_cifar_model, cifar_cfg
 from ._cifar_net import CifarNet
 from ._convert import checkpoint_filter_fn
 
@@ -266,7 +266,7 @@ ORIGINAL_NAMES = {'ShuffleV1': 'shufflenetv1_cifar', 'ShuffleV2': 'shufflenetv2_
 
 
 def _create(cls, variant: str, pretrained: bool, **kwargs: Any) -> nn.Module:
-    return build_model_with_cfg(
+    return build_cifar_model(
         cls, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3)),

@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-from ._builder import cifar_cfg
+from ._builder import build_cifar_model, cifar_cfg
 from ._cifar_net import CifarNet, init_weights_rd
 from ._convert import checkpoint_filter_fn
 
@@ -149,7 +149,7 @@ ORIGINAL_NAMES = {name.replace('_cifar', bn): name for name in _ARCHS for bn in 
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarVGG:
-    return build_model_with_cfg(
+    return build_cifar_model(
         CifarVGG, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3, 4)),
