@@ -5,8 +5,6 @@ pushed, ``timm.create_model('resnet32x4', pretrained=True)`` and ``train_kd.py -
 """
 import os
 import re
-import shutil
-import tarfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -16,6 +14,7 @@ from timm_kd.data.datasets import dataset_defaults
 from timm_kd.models import (
     arch_from_path, checkpoint_accuracy, checkpoint_num_classes, hub_org, load_kd_checkpoint, map_arch,
     read_kd_checkpoint)
+from .archive import extract_checkpoints, is_archive
 from .cards import KNOWN_DATASETS, teacher_card
 from .io import save_model_folder, sha256_file, timm_kd_version, verify_folder
 
@@ -40,10 +39,11 @@ def _final_epochs(names: List[str]) -> List[str]:
 
 def find_teacher_checkpoints(src: Union[str, os.PathLike],
                              extract_dir: Union[str, os.PathLike]) -> List[Tuple[Path, str, Optional[str]]]:
-    """Teacher checkpoints in a file, a folder (e.g. an extracted ``cifar_teachers.tar``) or a ``.tar``.
+    """Teacher checkpoints in a file, a folder (e.g. an extracted ``cifar_teachers.tar``) or an archive (``.tar``,
+    ``.zip``, see :mod:`.archive`).
 
     Returns ``[(local_path, label, arch_or_None)]``; ``label`` is what the card calls the source. Archive
-    members are extracted one by one into ``extract_dir`` under new names (never ``extractall``: no path tricks).
+    members are copied one by one into ``extract_dir`` under new names (never ``extractall``: no path tricks).
     """
     src = Path(src)
     if src.is_dir():
@@ -52,18 +52,9 @@ def find_teacher_checkpoints(src: Union[str, os.PathLike],
         return [(src / n, f'{src.name}/{n}', arch_from_path(n)) for n in _final_epochs(names)]
     if not src.is_file():
         raise FileNotFoundError(f'{src} does not exist.')
-    if src.name.endswith('.tar') and not src.name.endswith('.pth.tar') and tarfile.is_tarfile(src):
-        out = []
-        with tarfile.open(src) as tf:
-            members = {m.name: m for m in tf.getmembers() if m.isfile() and m.name.endswith(('.pth', '.pt'))}
-            for i, name in enumerate(_final_epochs(sorted(members))):
-                dst = Path(extract_dir) / f'{i:03d}_{Path(name).name}'
-                with tf.extractfile(members[name]) as fin, open(dst, 'wb') as fout:
-                    shutil.copyfileobj(fin, fout)
-                out.append((dst, f'{src.name}:{name}', arch_from_path(name)))
-        if not out:
-            raise ValueError(f'{src} holds no .pth checkpoints.')
-        return out
+    if is_archive(src):
+        return [(path, f'{src.name}:{name}', arch_from_path(name))
+                for path, name in extract_checkpoints(src, extract_dir, select=_final_epochs)]
     return [(src, src.name if src.parent == Path('.') else str(src), arch_from_path(src))]
 
 
@@ -80,6 +71,7 @@ def convert_teacher(
         license: str = 'other',
         origin: str = 'RepDistiller / CRD teacher zoo',
         verify: bool = True,
+        provenance: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Convert one KD teacher checkpoint into the timm Hub folder ``<out_dir>/<arch>.<tag>``.
 
@@ -95,6 +87,8 @@ def convert_teacher(
         source: how the card names the source file (default: the file path).
         origin: who released it, for the card (e.g. ``mdistiller cifar_teachers.tar``).
         verify: reload the folder through ``local-dir:`` and require identical logits.
+        provenance: more of the source's record for config.json's ``timm_kd`` entry (e.g. the archive's URL and
+            sha256).
 
     Returns:
         dict(folder, repo_id, arch, original_arch, accuracy, sha256, epoch).
@@ -124,8 +118,8 @@ def convert_teacher(
     readme = teacher_card(model, repo_id, arch=ours, original_arch=original, source=label, sha256=digest,
                           accuracy=accuracy, epoch=epoch, dataset=key, license=license, origin=origin)
     lineage = {'kind': 'teacher', 'repo_id': repo_id, 'original_arch': original, 'source': label,
-               'source_sha256': digest, 'reported_top1': accuracy, 'epoch': epoch, 'dataset': KNOWN_DATASETS[key][0],
-               'timm_kd_version': timm_kd_version()}
+               'source_sha256': digest, 'origin': origin, 'reported_top1': accuracy, 'epoch': epoch,
+               'dataset': KNOWN_DATASETS[key][0], 'timm_kd_version': timm_kd_version(), **(provenance or {})}
     recipe = dataset_defaults(TEACHER_DATASETS[key])  # the preprocessing its teachers were trained with
     side = recipe['input_size']
     folder = save_model_folder(
