@@ -6,10 +6,13 @@ lost; 2 a usage error, reported in one sentence before any long work or network 
 import argparse
 import sys
 import tempfile
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
+from timm_kd.models import TEACHER_SOURCES, list_teachers, store_dir
+from .archive import ARCHIVE_SUFFIXES
 from .convert import TEACHER_DATASETS, convert_teacher, find_teacher_checkpoints
 from .cards import card_header
+from .download import DownloadError, fetch_source
 from .export import publish_student
 from .io import DEFAULT_TIMEOUT, HubPublishError, check_repo_id, push_folder
 
@@ -39,8 +42,14 @@ With --push each folder is uploaded to <org>/<arch>.<tag>: exactly the repo a re
 (timm.create_model('resnet32x4', pretrained=True), train_kd.py --teacher resnet32x4) resolves to
 when TIMM_KD_HUB_ORG=<org>.
 
+--download SOURCE fetches a released teacher archive ({', '.join(TEACHER_SOURCES)}), checks its sha256
+and converts it into the local teacher store ({{store}}), where registered
+names find the teachers when their Hub repo has none: train_kd.py --teacher resnet32x4 then just works.
+
 examples:
-  timm-kd-convert cifar_teachers.tar --out hub_teachers          # the mdistiller archive
+  timm-kd-convert --download mdistiller                          # the benchmark teachers, by name
+  timm-kd-convert --list                                         # what the local store holds
+  timm-kd-convert cifar_teachers.tar --out hub_teachers          # an archive you already have
   timm-kd-convert save/models/ --org me --push                   # a RepDistiller save folder
   timm-kd-convert t.pth --arch resnet32x4 --accuracy 79.42
 
@@ -112,10 +121,18 @@ def publish_main(argv: Optional[List[str]] = None) -> int:
 
 
 def convert_parser() -> argparse.ArgumentParser:
-    ap = _parser('timm-kd-convert', _CONVERT_DOC)
-    ap.add_argument('sources', nargs='+', metavar='SRC',
-                    help='checkpoint file(s), a folder of <arch>_vanilla/ckpt_epoch_N.pth, or cifar_teachers.tar')
-    ap.add_argument('--out', default='hub_teachers', help='output folder (default: %(default)s)')
+    ap = _parser('timm-kd-convert', _CONVERT_DOC.replace('{store}', str(store_dir())))
+    ap.add_argument('sources', nargs='*', metavar='SRC',
+                    help='checkpoint file(s), a folder of <arch>_vanilla/ckpt_epoch_N.pth, or an archive '
+                         '(cifar_teachers.tar, teachers_cifar100.zip)')
+    ap.add_argument('--download', choices=list(TEACHER_SOURCES), metavar='SOURCE',
+                    help=f'download a released teacher archive ({", ".join(TEACHER_SOURCES)}) and convert it into '
+                         f'the local teacher store')
+    ap.add_argument('--url', default=None, help='with --download: fetch the archive from this mirror instead '
+                                                '(it must match the same sha256)')
+    ap.add_argument('--list', action='store_true', help='list the teachers in the local store and exit')
+    ap.add_argument('--out', default=None,
+                    help='output folder (default: the local teacher store with --download, else hub_teachers)')
     ap.add_argument('--arch', default=None,
                     help='architecture (RepDistiller or timm_kd name) when the path does not say it; one source only')
     ap.add_argument('--org', default=None, help='Hub organisation (default: $TIMM_KD_HUB_ORG or timm-kd)')
@@ -137,6 +154,17 @@ def convert_parser() -> argparse.ArgumentParser:
 def convert_main(argv: Optional[List[str]] = None) -> int:
     """``timm-kd-convert``: convert teacher checkpoints (and push them); see ``timm-kd-convert --help``."""
     args = convert_parser().parse_args(argv)
+    if args.list or bool(args.sources) == bool(args.download) or (args.url and not args.download):
+        return _list_or_usage(args)
+    provenance = None
+    if args.download:
+        try:
+            archive, provenance = _fetch(args.download, args.url, args.timeout)
+        except DownloadError as e:
+            print(f'timm-kd-convert: error: {e}', file=sys.stderr)
+            return 1
+        args.sources = [str(archive)]
+    out = args.out or (store_dir() if args.download else 'hub_teachers')
     failed = 0
     push = args.push and not args.dry_run
     push_broken = False
@@ -153,13 +181,11 @@ def convert_main(argv: Optional[List[str]] = None) -> int:
                   'convert them one by one.', file=sys.stderr)
             return 2
         for path, label, arch in found:
-            origin = ('mdistiller cifar_teachers.tar (RepDistiller / CRD teachers)' if ':' in label
-                      else 'RepDistiller / CRD teacher zoo')
             try:
                 res = convert_teacher(
-                    path, args.out, arch=args.arch or arch, org=args.org, tag=args.tag, dataset=args.dataset,
+                    path, out, arch=args.arch or arch, org=args.org, tag=args.tag, dataset=args.dataset,
                     num_classes=args.num_classes, accuracy=args.accuracy, source=label, license=args.license,
-                    origin=origin, verify=args.verify)
+                    origin=_origin(label), verify=args.verify, provenance=provenance)
             except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
                 print(f'timm-kd-convert: error: {label}: {e}', file=sys.stderr)
                 failed += 1
@@ -178,4 +204,51 @@ def convert_main(argv: Optional[List[str]] = None) -> int:
     if not found:
         print('timm-kd-convert: error: no checkpoints found.', file=sys.stderr)
         return 2
+    if args.download and not failed:
+        where = ('the local teacher store, where registered names find them (e.g. train_kd.py --teacher resnet32x4; '
+                 'timm-kd-convert --list shows them)' if args.out is None else
+                 f'{out}, which registered names do not search: use --teacher local-dir:{out}/<arch>.<tag>')
+        print(f'{len(found)} teachers of {args.download} are in {where}.')
     return 1 if failed else 0
+
+
+def _origin(label: str) -> str:
+    """Who released a checkpoint, for its card: the catalogue's words for a known archive."""
+    archive = label.split(':', 1)[0]
+    if not archive.endswith(ARCHIVE_SUFFIXES):
+        return 'RepDistiller / CRD teacher zoo'
+    known = [s.origin for s in TEACHER_SOURCES.values() if s.filename == archive.rsplit('/', 1)[-1]]
+    return known[0] if known else f'{archive} (RepDistiller / CRD teachers)'
+
+
+def _fetch(name: str, url: Optional[str], timeout: float):
+    """--download: the checked archive of a teacher source and the provenance its teachers' records keep."""
+    archive, digest, first = fetch_source(name, url=url, timeout=timeout)
+    trust = ('no digest is published, so it is recorded now and later downloads must match it' if first else
+             'it matches the ' + ('published digest' if TEACHER_SOURCES[name].sha256 else 'digest recorded at the '
+                                                                                      'first download'))
+    print(f'{archive}: sha256 {digest} ({trust}).')
+    provenance: Dict[str, Any] = {'download_source': name, 'archive_url': url or TEACHER_SOURCES[name].url,
+                                  'archive_sha256': digest}
+    return archive, provenance
+
+
+def _list_or_usage(args: argparse.Namespace) -> int:
+    """--list, or the usage error of a command that names no (or two kinds of) sources."""
+    if not args.list or args.sources or args.download:
+        what = ('--list takes no other source' if args.list else '--url is a mirror for --download'
+                if args.url and not args.download else 'give checkpoint sources or --download SOURCE (one of the two)')
+        print(f'timm-kd-convert: error: {what}; see timm-kd-convert --help.', file=sys.stderr)
+        return 2
+    rows = list_teachers()
+    if not rows:
+        print(f'The local teacher store ({store_dir()}) is empty; fill it with: timm-kd-convert --download '
+              f'{next(iter(TEACHER_SOURCES))}')
+        return 0
+    print(f'Teachers in the local store {store_dir()}:')
+    width = max(len(r['name']) for r in rows)
+    for r in rows:
+        top1 = f"{r['reported_top1']:.2f}" if isinstance(r['reported_top1'], (int, float)) else 'n/a'
+        print(f"  {r['name']:<{width}}  top-1 {top1:>6}  {r['num_classes']} classes  from {r['source']}"
+              + (f" ({r['origin']})" if r.get('origin') else ''))
+    return 0
