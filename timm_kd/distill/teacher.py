@@ -3,8 +3,11 @@
 :func:`create_teacher` accepts anything ``timm.create_model`` does (a registered name, ``hf-hub:org/repo``,
 ``local-dir:PATH``), optionally with a checkpoint in timm, RepDistiller, mdistiller or Good-DA format (a
 local path or ``hf-hub:org/repo/file.pth``). It never returns a randomly initialised teacher: every
-failure raises :class:`TeacherLoadError` saying what was tried and the ways out.
+failure raises :class:`TeacherLoadError` saying what was tried and the ways out. A registered name whose Hub
+repo has no weights loads the teacher of the same name from the local teacher store
+(``timm-kd-convert --download``), and :func:`check_teacher` finds all this out before any long work.
 """
+import logging
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -15,11 +18,14 @@ import timm
 from timm.models import get_pretrained_cfg, parse_model_name
 
 from timm_kd.models import (
-    checkpoint_accuracy, checkpoint_num_classes, hub_org, load_kd_checkpoint, read_kd_checkpoint)
+    checkpoint_accuracy, checkpoint_num_classes, fetch_command, hub_org, load_kd_checkpoint, read_kd_checkpoint)
+from timm_kd.models._store import missing_weights_message, store_weights, teacher_record
 from timm_kd.utils.hub_access import explain_hub_error, hub_endpoint
 from timm_kd.utils.messages import first_line
 
-__all__ = ['TeacherLoadError', 'create_teacher', 'resolve_checkpoint']
+__all__ = ['TeacherLoadError', 'create_teacher', 'check_teacher', 'resolve_checkpoint']
+
+_logger = logging.getLogger(__name__)
 
 _WAYS_OUT = (
     'either convert and publish the teacher (timm-kd-convert CKPT --push, then point TIMM_KD_HUB_ORG at that '
@@ -74,6 +80,23 @@ def create_teacher(
     return model
 
 
+def check_teacher(name: str, checkpoint: Optional[Union[str, os.PathLike]] = None, **kwargs: Any) -> Dict[str, Any]:
+    """Where :func:`create_teacher` will take the teacher's weights from, found without building or downloading
+    anything (at most one quick Hub request): the name is known, a local checkpoint exists, a Hub repo answers
+    or the local teacher store holds the teacher. Returns the ``kd_teacher_info`` found so far; raises
+    :class:`TeacherLoadError` as :func:`create_teacher` would."""
+    source, model_id = parse_model_name(name)
+    info: Dict[str, Any] = {'name': name, 'checkpoint': None, 'accuracy': None}
+    if checkpoint is None:
+        _teacher_pretrained(name, source, model_id, info, build=False, **kwargs)
+        return info
+    if source is None and not timm.is_model(name):
+        _create(name, pretrained=False)  # raises the unknown-model TeacherLoadError
+    if not str(checkpoint).startswith(('hf-hub:', 'hf_hub:')):
+        info['source'] = str(resolve_checkpoint(checkpoint))
+    return info
+
+
 def resolve_checkpoint(checkpoint: Union[str, os.PathLike]) -> Path:
     """A local checkpoint path, or ``hf-hub:org/repo[@rev]/file`` downloaded into the Hub cache."""
     spec = str(checkpoint)
@@ -121,7 +144,9 @@ def _create(name: str, **kwargs) -> nn.Module:
         raise
 
 
-def _teacher_pretrained(name: str, source: Optional[str], model_id: str, info: Dict[str, Any], **kwargs) -> nn.Module:
+def _teacher_pretrained(name: str, source: Optional[str], model_id: str, info: Dict[str, Any], build: bool = True,
+                        **kwargs) -> Optional[nn.Module]:
+    from huggingface_hub import errors as hf_errors
     probe = None  # (repo_id, file): checked with one quick request before timm's retrying download
     if source is None:  # registered name: its pretrained cfg must point at real weights
         if not timm.is_model(name):
@@ -141,7 +166,21 @@ def _teacher_pretrained(name: str, source: Optional[str], model_id: str, info: D
                         if hub_id.startswith(hub_org() + '/') else '')
             tried = f"the Hub repo '{hub_id}'{org_note} at {hub_endpoint()}"
             info['source'] = f'hf-hub:{hub_id}'
-            probe = (hub_id, eff.get('hf_hub_filename') or 'model.safetensors')
+            stored, hub_error = store_weights(hub_id, eff.get('hf_hub_filename'))  # one quick Hub request
+            command = fetch_command(eff.get('architecture') or name)
+            if stored is not None:
+                _logger.info(f'Teacher {name!r}: {tried} has no weights ({explain_hub_error(hub_error)}); using '
+                             f'{stored} from the local teacher store.')
+                kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(stored))
+                tried = f'the local teacher store ({stored})'
+                info.update(source=f'local-dir:{stored.parent}',
+                            accuracy=(teacher_record(stored.parent) or {}).get('reported_top1'))
+            elif hub_error is not None and command:
+                raise TeacherLoadError(missing_weights_message(name, hub_id, explain_hub_error(hub_error), command,
+                                                               hub_note=org_note)
+                                       + ' (or pass --teacher-checkpoint PATH).') from hub_error
+            elif hub_error is not None and not isinstance(hub_error, hf_errors.EntryNotFoundError):
+                raise _load_error(name, tried, hub_error) from hub_error  # (without model.safetensors timm tries more)
         elif eff.get('url'):
             tried = f"its pretrained weights at {eff['url']}"
             info['source'] = eff['url']
@@ -157,13 +196,16 @@ def _teacher_pretrained(name: str, source: Optional[str], model_id: str, info: D
     try:
         if probe is not None:
             _probe_hub(*probe)
-        return _create(name, pretrained=True, **kwargs)
+        return _create(name, pretrained=True, **kwargs) if build else None
     except TeacherLoadError:
         raise
     except Exception as e:
-        raise TeacherLoadError(
-            f'Could not load pretrained weights for teacher {name!r} from {tried}: {explain_hub_error(e)}; '
-            f'{_WAYS_OUT}.') from e
+        raise _load_error(name, tried, e) from e
+
+
+def _load_error(name: str, tried: str, err: BaseException) -> TeacherLoadError:
+    return TeacherLoadError(f'Could not load pretrained weights for teacher {name!r} from {tried}: '
+                            f'{explain_hub_error(err)}; {_WAYS_OUT}.')
 
 
 def _probe_hub(hub_id: str, filename: str) -> None:

@@ -27,9 +27,9 @@ from timm_kd.utils.errors import UsageError
 from timm_kd.utils.messages import first_line
 from .args import LARGE_INPUT_AUG_FLAGS, build_parser, kd_view_modes, resolve_loss_weights, tl_aug_on
 
-__all__ = ['DataConfig', 'resolve_data_config', 'create_student_model', 'create_teacher_model', 'create_data_splits',
-           'data_config', 'create_student', 'build_teacher', 'create_datasets', 'subset_indices', 'create_mixer',
-           'DistillSetup', 'distill_setup', 'create_task', 'resolve_lr', 'load_weights']
+__all__ = ['DataConfig', 'resolve_data_config', 'create_student_model', 'check_teacher_source', 'create_teacher_model',
+           'create_data_splits', 'data_config', 'create_student', 'build_teacher', 'create_datasets', 'subset_indices',
+           'create_mixer', 'DistillSetup', 'distill_setup', 'create_task', 'resolve_lr', 'load_weights']
 
 _logger = logging.getLogger('train_kd')
 _TORCH_NAMES = ('cifar10', 'cifar100', 'mnist', 'fashionmnist', 'kmnist', 'qmnist', 'svhn', 'stl10')
@@ -240,6 +240,15 @@ def create_student(args: argparse.Namespace, dc: DataConfig) -> torch.nn.Module:
         args.model, dc, pretrained=args.pretrained, initial_checkpoint=args.initial_checkpoint or None,
         drop_rate=args.drop, drop_path_rate=args.drop_path, global_pool=args.gp, model_kwargs=args.model_kwargs,
         grad_checkpointing=args.grad_checkpointing)
+
+
+def check_teacher_source(name: str, *, checkpoint: Optional[str] = None) -> None:
+    """The teacher's weights must be found before any data is read: a missing teacher is one command away, while
+    the data may be a long download. At most one quick Hub request; the teacher is built later."""
+    try:
+        teacher_lib.check_teacher(name, checkpoint=checkpoint)
+    except teacher_lib.TeacherLoadError as e:
+        raise UsageError(str(e).rstrip('.') + '.') from e
 
 
 def create_teacher_model(name: str, data: DataConfig, *, checkpoint: Optional[str] = None) -> torch.nn.Module:

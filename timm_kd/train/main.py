@@ -19,7 +19,8 @@ from timm_kd.utils.files import atomic_write_text, output_error, remove_stale_te
 from timm_kd.utils.messages import first_line
 from .args import is_main_process_env, parse_args, report_error, resume_flag_changes, validate_args
 from .build import (
-    build_teacher, create_datasets, create_student, create_task, data_config, distill_setup, resolve_lr)
+    build_teacher, check_teacher_source, create_datasets, create_student, create_task, data_config, distill_setup,
+    resolve_lr)
 from .data import create_eval_loader, create_train_loader
 from .loop import EpochMeters, NonFiniteLossError, evaluate, mean_lr, train_one_epoch
 from .output import RESULTS_VERSION, LogFiles, choose_run_dir, teacher_lineage, write_results, write_summary_row
@@ -102,9 +103,12 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
                  f'mixed precision {accelerator.mixed_precision}.')
     random_seed(args.seed, rank)
 
-    # 2. data, then models, with every compatibility check before the first step. The datasets come first:
-    # a missing one is the commonest mistake and cheap to find, while a teacher may be a Hub download.
+    # 2. data, then models, with every compatibility check before the first step. Where the teacher's weights
+    # come from is checked before any data is read; the datasets are built before the teacher: a missing one is
+    # a common mistake and cheap to find, while a teacher may be a Hub download.
     dc = data_config(args, explicit)
+    if args.teacher:
+        check_teacher_source(args.teacher, checkpoint=args.teacher_checkpoint)
     train_ds, eval_ds = create_datasets(args, dc)
     student = create_student(args, dc)
     teacher = build_teacher(args, dc) if args.teacher else None
