@@ -366,12 +366,14 @@ class HubServer(ThreadingHTTPServer):
 
 
 def point_client(monkeypatch, endpoint: str, cache, token: str) -> None:
-    """Point this process's huggingface_hub client at ``endpoint`` (it reads HF_ENDPOINT, HF_HUB_CACHE and
-    HF_HUB_OFFLINE at import, so the constants are patched; subprocesses get environment variables instead)."""
+    """Point this process's huggingface_hub client at ``endpoint`` (it reads HF_ENDPOINT, HF_HUB_CACHE,
+    HF_ASSETS_CACHE and HF_HUB_OFFLINE at import, so the constants are patched; subprocesses get environment
+    variables instead). The assets cache, which holds timm-kd's local teacher store, goes beside ``cache``."""
     from huggingface_hub import constants
     monkeypatch.setattr(constants, 'ENDPOINT', endpoint)
     monkeypatch.setattr(constants, 'HUGGINGFACE_CO_URL_TEMPLATE', endpoint + '/{repo_id}/resolve/{revision}/{filename}')
     monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache))
+    monkeypatch.setattr(constants, 'HF_ASSETS_CACHE', f'{cache}-assets')
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
     monkeypatch.setattr(constants, 'HF_HUB_DISABLE_XET', True)
     monkeypatch.setenv('HF_TOKEN', token)
