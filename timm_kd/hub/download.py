@@ -32,7 +32,7 @@ DEFAULT_TIMEOUT = 30.0
 ATTEMPTS = 3
 #: seconds between attempts
 RETRY_WAIT = 2.0
-#: bigger than any released teacher archive (mdistiller's is about 0.4 GB); a server sending more is refused
+#: far above a teacher archive (six CIFAR checkpoints with optimizer state: a few hundred MB); more is refused
 MAX_DOWNLOAD_BYTES = 8 << 30
 _CHUNK = 1 << 20
 
