@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_runs import TOKEN, random_model, tree_digest  # noqa: E402
 from hub_server import HubServer, point_client  # noqa: E402
 from release_server import ReleaseServer  # noqa: E402
+from test_convert import _Evil  # noqa: E402  (unpickling it runs `touch PATH`)
 
 ROOT = Path(__file__).resolve().parents[1]
 MD_PATH = '/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar'
@@ -319,18 +320,10 @@ def test_http_errors_and_oversized_files_are_one_sentence(env, capsys, monkeypat
 # archives are untrusted input
 # ---------------------------------------------------------------------------------------------------------
 
-class _Payload:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.path}',)
-
-
 def test_archive_members_never_escape_and_never_run_code(tmp_path, capsys):
     good = _ckpt('resnet8', 31, 70.5)
     evil = io.BytesIO()
-    torch.save({'epoch': 240, 'model': {'w': _Payload(tmp_path / 'pwned')}}, evil)
+    torch.save({'epoch': 240, 'model': {'w': _Evil(tmp_path / 'pwned')}}, evil)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode='w') as tf:
         def add(name, data=b'', **attrs):
