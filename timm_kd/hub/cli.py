@@ -137,8 +137,9 @@ def convert_parser() -> argparse.ArgumentParser:
                     help='architecture (RepDistiller or timm_kd name) when the path does not say it; one source only')
     ap.add_argument('--org', default=None, help='Hub organisation (default: $TIMM_KD_HUB_ORG or timm-kd)')
     ap.add_argument('--tag', default=None, help='repo suffix after the arch (default: the dataset, e.g. cifar100)')
-    ap.add_argument('--dataset', default='cifar100', choices=list(TEACHER_DATASETS),
-                    help='what the teacher was trained on (sets the tag, card and preprocessing)')
+    ap.add_argument('--dataset', default=None, choices=list(TEACHER_DATASETS),
+                    help='what the teacher was trained on (sets the tag, card and preprocessing; default: cifar100, '
+                         'or what the --download source says)')
     ap.add_argument('--num-classes', type=int, default=None, help='default: read from the checkpoint')
     ap.add_argument('--accuracy', type=float, default=None, help='reported top-1 (default: the checkpoint\'s own)')
     ap.add_argument('--license', default='other', help='license id for the card (default: %(default)s)')
@@ -165,6 +166,7 @@ def convert_main(argv: Optional[List[str]] = None) -> int:
             return 1
         args.sources = [str(archive)]
     out = args.out or (store_dir() if args.download else 'hub_teachers')
+    dataset = args.dataset or (TEACHER_SOURCES[args.download].dataset if args.download else 'cifar100')
     failed = 0
     push = args.push and not args.dry_run
     push_broken = False
@@ -183,7 +185,7 @@ def convert_main(argv: Optional[List[str]] = None) -> int:
         for path, label, arch in found:
             try:
                 res = convert_teacher(
-                    path, out, arch=args.arch or arch, org=args.org, tag=args.tag, dataset=args.dataset,
+                    path, out, arch=args.arch or arch, org=args.org, tag=args.tag, dataset=dataset,
                     num_classes=args.num_classes, accuracy=args.accuracy, source=label, license=args.license,
                     origin=_origin(label), verify=args.verify, provenance=provenance)
             except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
