@@ -19,7 +19,7 @@ from timm.models import get_pretrained_cfg, parse_model_name
 
 from timm_kd.models import (
     checkpoint_accuracy, checkpoint_num_classes, fetch_command, hub_org, load_kd_checkpoint, read_kd_checkpoint)
-from timm_kd.models._store import missing_weights_message, store_weights, teacher_record
+from timm_kd.models._store import missing_weights_message, store_name, store_weights, teacher_record
 from timm_kd.utils.hub_access import explain_hub_error, hub_endpoint
 from timm_kd.utils.messages import first_line
 
@@ -167,7 +167,7 @@ def _teacher_pretrained(name: str, source: Optional[str], model_id: str, info: D
             tried = f"the Hub repo '{hub_id}'{org_note} at {hub_endpoint()}"
             info['source'] = f'hf-hub:{hub_id}'
             stored, hub_error = store_weights(hub_id, eff.get('hf_hub_filename'))  # one quick Hub request
-            command = fetch_command(eff.get('architecture') or name)
+            command = fetch_command(store_name(hub_id))
             if stored is not None:
                 _logger.info(f'Teacher {name!r}: {tried} has no weights ({explain_hub_error(hub_error)}); using '
                              f'{stored} from the local teacher store.')

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from ._names import map_arch
 
 __all__ = ['TeacherSource', 'TEACHER_SOURCES', 'store_dir', 'downloads_dir', 'store_folder', 'teacher_record', 'list_teachers',
-           'fetch_command', 'hub_file_error', 'store_weights', 'missing_weights_message']
+           'store_name', 'fetch_command', 'hub_file_error', 'store_weights', 'missing_weights_message']
 
 _logger = logging.getLogger(__name__)
 
@@ -112,15 +112,22 @@ def list_teachers(store: Optional[Union[str, Path]] = None) -> List[Dict[str, An
     return [r for r in records if r is not None]
 
 
-def fetch_command(arch: str) -> Optional[str]:
-    """The command that puts a released teacher of ``arch`` (our name or the original) into the store, if any."""
+def store_name(hub_id: str) -> str:
+    """The store folder that stands in for Hub repo ``org/<arch>.<tag>[@rev]``: ``<arch>.<tag>``."""
+    return hub_id.partition('@')[0].rsplit('/', 1)[-1]
+
+
+def fetch_command(name: str) -> Optional[str]:
+    """The command that puts the store teacher ``name`` (``<arch>.<tag>``, e.g. ``resnet32x4.cifar100``; the arch
+    in our spelling or the original) into the store, when a release provides it."""
+    arch, _, tag = name.partition('.')
     try:
         ours = map_arch(arch)
     except ValueError:
         return None
-    for name, source in TEACHER_SOURCES.items():
-        if ours in {map_arch(t) for t in source.teachers}:
-            return f'timm-kd-convert --download {name}'
+    for key, source in TEACHER_SOURCES.items():
+        if tag == source.dataset and ours in {map_arch(t) for t in source.teachers}:
+            return f'timm-kd-convert --download {key}'
     return None
 
 
@@ -153,16 +160,15 @@ def store_weights(hub_id: str, filename: Optional[str] = None) -> Tuple[Optional
     error = hub_file_error(hub_id, filename or WEIGHTS_FILE)
     if error is None:
         return None, None
-    folder = store_folder(hub_id.partition('@')[0].rsplit('/', 1)[-1])
+    folder = store_folder(store_name(hub_id))
     return (folder / WEIGHTS_FILE if folder is not None else None), error
 
 
 def missing_weights_message(model: str, hub_id: str, hub_reason: str, command: str, hub_note: str = '') -> str:
     """One sentence (without its period) for a released teacher that is neither on the Hub nor in the store,
     naming the command that fetches it; ``hub_note`` follows the repo id (e.g. where its organisation comes from)."""
-    name = hub_id.partition('@')[0].rsplit('/', 1)[-1]
     return (f"No trained weights for {model!r}: the Hub repo '{hub_id}'{hub_note} has none ({hub_reason}) and the "
-            f"local teacher store ({store_dir()}) has no {name}; get it with `{command}`")
+            f"local teacher store ({store_dir()}) has no {store_name(hub_id)}; get it with `{command}`")
 
 
 def pretrained_kwargs(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -174,8 +180,8 @@ def pretrained_kwargs(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     hub_id = cfg.get('hf_hub_id')
     if cfg.get('source') or cfg.get('state_dict') is not None or cfg.get('file') or not hub_id:
         return kwargs
-    command = fetch_command(variant)
-    if store_folder(hub_id.partition('@')[0].rsplit('/', 1)[-1]) is None and command is None:
+    command = fetch_command(store_name(hub_id))
+    if store_folder(store_name(hub_id)) is None and command is None:
         return kwargs
     file, error = store_weights(hub_id, cfg.get('hf_hub_filename'))
     if error is None:
