@@ -150,6 +150,8 @@ def test_download_converts_into_the_store_and_names_find_it(env, archives, refs,
     assert _record('mdistiller')['sha256'] == digest
     assert [p for p, _ in env.log] == [MD_PATH, '/objects/0']  # GitHub's redirect to the asset host, followed
     assert '2 teachers of mdistiller are in the local teacher store' in out
+    downloads = store_dir().parent / 'downloads' / 'mdistiller'  # unpacked beside the archive, then removed
+    assert sorted(p.name for p in downloads.iterdir()) == ['.lock', 'cifar_teachers.tar', 'sha256.json']
 
     rows = {r['name']: r for r in timm_kd.list_teachers()}
     assert set(rows) == {'resnet8.cifar100', 'wrn_16_1.cifar100'}

@@ -6,6 +6,7 @@ lost; 2 a usage error, reported in one sentence before any long work or network 
 import argparse
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from timm_kd.models import TEACHER_SOURCES, list_teachers, store_dir
@@ -170,7 +171,9 @@ def convert_main(argv: Optional[List[str]] = None) -> int:
     failed = 0
     push = args.push and not args.dry_run
     push_broken = False
-    with tempfile.TemporaryDirectory(prefix='timm_kd_convert_') as tmp:
+    # a downloaded archive is unpacked beside itself, in the Hugging Face cache, not in a small /tmp
+    unpack_dir = Path(args.sources[0]).parent if args.download else None
+    with tempfile.TemporaryDirectory(prefix='timm_kd_convert_', dir=unpack_dir) as tmp:
         found = []
         for src in args.sources:
             try:
