@@ -184,11 +184,9 @@ def pretrained_kwargs(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     if store_folder(store_name(hub_id)) is None and command is None:
         return kwargs
     file, error = store_weights(hub_id, cfg.get('hf_hub_filename'))
-    if error is None:
+    if error is None or (file is None and command is None):  # the Hub has them, or timm reports its error
         return kwargs
     if file is None:
-        if command is None:
-            return kwargs  # a store-only teacher that went missing meanwhile: timm reports the Hub's error
         raise RuntimeError(missing_weights_message(variant, hub_id, type(error).__name__, command) + '.') from error
     _logger.info(f"{variant}: the Hub repo '{hub_id}' has no weights ({type(error).__name__}); loading {file} "
                  f"from the local teacher store.")
