@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch.nn as nn
+from huggingface_hub import errors as hf_errors
 
 import timm
 from timm.models import get_pretrained_cfg, parse_model_name
@@ -20,7 +21,7 @@ from timm.models import get_pretrained_cfg, parse_model_name
 from timm_kd.models import (
     checkpoint_accuracy, checkpoint_num_classes, fetch_command, hub_org, load_kd_checkpoint, read_kd_checkpoint)
 from timm_kd.models._store import missing_weights_message, store_name, store_weights, teacher_record
-from timm_kd.utils.hub_access import explain_hub_error, hub_endpoint
+from timm_kd.utils.hub_access import explain_hub_error, hub_endpoint, hub_file_error
 from timm_kd.utils.messages import first_line
 
 __all__ = ['TeacherLoadError', 'create_teacher', 'check_teacher', 'resolve_checkpoint']
@@ -146,7 +147,6 @@ def _create(name: str, **kwargs) -> nn.Module:
 
 def _teacher_pretrained(name: str, source: Optional[str], model_id: str, info: Dict[str, Any], build: bool = True,
                         **kwargs) -> Optional[nn.Module]:
-    from huggingface_hub import errors as hf_errors
     probe = None  # (repo_id, file): checked with one quick request before timm's retrying download
     if source is None:  # registered name: its pretrained cfg must point at real weights
         if not timm.is_model(name):
@@ -213,18 +213,11 @@ def _probe_hub(hub_id: str, filename: str) -> None:
 
     ``hf_hub_download`` retries unreachable / 5xx servers with back-off for about 25 s per file (and timm
     tries two weight files), so a missing network would look like a hang. One HEAD without retries, with
-    huggingface_hub's metadata timeout, tells the same story at once. Offline mode and cached files skip the probe: the download then uses the cache.
+    huggingface_hub's metadata timeout, tells the same story at once (``hub_file_error``).
     """
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
-    from huggingface_hub import errors as hf_errors
-    repo_id, _, revision = hub_id.partition('@')
-    revision = revision or None
-    if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str):
-        return
-    try:  # HF_HUB_ETAG_TIMEOUT (default 10 s) bounds a server that never answers
-        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), timeout=constants.HF_HUB_ETAG_TIMEOUT)
-    except hf_errors.EntryNotFoundError:
-        pass  # the repo is there; timm may still find another weight file (pytorch_model.bin)
+    error = hub_file_error(hub_id, filename)
+    if error is not None and not isinstance(error, hf_errors.EntryNotFoundError):
+        raise error  # (a repo without that file: timm may still find another weight file, pytorch_model.bin)
 
 
 def _teacher_from_checkpoint(name: str, checkpoint, num_classes: Optional[int], info: Dict[str, Any],

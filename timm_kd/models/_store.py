@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from timm_kd.utils.hub_access import explain_hub_error, hub_file_error
 from ._names import map_arch
 
 __all__ = ['TeacherSource', 'TEACHER_SOURCES', 'store_dir', 'downloads_dir', 'store_folder', 'teacher_record', 'list_teachers',
-           'store_name', 'fetch_command', 'hub_file_error', 'store_weights', 'missing_weights_message']
+           'store_name', 'fetch_command', 'store_weights', 'missing_weights_message']
 
 _logger = logging.getLogger(__name__)
 
@@ -131,28 +132,6 @@ def fetch_command(name: str) -> Optional[str]:
     return None
 
 
-def hub_file_error(hub_id: str, filename: str) -> Optional[Exception]:
-    """None when ``filename`` of ``hub_id`` (``org/repo[@rev]``) is in the local Hub cache or the Hub answers for it;
-    otherwise the error that says why not (returned, not raised).
-
-    One HEAD request without retries, bounded by ``HF_HUB_ETAG_TIMEOUT`` (10 s by default); under
-    ``HF_HUB_OFFLINE=1`` nothing is requested.
-    """
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
-    from huggingface_hub import errors as hf_errors
-    repo_id, _, revision = hub_id.partition('@')
-    if isinstance(try_to_load_from_cache(repo_id, filename, revision=revision or None), str):
-        return None
-    if constants.HF_HUB_OFFLINE:
-        return hf_errors.OfflineModeIsEnabled(f'HF_HUB_OFFLINE=1 and {hub_id}/{filename} is not cached')
-    try:
-        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision or None),
-                             timeout=constants.HF_HUB_ETAG_TIMEOUT)
-    except Exception as e:  # noqa: BLE001 - every failure means the same here: the Hub cannot serve it
-        return e
-    return None
-
-
 def store_weights(hub_id: str, filename: Optional[str] = None) -> Tuple[Optional[Path], Optional[Exception]]:
     """Where a registered model's weights are: ``(None, None)`` when its Hub repo has them (cached or online),
     ``(store file, hub error)`` when the Hub has none but the store folder of the repo's name does, and
@@ -187,7 +166,7 @@ def pretrained_kwargs(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     if error is None or (file is None and command is None):  # the Hub has them, or timm reports its error
         return kwargs
     if file is None:
-        raise RuntimeError(missing_weights_message(variant, hub_id, type(error).__name__, command) + '.') from error
-    _logger.info(f"{variant}: the Hub repo '{hub_id}' has no weights ({type(error).__name__}); loading {file} "
+        raise RuntimeError(missing_weights_message(variant, hub_id, explain_hub_error(error), command) + '.') from error
+    _logger.info(f"{variant}: the Hub repo '{hub_id}' has no weights ({explain_hub_error(error)}); loading {file} "
                  f"from the local teacher store.")
     return dict(kwargs, pretrained_cfg_overlay=dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(file)))

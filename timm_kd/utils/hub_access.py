@@ -1,19 +1,43 @@
-"""Talking to the Hub: its endpoint and one clause for any failed request.
+"""Talking to the Hub: its endpoint, one quick check that it can serve a file, and one clause for any failed
+request.
 
-Shared by the teacher loader (``timm_kd.distill.teacher``) and the Hub tools (``timm_kd.hub``), so a Hub
-failure reads the same wherever it happens; below both, so neither imports the other.
+Shared by the model builders' fallback to the local teacher store (``timm_kd.models``), the teacher loader
+(``timm_kd.distill.teacher``) and the Hub tools (``timm_kd.hub``), so a Hub failure reads the same wherever it
+happens; below all of them, so none imports another.
 """
 from typing import Optional
 
 from .messages import first_line
 
-__all__ = ['hub_endpoint', 'explain_hub_error', 'http_status']
+__all__ = ['hub_endpoint', 'hub_file_error', 'explain_hub_error', 'http_status']
 
 
 def hub_endpoint() -> str:
     """The Hub endpoint the client talks to right now (``HF_ENDPOINT``, default https://huggingface.co)."""
     from huggingface_hub import constants
     return constants.ENDPOINT
+
+
+def hub_file_error(hub_id: str, filename: str) -> Optional[Exception]:
+    """None when ``filename`` of ``hub_id`` (``org/repo[@rev]``) is in the local Hub cache or the Hub answers for it;
+    otherwise the error that says why not (returned, not raised).
+
+    One HEAD request without retries, bounded by ``HF_HUB_ETAG_TIMEOUT`` (10 s by default); under
+    ``HF_HUB_OFFLINE=1`` nothing is requested.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub import errors as hf_errors
+    repo_id, _, revision = hub_id.partition('@')
+    if isinstance(try_to_load_from_cache(repo_id, filename, revision=revision or None), str):
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return hf_errors.OfflineModeIsEnabled(f'HF_HUB_OFFLINE=1 and {hub_id}/{filename} is not cached')
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision or None),
+                             timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as e:  # noqa: BLE001 - every failure means the same here: the Hub cannot serve it
+        return e
+    return None
 
 
 def explain_hub_error(err: BaseException) -> str:
