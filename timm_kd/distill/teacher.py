@@ -20,7 +20,7 @@ from timm.models import get_pretrained_cfg, parse_model_name
 
 from timm_kd.models import (
     checkpoint_accuracy, checkpoint_num_classes, fetch_command, hub_org, load_kd_checkpoint, read_kd_checkpoint)
-from timm_kd.models._store import missing_weights_message, store_name, store_weights, teacher_record
+from timm_kd.models._store import missing_weights_message, store_name, store_weights
 from timm_kd.utils.hub_access import explain_hub_error, hub_endpoint, hub_file_error
 from timm_kd.utils.messages import first_line
 
@@ -169,12 +169,12 @@ def _teacher_pretrained(name: str, source: Optional[str], model_id: str, info: D
             stored, hub_error = store_weights(hub_id, eff.get('hf_hub_filename'))  # one quick Hub request
             command = fetch_command(store_name(hub_id))
             if stored is not None:
+                overlay = stored['pretrained_cfg_overlay']
                 _logger.info(f'Teacher {name!r}: {tried} has no weights ({explain_hub_error(hub_error)}); using '
-                             f'{stored} from the local teacher store.')
-                kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(stored))
-                tried = f'the local teacher store ({stored})'
-                info.update(source=f'local-dir:{stored.parent}',
-                            accuracy=(teacher_record(stored.parent) or {}).get('reported_top1'))
+                             f"{overlay['file']} from the local teacher store.")
+                kwargs['pretrained_cfg_overlay'] = dict(overlay, **(kwargs.get('pretrained_cfg_overlay') or {}))
+                tried = f"the local teacher store ({overlay['file']})"
+                info.update(source=f"local-dir:{stored['folder']}", accuracy=stored['reported_top1'])
             elif hub_error is not None and command:
                 raise TeacherLoadError(missing_weights_message(name, hub_id, explain_hub_error(hub_error), command,
                                                                hub_note=org_note)

@@ -14,11 +14,14 @@ fetched under ``HF_HUB_OFFLINE=1``), the store's folder of the same name is used
 ``timm.create_model('resnet32x4', pretrained=True)``, ``create_teacher('resnet32x4')`` and
 ``train_kd.py --teacher resnet32x4`` find downloaded teachers (:func:`store_weights`).
 """
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
+
+from timm.models import PretrainedCfg
 
 from timm_kd.utils.hub_access import explain_hub_error, hub_file_error
 from ._names import map_arch
@@ -89,8 +92,10 @@ def store_folder(name: str, store: Optional[Union[str, Path]] = None) -> Optiona
 
 def teacher_record(folder: Union[str, Path]) -> Optional[Dict[str, Any]]:
     """What a store folder says about its teacher: name, architecture, classes, data set, the top-1 accuracy its
-    source reports, where it came from (archive member, release, archive sha256) and the folder; None when the
-    folder holds no readable teacher."""
+    source reports, where it came from (archive member, release, archive sha256), the folder, and the
+    ``pretrained_cfg_overlay`` that loads it as timm loads a ``local-dir:`` folder (its weights file and the
+    pretrained cfg saved with them: classes, input size, normalisation); None when the folder holds no readable
+    teacher."""
     folder = Path(folder)
     if folder.name.startswith('.') or store_folder(folder.name, folder.parent) is None:
         return None  # a hidden temporary export, or weights missing
@@ -100,10 +105,13 @@ def teacher_record(folder: Union[str, Path]) -> Optional[Dict[str, Any]]:
         return None
     lineage = cfg.get('timm_kd') if isinstance(cfg.get('timm_kd'), dict) else {}
     top1 = lineage.get('reported_top1')
+    known = {f.name for f in dataclasses.fields(PretrainedCfg)}
+    overlay = {k: v for k, v in (cfg.get('pretrained_cfg') or {}).items() if k in known}
+    overlay.update(num_classes=cfg.get('num_classes', overlay.get('num_classes')), file=str(folder / WEIGHTS_FILE))
     return dict(name=folder.name, architecture=cfg.get('architecture'), num_classes=cfg.get('num_classes'),
                 dataset=lineage.get('dataset'), reported_top1=float(top1) if isinstance(top1, (int, float)) else None,
                 source=lineage.get('source'), origin=lineage.get('origin'),
-                archive_sha256=lineage.get('archive_sha256'), folder=folder)
+                archive_sha256=lineage.get('archive_sha256'), folder=folder, pretrained_cfg_overlay=overlay)
 
 
 def list_teachers(store: Optional[Union[str, Path]] = None) -> List[Dict[str, Any]]:
@@ -132,15 +140,14 @@ def fetch_command(name: str) -> Optional[str]:
     return None
 
 
-def store_weights(hub_id: str, filename: Optional[str] = None) -> Tuple[Optional[Path], Optional[Exception]]:
+def store_weights(hub_id: str, filename: Optional[str] = None) -> Tuple[Optional[Dict[str, Any]], Optional[Exception]]:
     """Where a registered model's weights are: ``(None, None)`` when its Hub repo has them (cached or online),
-    ``(store file, hub error)`` when the Hub has none but the store folder of the repo's name does, and
-    ``(None, hub error)`` when neither has them."""
+    ``(store teacher's record, hub error)`` when the Hub has none but the store folder of the repo's name does
+    (:func:`teacher_record`), and ``(None, hub error)`` when neither has them."""
     error = hub_file_error(hub_id, filename or WEIGHTS_FILE)
     if error is None:
         return None, None
-    folder = store_folder(store_name(hub_id))
-    return (folder / WEIGHTS_FILE if folder is not None else None), error
+    return teacher_record(store_dir() / store_name(hub_id)), error
 
 
 def missing_weights_message(model: str, hub_id: str, hub_reason: str, command: str, hub_note: str = '') -> str:
@@ -162,11 +169,12 @@ def pretrained_kwargs(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     command = fetch_command(store_name(hub_id))
     if store_folder(store_name(hub_id)) is None and command is None:
         return kwargs
-    file, error = store_weights(hub_id, cfg.get('hf_hub_filename'))
-    if error is None or (file is None and command is None):  # the Hub has them, or timm reports its error
+    stored, error = store_weights(hub_id, cfg.get('hf_hub_filename'))
+    if error is None or (stored is None and command is None):  # the Hub has them, or timm reports its error
         return kwargs
-    if file is None:
+    if stored is None:
         raise RuntimeError(missing_weights_message(variant, hub_id, explain_hub_error(error), command) + '.') from error
-    _logger.info(f"{variant}: the Hub repo '{hub_id}' has no weights ({explain_hub_error(error)}); loading {file} "
-                 f"from the local teacher store.")
-    return dict(kwargs, pretrained_cfg_overlay=dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(file)))
+    overlay = stored['pretrained_cfg_overlay']
+    _logger.info(f"{variant}: the Hub repo '{hub_id}' has no weights ({explain_hub_error(error)}); loading "
+                 f"{overlay['file']} from the local teacher store.")
+    return dict(kwargs, pretrained_cfg_overlay=dict(overlay, **(kwargs.get('pretrained_cfg_overlay') or {})))
