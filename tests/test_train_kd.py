@@ -268,27 +268,39 @@ def test_bad_input_fails_fast_with_one_sentence(tmp_path, train_kd, teacher_ckpt
         assert not out.exists() or not any(out.iterdir()), f'{extra} created a run folder'
 
 
-def test_missing_dataset_is_reported_before_the_teacher_is_fetched(tmp_path, train_kd, capsys, monkeypatch):
-    """A teacher without --teacher-checkpoint comes from the Hub; a missing dataset must be said first."""
+def test_the_teacher_is_checked_first_and_built_after_the_data(tmp_path, train_kd, teacher_ckpt, capsys, monkeypatch):
+    """Where the teacher's weights come from is checked before any data is read (cheap: at most one quick Hub
+    request); a missing dataset is reported before the teacher is built (which may be a Hub download)."""
+    import shutil
     from huggingface_hub import constants as hf_constants
     from timm_kd.distill import teacher as teacher_lib
+    from timm_kd.hub import convert_teacher
     monkeypatch.setattr(hf_constants, 'ENDPOINT', 'http://127.0.0.1:9')  # unreachable, should it be tried
     monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(hf_constants, 'HF_ASSETS_CACHE', str(tmp_path / 'assets'))
+    stored = convert_teacher(teacher_ckpt, timm_kd.models.store_dir(), arch='resnet8')['folder']  # resnet8.cifar100
     calls = []
     real = teacher_lib.create_teacher
     monkeypatch.setattr(teacher_lib, 'create_teacher', lambda *a, **kw: calls.append(a) or real(*a, **kw))
-    argv = ['--model', 'resnet8', '--teacher', 'resnet8', '--dataset', 'torch/cifar100', '--data-dir',
-            str(tmp_path / 'nodata'), '--epochs', '1', '--output', str(tmp_path / 'out')]
+    missing = ['--model', 'resnet8', '--teacher', 'resnet8', '--dataset', 'torch/cifar100', '--data-dir',
+               str(tmp_path / 'nodata'), '--epochs', '1', '--output', str(tmp_path / 'out')]
     with pytest.raises(SystemExit) as e:
-        train_kd.main(argv)
+        train_kd.main(missing)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and '--dataset-download' in err[0], err
-    assert calls == [], 'the teacher was created (a Hub download) before the dataset was checked'
-    # the same flags with a dataset that is there do reach the teacher, which is then what fails
+    assert calls == [], 'the teacher was built (a Hub download) before the dataset was checked'
+    # with no weights anywhere, the teacher is what is reported, before the missing data
+    shutil.rmtree(stored)
     with pytest.raises(SystemExit) as e:
-        train_kd.main(BASE + ['--teacher', 'resnet8', '--epochs', '1', '--output', str(tmp_path / 'out')])
+        train_kd.main(missing)
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and 'resnet8' in err[0] and calls, err
+    assert e.value.code == 2 and len(err) == 1 and "'timm-kd/resnet8.cifar100'" in err[0], err
+    assert 'HF_HUB_OFFLINE=1' in err[0] and calls == []
+    # the data there and the teacher in the store: the teacher is built from it and the run trains
+    convert_teacher(teacher_ckpt, timm_kd.models.store_dir(), arch='resnet8')
+    res = train_kd.main(BASE + ['--teacher', 'resnet8', '--train-num-samples', '16', '--val-num-samples', '8',
+                                '--epochs', '1', '--output', str(tmp_path / 'out')])
+    assert res['finished'] and calls and res['teacher_source'] == 'local-dir:resnet8.cifar100'
 
 
 def test_config_values_are_read_like_flags_and_kwargs_errors_are_argparse_errors(tmp_path, train_kd, capsys):
