@@ -161,6 +161,7 @@ def test_download_converts_into_the_store_and_names_find_it(env, archives, refs,
     assert convert_main(['--list']) == 0
     listed = capsys.readouterr().out
     assert str(store_dir()) in listed and 'resnet8.cifar100' in listed and '70.50' in listed
+    assert f'archive sha256 {digest}: mdistiller release' in listed
 
     # a registered name without Hub weights (the Hub is a closed port) loads the store's teacher, and says so
     with caplog.at_level(logging.INFO):

@@ -256,4 +256,6 @@ def _list_or_usage(args: argparse.Namespace) -> int:
         top1 = f"{r['reported_top1']:.2f}" if isinstance(r['reported_top1'], (int, float)) else 'n/a'
         print(f"  {r['name']:<{width}}  top-1 {top1:>6}  {r['num_classes']} classes  from {r['source']}"
               + (f" ({r['origin']})" if r.get('origin') else ''))
+    for origin, digest in sorted({(r['origin'], r['archive_sha256']) for r in rows if r['archive_sha256']}):
+        print(f'archive sha256 {digest}: {origin}')
     return 0
