@@ -149,7 +149,7 @@ def test_download_converts_into_the_store_and_names_find_it(env, archives, refs,
     assert f'sha256 {digest} (no digest is published, so it is recorded now' in out
     assert _record('mdistiller')['sha256'] == digest
     assert [p for p, _ in env.log] == [MD_PATH, '/objects/0']  # GitHub's redirect to the asset host, followed
-    assert '2 teachers of mdistiller are in the local teacher store' in out
+    assert '2 teachers of mdistiller now in the local teacher store' in out
     downloads = store_dir().parent / 'downloads' / 'mdistiller'  # unpacked beside the archive, then removed
     assert sorted(p.name for p in downloads.iterdir()) == ['.lock', 'cifar_teachers.tar', 'sha256.json']
 

@@ -170,8 +170,9 @@ def _teacher_pretrained(name: str, source: Optional[str], model_id: str, info: D
             command = fetch_command(store_name(hub_id))
             if stored is not None:
                 overlay = stored['pretrained_cfg_overlay']
-                _logger.info(f'Teacher {name!r}: {tried} has no weights ({explain_hub_error(hub_error)}); using '
-                             f"{overlay['file']} from the local teacher store.")
+                if build:  # said once, when the teacher is built (check_teacher finds the same file before)
+                    _logger.info(f'Teacher {name!r}: {tried} has no weights ({explain_hub_error(hub_error)}); using '
+                                 f"{overlay['file']} from the local teacher store.")
                 kwargs['pretrained_cfg_overlay'] = dict(overlay, **(kwargs.get('pretrained_cfg_overlay') or {}))
                 tried = f"the local teacher store ({overlay['file']})"
                 info.update(source=f"local-dir:{stored['folder']}", accuracy=stored['reported_top1'])

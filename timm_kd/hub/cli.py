@@ -210,10 +210,10 @@ def convert_main(argv: Optional[List[str]] = None) -> int:
         print('timm-kd-convert: error: no checkpoints found.', file=sys.stderr)
         return 2
     if args.download and not failed:
-        where = ('the local teacher store, where registered names find them (e.g. train_kd.py --teacher resnet32x4; '
-                 'timm-kd-convert --list shows them)' if args.out is None else
+        where = ('the local teacher store, where registered names are looked up (e.g. train_kd.py --teacher '
+                 'resnet32x4; timm-kd-convert --list shows the store)' if args.out is None else
                  f'{out}, which registered names do not search: use --teacher local-dir:{out}/<arch>.<tag>')
-        print(f'{len(found)} teachers of {args.download} are in {where}.')
+        print(f"{len(found)} teacher{'s' if len(found) > 1 else ''} of {args.download} now in {where}.")
     return 1 if failed else 0
 
 
