@@ -280,6 +280,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         for m in names:
             if m not in METHODS:
                 p.error(f'unknown distillation method {m!r}; choose from {sorted(METHODS)} or all')
+        refusals = _refusals(names, args.model)  # e.g. token distillation needs a student with a distillation token
+        if args.distill != 'all' and refusals:
+            p.error(next(iter(refusals.values())))
+        names = [m for m in names if m not in refusals]  # all: the methods that can train this student
         # KD is the baseline of every ratio; its step is the 'kd' variant
         args.variants = ['kd'] + [METHOD_PREFIX + m for m in names if m != 'kd']
         args.impls = ['ours']
@@ -297,6 +301,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.channels_last is None:
         args.channels_last = dev.type == 'cuda'
     return args
+
+
+def _refusals(names: List[str], model: str) -> Dict[str, str]:
+    """Method name -> why it cannot train ``model`` (``Distiller.check_student``), for the methods that cannot."""
+    import timm
+    import timm_kd  # noqa: F401  (registers the CIFAR models)
+    from timm_kd.distill.methods import METHODS
+    student, out = timm.create_model(model), {}
+    for m in names:
+        try:
+            METHODS[m].check_student(student)
+        except ValueError as e:
+            out[m] = str(e)
+    return out
 
 
 def amp_dtype(args) -> Optional[torch.dtype]:

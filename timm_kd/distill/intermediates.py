@@ -107,7 +107,10 @@ def _features_forward(net: nn.Module, x: torch.Tensor, indices: Sequence[int], p
     features = [by_level[i] for i in indices] or None
     if pre_logits:
         pooled = net.forward_head(final, pre_logits=True)
-        return net.get_classifier()(pooled), features, pooled
+        head = net.get_classifier()
+        # a student with a distillation token has two heads on two tokens (a tuple): its own head forward
+        logits = head(pooled) if isinstance(head, nn.Module) else net.forward_head(final)
+        return logits, features, pooled
     return net.forward_head(final), features, None
 
 

@@ -2,8 +2,9 @@
 
 loss = γ·CE(s(x), y) + α·L_logit(x) + α·w·L_view + Σ terms of the method, with
 
-* L_logit = the method's logit term (``Distiller.logit_loss``): Hinton's KL at T by default (KD and
-  every feature method), DKD's or DIST's loss for those logit methods;
+* L_logit = the method's term on x (``Distiller.distill_loss``): its logit term, Hinton's KL at T by default
+  (KD and every feature method), DKD's, DIST's or the distillation token's loss for those logit methods;
+  timm's feature distillation compares the pre-logits instead (MSE);
 * L_view = KL(s(x'), t(x')) on the teacher-labelled views (TLmixup, TLCutMix, Cutout, PMU, per-sample
   augmented views), on the whole pool or on the picked rows (TLCutMix+pick); with
   ``view_loss='method'`` the logit method's own loss instead of the KL;
@@ -16,7 +17,8 @@ w = mixed_kd_weight (paper: 0.1, 0.9, 1). The per-method rules are tabled in doc
 Forward passes per step (B images, pool N = n_candidates·B, k picked), in this order:
 
 * teacher first: one eval-mode, no-grad forward over cat(x, pool) (or cat(x, picked) for a criterion
-  without score, 'random'); the pool's logits are reused for the picked rows (the authors recompute
+  without score, 'random'), resized to the teacher's input size when it has one of its own
+  (``resolution.py``); the pool's logits are reused for the picked rows (the authors recompute
   them). Running it before the student's grad pass is cheaper (the student's saved activations are not
   yet resident) and changes no number: the teacher is in eval mode and draws no random numbers;
 * student: x with grad (with intermediates only for a method that needs features); for a criterion
@@ -42,6 +44,7 @@ from .intermediates import forward_with_features
 from .losses import kd_loss, soft_target_cross_entropy
 from .methods import Distiller, ModelOutputs, create_method
 from .pick import batchnorm_modules, frozen_bn_stats
+from .resolution import ImageSize, image_size, resize_for_teacher
 
 __all__ = ['DistillationTask', 'VIEW_LOSSES']
 
@@ -50,13 +53,29 @@ _logger = logging.getLogger(__name__)
 VIEW_LOSSES = ('kl', 'method')
 
 
+def _heads(out: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+           ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(class-head logits, distillation-head logits or None) of a forward: a student with a distillation token in
+    distilled training (timm's ``set_distilled_training``) returns both, any other model one tensor."""
+    return (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
+
+
+def _distill_head(out: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The logits a teacher term trains: the distillation head's when the student has one."""
+    cls_logits, dist_logits = _heads(out)
+    return cls_logits if dist_logits is None else dist_logits
+
+
 def model_outputs(model: nn.Module, x: torch.Tensor, method: Distiller, role: str) -> ModelOutputs:
     """The outputs of ``model`` (``role`` 'student' or 'teacher') on ``x`` that ``method`` sees: logits only on
     the fast path, else also its feature levels and pre-logits, from the same forward (``intermediates.py``)."""
     if not method.needs_features:
-        return ModelOutputs(logits=model(x))
+        logits, dist_logits = _heads(model(x))
+        return ModelOutputs(logits=logits, distill_logits=dist_logits)
     levels = method.student_levels if role == 'student' else method.teacher_levels
-    return ModelOutputs(*forward_with_features(model, x, levels, method.needs_pre_logits))
+    logits, features, pre_logits = forward_with_features(model, x, levels, method.needs_pre_logits)
+    logits, dist_logits = _heads(logits)
+    return ModelOutputs(logits, features, pre_logits, dist_logits)
 
 
 def _unmixed_views(view_input: torch.Tensor, target: Optional[torch.Tensor]) -> MixedViews:
@@ -126,12 +145,21 @@ class DistillationTask(LogitDistillationTask):
             ``create_classification_loss(**criterion_kwargs)``).
         criterion_kwargs: arguments for timm's ``create_classification_loss`` when criterion is None.
         teacher_pretrained_path / teacher_pretrained_cfg_overlay: for a teacher given by name (timm).
+        teacher_input_size: the image size the teacher takes, ``N`` or ``(H, W)`` (or timm's ``(C, H, W)``): every
+            batch it sees (x, the pool of views, picked rows) is resized to it on the device, bilinear with
+            antialiasing (``timm_kd.distill.resolution``); the student's input is never resized. None (default):
+            the teacher sees the student's input as it is. ``resolution.pretrained_input_size(teacher)`` is the
+            size in the teacher's pretrained cfg.
         diagnostics: also return kl_ratio, label_disagreement, picked_share, pick_coverage (a handful of
             small kernels per step; False skips them, e.g. for speed comparisons).
         device, dtype: for the task's buffers (default: the student's device).
 
     The teacher input is re-normalized (as timm does) only when both models carry a ``pretrained_cfg``
     with mean/std and these differ; decided once here, so the step has no host/device sync.
+
+    A student with a distillation token (DeiT-style, ``method='token'``) returns two heads in training: the class
+    head gets the CE and is ``output``, the distillation head every teacher term (on x, on the views, in the
+    pick score); the KD+CutMix baseline's hard labels train the class head.
 
     ``task(x, y)`` returns a dict of tensors: ``loss``, ``output`` (student logits on x), ``task_loss``,
     ``kd_loss`` (the unweighted logit term L_logit: the KL for KD, DKD's loss for DKD, ...), ``mixed_loss``
@@ -160,6 +188,7 @@ class DistillationTask(LogitDistillationTask):
             criterion_kwargs: Optional[Dict[str, Any]] = None,
             teacher_pretrained_path: Optional[str] = None,
             teacher_pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
+            teacher_input_size: Union[None, int, Tuple[int, ...]] = None,
             diagnostics: bool = True,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
@@ -203,6 +232,8 @@ class DistillationTask(LogitDistillationTask):
         self.distill_loss_weight = float(distill_loss_weight)
         self.mixed_kd_weight = float(mixed_kd_weight)
         self.diagnostics = diagnostics
+        self.teacher_input_size: Optional[ImageSize] = \
+            None if teacher_input_size is None else image_size(teacher_input_size)
         self._setup_normalization(student, teacher)
         if self.verbose:
             _logger.info(f'DistillationTask: {self.extra_repr()}, teacher re-normalization={self._renormalize}')
@@ -245,13 +276,15 @@ class DistillationTask(LogitDistillationTask):
         return (f'method={self.distiller.method_name or type(self.distiller).__name__}, '
                 f'temperature={self.temperature}, task_loss_weight={self.task_loss_weight}, '
                 f'distill_loss_weight={self.distill_loss_weight}, mixed_kd_weight={self.mixed_kd_weight}, '
-                f'view_loss={self.view_loss}, mixup={self.mixup}')
+                f'view_loss={self.view_loss}, teacher_input_size={self.teacher_input_size}, mixup={self.mixup}')
 
     def set_epoch(self, epoch: int) -> None:
         """The training epoch (0-based) about to run: the method's warm-up reads it (DKD)."""
         self.distiller.set_epoch(epoch)
 
     def _teacher_input(self, x: torch.Tensor) -> torch.Tensor:
+        """A student-normalized batch as the teacher takes it: at its input size, in its normalization."""
+        x = resize_for_teacher(x, self.teacher_input_size)
         if self._renormalize:
             x = (x * self.student_std + self.student_mean - self.teacher.mean_kd) / self.teacher.std_kd
         return x
@@ -303,7 +336,7 @@ class DistillationTask(LogitDistillationTask):
         # 2. the student on x, the method's loss on x
         s_x = model_outputs(self.trainable_module, input, self.distiller, 'student')
         task_loss = self.criterion(s_x.logits, target)
-        kd = self.distiller.logit_loss(s_x.logits, t_x.logits, target)
+        kd = self.distiller.distill_loss(s_x, t_x, target)
         terms = self.distiller(s_x, t_x, target, index=index)
         # 3. the views: pick (no grad), then the student on the trained rows
         mixed_loss, extras = self._view_term(views, labelled, target, kd, input.shape[0])
@@ -345,13 +378,13 @@ class DistillationTask(LogitDistillationTask):
             return kd.new_zeros(()), {}
         student = self.trainable_module
         if labelled is None:  # the KD+CutMix baseline
-            return soft_target_cross_entropy(student(views.x_mix), views.soft_target), {}
+            return soft_target_cross_entropy(_heads(student(views.x_mix))[0], views.soft_target), {}
         extras: Dict[str, torch.Tensor] = {}
         x_view, t_view, rows, crit = labelled
         if crit is not None and crit.score is not None:
             rows = self._pick(x_view, t_view, crit, views.num_pick, extras)
             x_view, t_view = x_view.index_select(0, rows), t_view.index_select(0, rows)
-        s_view = student(x_view)
+        s_view = _distill_head(student(x_view))
         major = views.major_target() if target is not None and target.ndim == 1 else None
         if rows is not None and major is not None:
             major = major.index_select(0, rows)
@@ -376,7 +409,7 @@ class DistillationTask(LogitDistillationTask):
         s_pool = None
         if crit.needs_student:
             with torch.no_grad(), frozen_bn_stats(batchnorm_modules(unwrap_model(self.trainable_module))):
-                s_pool = self.trainable_module(pool)
+                s_pool = _distill_head(self.trainable_module(pool))
         rows = pick_topk(crit.score(s_pool, t_pool, self.temperature), num_pick)
         if s_pool is not None and self.diagnostics:
             extras['kl_ratio'] = kl_ratio(s_pool, t_pool, rows, self.temperature)

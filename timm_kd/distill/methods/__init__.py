@@ -46,4 +46,4 @@ def create_method(
 
 
 # the methods: importing a module registers it
-from . import kd, dkd, dist, fitnet, at, sp, cc, vid, pkt, crd  # noqa: E402,F401
+from . import kd, dkd, dist, fitnet, at, sp, cc, vid, pkt, crd, feature_mse, token  # noqa: E402,F401

@@ -6,9 +6,13 @@ ORIGINAL batch and adds the method's named, weighted terms to the loss:
 
     loss = γ·CE(s(x), y) + α·[L_logit(x) + w·L_view(x')] + Σ terms of the method on x
 
-* ``L_logit`` is the method's ``logit_loss``: Hinton's KL at T for every method except the logit
-  methods (DKD, DIST, ...) that replace it. γ, α, w are the task's weights (``task_loss_weight``,
-  ``distill_loss_weight``, ``mixed_kd_weight``); ``loss_weights`` are a method's published (γ, α).
+* ``L_logit`` is the method's ``distill_loss``: its ``logit_loss`` on the logits, which is Hinton's KL at T
+  for every method except the logit methods (DKD, DIST, ...) that replace it; a method may compare other
+  outputs instead (timm's feature distillation: the MSE of the pre-logits). γ, α, w are the task's weights
+  (``task_loss_weight``, ``distill_loss_weight``, ``mixed_kd_weight``); ``loss_weights`` are a method's
+  published (γ, α).
+* A student with a distillation token (DeiT-style, in distilled training) has two heads: the class head gets the
+  CE, the distillation head every teacher term (``ModelOutputs.distill_logits``).
 * ``L_view`` on the teacher-labelled views x' (mixed, picked or per-sample augmented) is the KL at T,
   or with ``view_loss='method'`` the method's ``logit_loss`` (logit methods only).
 * Feature / relation methods return their terms (already multiplied by their own β) from ``forward``,
@@ -35,10 +39,18 @@ class ModelOutputs:
             ``feature_info``; only filled when the method sets ``needs_features``.
         pre_logits: (B, D) pooled features before the classifier (``forward_head(pre_logits=True)``);
             only filled when the method sets ``needs_features``.
+        distill_logits: (B, num_classes) of the distillation head of a student with a distillation token in
+            distilled training (timm's ``set_distilled_training``); None for a model with one head.
     """
     logits: torch.Tensor
     features: Optional[List[torch.Tensor]] = None
     pre_logits: Optional[torch.Tensor] = None
+    distill_logits: Optional[torch.Tensor] = None
+
+    @property
+    def distill_head(self) -> torch.Tensor:
+        """The logits every teacher term compares: the distillation head's when there is one."""
+        return self.logits if self.distill_logits is None else self.distill_logits
 
 
 class Distiller(nn.Module):
@@ -55,6 +67,8 @@ class Distiller(nn.Module):
         needs_class_target: the loss needs class-index targets (B,), not soft ones (timm --mixup).
         loss_weights: the published (γ CE weight, α logit-term weight) of the method, the defaults of
             ``train_kd.py --distill NAME`` when no weight flag is given.
+        complementary_weights: a single weight flag sets the other weight as 1 − it (timm's rule); None: only
+            when the published weights sum to 1 (KD's (1 − α, α)).
 
     Args:
         student, teacher: the two models (the teacher unwrapped from timm's ``DistillationTeacher``);
@@ -72,6 +86,7 @@ class Distiller(nn.Module):
     logit_method: ClassVar[bool] = False
     needs_class_target: ClassVar[bool] = False
     loss_weights: ClassVar[Tuple[float, float]] = (1.0, 0.0)
+    complementary_weights: ClassVar[Optional[bool]] = None
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, num_classes: int, temperature: float, **hparams):
         super().__init__()
@@ -90,6 +105,11 @@ class Distiller(nn.Module):
         """The logit term α weighs: Hinton's T²·KL(p_t || p_s) at T; logit methods replace it."""
         return kd_loss(student_logits, teacher_logits, self.temperature)
 
+    def distill_loss(self, student: ModelOutputs, teacher: ModelOutputs, target: torch.Tensor) -> torch.Tensor:
+        """The term α weighs on the original batch (the task's ``kd_loss``): ``logit_loss`` on the student's
+        logits (its distillation head's, if it has one) and the teacher's."""
+        return self.logit_loss(student.distill_head, teacher.logits, target)
+
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, target: torch.Tensor,
                 index: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Named, weighted loss terms on the original batch, added to the task's loss (none by default).
@@ -97,6 +117,11 @@ class Distiller(nn.Module):
         ``teacher`` is computed without grad; ``index`` holds the sample indices when ``needs_index``.
         """
         return {}
+
+    @classmethod
+    def check_student(cls, student: nn.Module) -> None:
+        """Raise ValueError (one sentence) when the method cannot train ``student`` (e.g. token distillation
+        without a distillation token); ``train_kd.py`` asks as soon as the student is built."""
 
     @classmethod
     def default_loss_weights(cls, args: Any) -> Tuple[float, float]:
