@@ -36,6 +36,7 @@ from timm_kd.data.mixup import DistillMixup
 from timm_kd.data.transforms import STD_AUG_MODES
 from timm_kd.data.views import VIEWS, ImageSpec, create_view_transform, resolve_view
 from timm_kd.distill.diagnostics import TeacherProbStats
+from timm_kd.distill.resolution import ImageSize, resize_for_teacher
 from timm_kd.train.args import check_numbers
 from timm_kd.train.build import (
     DataConfig, create_data_splits, create_student_model, create_teacher_model, resolve_data_config)
@@ -52,16 +53,22 @@ _logger = logging.getLogger('da_score')
 # scoring
 
 
-def _teacher_on_data(teacher: torch.nn.Module, mean: Sequence[float], std: Sequence[float]):
-    """The teacher as a function of batches normalized with the data's mean / std: re-normalized when its own
-    ``pretrained_cfg`` (a published teacher) says it was trained with others, as ``DistillationTask`` does."""
+def _teacher_on_data(teacher: torch.nn.Module, mean: Sequence[float], std: Sequence[float],
+                     size: Optional[ImageSize] = None):
+    """The teacher as a function of batches at the data's size, normalized with the data's mean / std, as
+    ``DistillationTask`` feeds it: resized to its input ``size`` (``resolution.resize_for_teacher``) and
+    re-normalized when its own ``pretrained_cfg`` (a published teacher) says it was trained with others."""
     cfg = getattr(teacher, 'pretrained_cfg', None) or {}
-    if cfg.get('mean') is None or cfg.get('std') is None or (
-            tuple(cfg['mean']), tuple(cfg['std'])) == (tuple(mean), tuple(std)):
-        return teacher
-    view = (lambda v: torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1))
-    d_mean, d_std, t_mean, t_std = view(mean), view(std), view(cfg['mean']), view(cfg['std'])
-    return lambda x: teacher((x * d_std + d_mean - t_mean) / t_std)
+    renormalize = cfg.get('mean') is not None and cfg.get('std') is not None and (
+        tuple(cfg['mean']), tuple(cfg['std'])) != (tuple(mean), tuple(std))
+    if renormalize:
+        view = (lambda v: torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1))
+        d_mean, d_std, t_mean, t_std = view(mean), view(std), view(cfg['mean']), view(cfg['std'])
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        x = resize_for_teacher(x, size)
+        return teacher((x * d_std + d_mean - t_mean) / t_std if renormalize else x)
+    return forward
 
 
 def _teacher_rows(teacher, x: torch.Tensor, y: torch.Tensor, view_input: Optional[torch.Tensor], mixer,
@@ -134,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='views:\n' + '\n'.join(f'  {n:20s} {v.help}' for n, v in VIEWS.items()))
     p.add_argument('--teacher', required=True, metavar='MODEL', help='as train_kd.py --teacher')
     p.add_argument('--teacher-checkpoint', default=None, metavar='PATH', help='as train_kd.py')
+    p.add_argument('--teacher-input-size', type=int, nargs='+', default=None, metavar='N',
+                   help='as train_kd.py: the image size the teacher takes, N or H W (default: its pretrained config '
+                        'without --teacher-checkpoint, else the data\'s); views are made at the data\'s size and '
+                        'resized for the teacher')
     p.add_argument('--dataset', required=True, metavar='NAME', help='as train_kd.py (e.g. sklearn/digits)')
     p.add_argument('--data-dir', default=None, metavar='DIR')
     p.add_argument('--num-classes', type=int, default=None)
@@ -252,8 +263,12 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         raise UsageError(f'--output {out_dir} is not empty: pass another folder.')
     views = _check_views(args)
     data = _data(args)
-    teacher = create_teacher_model(args.teacher, data, checkpoint=args.teacher_checkpoint).eval()
-    teacher = _teacher_on_data(teacher, data.mean, data.std)
+    if args.teacher_input_size is not None and len(args.teacher_input_size) > 2:
+        raise UsageError(f'--teacher-input-size takes N or H W, got {args.teacher_input_size}.')
+    teacher = create_teacher_model(args.teacher, data, checkpoint=args.teacher_checkpoint,
+                                   input_size=args.teacher_input_size).eval()
+    t_input = teacher.kd_teacher_info['input_size']  # [C, H, W], train_kd's rule
+    teacher = _teacher_on_data(teacher, data.mean, data.std, tuple(t_input[1:]))
     student = create_student_model(args.student, data, initial_checkpoint=args.student_checkpoint) \
         if args.student else None
     batches = args.batches
@@ -318,7 +333,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     print('\n'.join(lines), flush=True)
 
     result = dict(teacher=args.teacher, teacher_checkpoint=args.teacher_checkpoint, dataset=args.dataset,
-                  img_size=data.size, std_aug=args.std_aug, batch_size=args.batch_size, chunk=args.chunk,
+                  img_size=data.size, teacher_input_size=t_input, std_aug=args.std_aug, batch_size=args.batch_size, chunk=args.chunk,
                   seeds=seeds, batches=args.batches, ranking=rows, per_seed=per_seed, seconds=round(total, 1),
                   cpu_seconds=round(time.process_time() - cpu0, 1), torch_threads=torch.get_num_threads(),
                   cpu_count=os.cpu_count(), load_average=list(os.getloadavg()),

@@ -334,6 +334,10 @@ def student_card(
                            or args.get('teacher_checkpoint'))
         t_acc = f', top-1 {_fmt(r["teacher_top1"])} % on the same evaluation images' if r['teacher_top1'] is not None else ''
         teacher_line = f'`{teacher}`{t_acc}' + (f' (weights: `{t_src}`)' if t_src else ' (weights not recorded)')
+        t_input = results.get('teacher_input_size')  # runs made before it was recorded have none
+        if t_input:
+            resized = list(t_input) != list((results.get('data_config') or {}).get('input_size') or [])
+            teacher_line += f', input {_input(t_input)}' + (" (the student's images resized for it)" if resized else '')
         method, settings = _method(results, args)
         how = 'with knowledge distillation' if method == 'kd' else \
             f'with the **{method.upper()}** distillation method (`--distill {method}`)'

@@ -18,16 +18,18 @@ import yaml
 from timm_kd.data.pick import PICK_CRITERIA
 from timm_kd.data.views import resolve_view, sample_view_names
 from timm_kd.distill.methods import METHODS
+from timm_kd.distill.resolution import MIN_IMAGE_SIZE, image_size
 from timm_kd.utils.errors import UsageError
 from timm_kd.utils.messages import first_line
 from .parser import (  # noqa: F401 - the parser's names, importable from here as they always were
-    LARGE_INPUT_AUG_FLAGS, METHOD_FLAG_DESTS, PEER_REPORT_DELAY, PICK_CHOICES, SCHEDULERS, STD_AUG_MODES, ParseKwargs,
-    build_parser, is_main_process_env, report_error)
+    LARGE_INPUT_AUG_FLAGS, METHOD_FLAG_DESTS, PEER_REPORT_DELAY, PICK_CHOICES, SCHEDULERS, STD_AUG_MODES,
+    TIMM_DISTILL_TYPES, ParseKwargs, build_parser, is_main_process_env, report_error)
 
 __all__ = [
     'UsageError', 'is_main_process_env', 'report_error', 'build_parser', 'parse_args', 'validate_args', 'kd_view_modes',
     'resolve_loss_weights', 'tl_aug_on', 'resume_flag_changes', 'check_numbers', 'RESUME_SCHEDULE_FLAGS',
     'RESUME_RUN_FLAGS', 'load_flag_file', 'STD_AUG_MODES', 'PICK_CHOICES', 'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS',
+    'TIMM_DISTILL_TYPES',
 ]
 
 # Flags that may differ from the run's own on --resume (docs/training.md). Schedule flags apply from the resumed
@@ -48,7 +50,9 @@ RESUME_RUN_FLAGS = (
 _RANGES: Dict[str, Tuple[Optional[float], Optional[float], bool, bool]] = {
     **{k: (1, None, False, False) for k in (
         'batch_size', 'validation_batch_size', 'epochs', 'train_num_samples', 'val_num_samples', 'log_interval',
-        'lr_base_size', 'lr_cycle_limit', 'pick_candidates', 'in_chans')},
+        'lr_base_size', 'lr_cycle_limit', 'pick_candidates', 'in_chans', 'kd_student_feature_dim',
+        'kd_teacher_feature_dim')},
+    'teacher_input_size': (MIN_IMAGE_SIZE, None, False, False),
     'num_classes': (2, None, False, False),
     'img_size': (8, None, False, False),  # the smallest recipe (sklearn/digits, 8x8)
     'input_size': (1, None, False, False),
@@ -186,7 +190,39 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     blank.set_defaults(**{a.dest: _Unset for a in blank._actions if a.dest != 'help'})
     given = {k for k, v in vars(blank.parse_args(argv)).items() if v is not _Unset}
     explicit = {k: getattr(args, k) for k in given | set(cfg)}
+    _fold_timm_names(args, explicit)
+    if args.teacher_input_size is not None:  # one spelling of a size: [H, W]
+        size = args.teacher_input_size
+        try:
+            if not isinstance(size, list) or len(size) > 2:
+                raise ValueError(f'--teacher-input-size takes N or H W, got {size!r}.')
+            args.teacher_input_size = list(image_size(size, '--teacher-input-size'))
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        if 'teacher_input_size' in explicit:
+            explicit['teacher_input_size'] = args.teacher_input_size
     return args, explicit
+
+
+def _fold_timm_names(args: argparse.Namespace, explicit: Dict[str, Any]) -> None:
+    """timm's --kd-model-name / --kd-distill-type and our --teacher / --distill are one setting each, spelt two
+    ways: the one given (command line or --config) sets both, so args.yaml and resume see one value; both given
+    and different is one sentence."""
+    to_timm = {v: k for k, v in TIMM_DISTILL_TYPES.items()}
+    for timm_dest, ours, what, ours_of, timm_of in (
+            ('kd_model_name', 'teacher', 'teachers', lambda v: v, lambda v: v),
+            ('kd_distill_type', 'distill', 'methods', TIMM_DISTILL_TYPES.get, to_timm.get)):
+        timm_value = explicit.get(timm_dest)
+        if timm_value is not None:
+            if explicit.get(ours) is not None and ours_of(timm_value) != explicit[ours]:
+                timm_flag, our_flag = (f'--{d.replace("_", "-")}' for d in (timm_dest, ours))
+                raise UsageError(f'{timm_flag} {timm_value} (timm\'s name for {our_flag} {ours_of(timm_value)}) and '
+                                 f'{our_flag} {explicit[ours]} name two different {what}: give one.')
+            setattr(args, ours, ours_of(timm_value))
+        value = getattr(args, ours)
+        setattr(args, timm_dest, None if value is None else timm_of(value))
+        if timm_dest in explicit or ours in explicit:
+            explicit.update({timm_dest: getattr(args, timm_dest), ours: value})
 
 
 class _Unset:
@@ -251,10 +287,13 @@ def resolve_loss_weights(args: argparse.Namespace) -> Tuple[float, float]:
     """(task CE weight gamma, logit-term weight alpha) from --kd-alpha / --distill-loss-weight /
     --task-loss-weight. Nothing given: the published weights of --distill (KD: the paper's 0.1 / 0.9).
 
-    Where the method's published weights sum to 1 (KD: loss = (1 − α) CE + α KL) a single weight sets
-    the other as 1 − it; otherwise the other keeps the method's published value."""
-    gamma0, alpha0 = METHODS[args.distill].default_loss_weights(args)
-    complementary = math.isclose(gamma0 + alpha0, 1.0)
+    Where the method's published weights sum to 1 (KD: loss = (1 − α) CE + α KL), or the method follows timm's
+    rule (``complementary_weights``: timm's feature and token distillation), a single weight sets the other as
+    1 − it; otherwise the other keeps the method's published value."""
+    cls = METHODS[args.distill]
+    gamma0, alpha0 = cls.default_loss_weights(args)
+    complementary = cls.complementary_weights if cls.complementary_weights is not None else \
+        math.isclose(gamma0 + alpha0, 1.0)
     if args.kd_alpha is not None:
         alpha = args.kd_alpha
         gamma = args.task_loss_weight if args.task_loss_weight is not None else (
@@ -392,6 +431,7 @@ def validate_args(args: argparse.Namespace, explicit: Optional[Dict[str, Any]] =
         ('--mixed-kd-weight', args.mixed_kd_weight != 1.0),
         (f'--distill {args.distill}', args.distill != 'kd'),
         ('--view-loss method', args.view_loss != 'kl'),
+        ('--teacher-input-size', args.teacher_input_size is not None),
         ('--logit-std', args.logit_std)) if on]
     if not args.teacher and kd_only:
         raise UsageError(f'{kd_only[0]} needs a teacher: add --teacher MODEL (and --teacher-checkpoint PATH).')

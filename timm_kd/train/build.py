@@ -23,13 +23,15 @@ from timm_kd.data.transforms import SMALL_INPUT_LIMIT, create_kd_transform
 from timm_kd.data.views import ImageSpec, PairedTransform, create_view_transform
 from timm_kd.distill import teacher as teacher_lib
 from timm_kd.distill.methods import METHODS
+from timm_kd.distill.resolution import ImageSize, image_size, pretrained_input_size
 from timm_kd.utils.errors import UsageError
 from timm_kd.utils.messages import first_line
 from .args import LARGE_INPUT_AUG_FLAGS, build_parser, kd_view_modes, resolve_loss_weights, tl_aug_on
 
 __all__ = ['DataConfig', 'resolve_data_config', 'create_student_model', 'check_teacher_source', 'create_teacher_model',
-           'create_data_splits', 'data_config', 'create_student', 'build_teacher', 'create_datasets', 'subset_indices',
-           'create_mixer', 'DistillSetup', 'distill_setup', 'create_task', 'resolve_lr', 'load_weights']
+           'teacher_input_size', 'create_data_splits', 'data_config', 'create_student', 'build_teacher',
+           'create_datasets', 'subset_indices', 'create_mixer', 'DistillSetup', 'distill_setup', 'create_task',
+           'resolve_lr', 'load_weights']
 
 _logger = logging.getLogger('train_kd')
 _TORCH_NAMES = ('cifar10', 'cifar100', 'mnist', 'fashionmnist', 'kmnist', 'qmnist', 'svhn', 'stl10')
@@ -177,17 +179,17 @@ def _set_norm_cfg(model: torch.nn.Module, dc: DataConfig, input_size: bool = Tru
         model.default_cfg = cfg
 
 
-def _check_forward(model: torch.nn.Module, dc: DataConfig, what: str) -> None:
-    """One tiny eval-mode forward: catches input-size and class-count mismatches before any data is read."""
+def _check_forward(model: torch.nn.Module, dc: DataConfig, what: str, size: Optional[ImageSize] = None) -> None:
+    """One tiny eval-mode forward at ``size`` (default: the data's): catches input-size and class-count mismatches
+    before any data is read."""
+    height, width = size or (dc.size, dc.size)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, dc.in_chans, dc.size, dc.size,
-                                    device=next(model.parameters()).device))
+            out = model(torch.zeros(2, dc.in_chans, height, width, device=next(model.parameters()).device))
     except Exception as e:  # noqa: BLE001 - any failure here is an incompatible model / input pair
-        raise UsageError(f'The {what} cannot take {dc.in_chans}x{dc.size}x{dc.size} inputs: '
-                         f'{first_line(e)}.') from e
+        raise UsageError(f'The {what} cannot take {dc.in_chans}x{height}x{width} inputs: {first_line(e)}.') from e
     finally:
         model.train(was_training)
     if out.ndim != 2 or out.shape[-1] != dc.num_classes:
@@ -235,11 +237,18 @@ def create_student_model(
 
 
 def create_student(args: argparse.Namespace, dc: DataConfig) -> torch.nn.Module:
-    """``create_student_model`` of train_kd's flags."""
-    return create_student_model(
+    """``create_student_model`` of train_kd's flags; with a teacher, --distill must be able to train it (token
+    distillation needs a distillation token), which is asked before the teacher is built."""
+    model = create_student_model(
         args.model, dc, pretrained=args.pretrained, initial_checkpoint=args.initial_checkpoint or None,
         drop_rate=args.drop, drop_path_rate=args.drop_path, global_pool=args.gp, model_kwargs=args.model_kwargs,
         grad_checkpointing=args.grad_checkpointing)
+    if args.teacher:
+        try:
+            METHODS[args.distill].check_student(model)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+    return model
 
 
 def check_teacher_source(name: str, *, checkpoint: Optional[str] = None) -> None:
@@ -251,9 +260,11 @@ def check_teacher_source(name: str, *, checkpoint: Optional[str] = None) -> None
         raise UsageError(str(e).rstrip('.') + '.') from e
 
 
-def create_teacher_model(name: str, data: DataConfig, *, checkpoint: Optional[str] = None) -> torch.nn.Module:
+def create_teacher_model(name: str, data: DataConfig, *, checkpoint: Optional[str] = None,
+                         input_size: Optional[Sequence[int]] = None) -> torch.nn.Module:
     """``timm_kd.distill.teacher.create_teacher`` for ``data``: its load errors become usage errors, and a teacher
-    for other classes or other inputs is refused."""
+    for other classes or other inputs is refused. The size it takes (:func:`teacher_input_size`, ``input_size`` if
+    given) is checked with one forward and recorded as ``teacher.kd_teacher_info['input_size']`` ([C, H, W])."""
     try:
         teacher = teacher_lib.create_teacher(name, checkpoint=checkpoint, num_classes=data.num_classes)
     except teacher_lib.TeacherLoadError as e:
@@ -267,13 +278,31 @@ def create_teacher_model(name: str, data: DataConfig, *, checkpoint: Optional[st
         # ones it was trained with; KD teachers are trained on the student's dataset with its normalisation.
         # Published teachers (hf-hub:, local-dir:) keep their config, and the task re-normalises for them.
         _set_norm_cfg(teacher, data, input_size=False)
-    _check_forward(teacher, data, f'teacher {name!r}')
+    size = teacher_input_size(teacher, data, given=input_size, checkpoint=checkpoint)
+    _check_forward(teacher, data, f'teacher {name!r}' + (' at --teacher-input-size' if input_size else ''), size)
+    teacher.kd_teacher_info = dict(getattr(teacher, 'kd_teacher_info', None) or {},
+                                   input_size=[data.in_chans, *size])
     return teacher
 
 
+def teacher_input_size(teacher: torch.nn.Module, data: DataConfig, *, given: Optional[Sequence[int]] = None,
+                       checkpoint: Optional[str] = None) -> ImageSize:
+    """(H, W) the teacher takes: ``given`` (--teacher-input-size); else the size in its pretrained config when its
+    weights come with that config (hf-hub:, local-dir:, a registered name's own weights); else, for weights from a
+    ``checkpoint`` (whose config is the architecture's default, not the checkpoint's), the data's."""
+    if given:
+        return image_size(list(given), '--teacher-input-size')
+    own = None if checkpoint else pretrained_input_size(teacher)
+    return own or (data.size, data.size)
+
+
 def build_teacher(args: argparse.Namespace, dc: DataConfig) -> torch.nn.Module:
-    """``create_teacher_model`` of --teacher / --teacher-checkpoint."""
-    return create_teacher_model(args.teacher, dc, checkpoint=args.teacher_checkpoint)
+    """``create_teacher_model`` of --teacher / --teacher-checkpoint / --teacher-input-size; sets
+    ``args.teacher_input_size`` to the [H, W] the teacher takes (args.yaml records it)."""
+    teacher = create_teacher_model(args.teacher, dc, checkpoint=args.teacher_checkpoint,
+                                   input_size=args.teacher_input_size)
+    args.teacher_input_size = teacher.kd_teacher_info['input_size'][1:]
+    return teacher
 
 
 def _dataset_classes(ds) -> Tuple[Optional[int], bool]:
@@ -444,6 +473,7 @@ class DistillSetup:
     task_loss_weight: float
     distill_loss_weight: float
     mixed_kd_weight: float
+    teacher_input_size: Optional[ImageSize] = None  # None: the teacher takes the student's input as it is
 
 
 def distill_setup(args: argparse.Namespace) -> Optional[DistillSetup]:
@@ -452,9 +482,10 @@ def distill_setup(args: argparse.Namespace) -> Optional[DistillSetup]:
     if not args.teacher:
         return None
     gamma, alpha = resolve_loss_weights(args)
+    size = tuple(args.teacher_input_size) if args.teacher_input_size else None  # resolved by build_teacher
     return DistillSetup(method=args.distill, method_kwargs=METHODS[args.distill].kwargs_from_args(args),
                         view_loss=args.view_loss, temperature=args.kd_temperature, task_loss_weight=gamma,
-                        distill_loss_weight=alpha, mixed_kd_weight=args.mixed_kd_weight)
+                        distill_loss_weight=alpha, mixed_kd_weight=args.mixed_kd_weight, teacher_input_size=size)
 
 
 def create_task(args: argparse.Namespace, dc: DataConfig, student, teacher, device, train_ds=None,
@@ -479,7 +510,7 @@ def create_task(args: argparse.Namespace, dc: DataConfig, student, teacher, devi
             method_kwargs=_method_kwargs(distill, args.dataset, train_ds), view_loss=distill.view_loss,
             temperature=distill.temperature, task_loss_weight=distill.task_loss_weight,
             distill_loss_weight=distill.distill_loss_weight, mixed_kd_weight=distill.mixed_kd_weight,
-            criterion_kwargs=criterion_kwargs, device=device)
+            criterion_kwargs=criterion_kwargs, teacher_input_size=distill.teacher_input_size, device=device)
     except ValueError as e:
         raise UsageError(str(e)) from e
     return task, mixup_fn

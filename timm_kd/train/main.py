@@ -174,9 +174,11 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
                  f'{dc.num_classes} classes, input {dc.in_chans}x{dc.size}x{dc.size}, '
                  f'train {len(train_ds)} / eval {len(eval_ds)} images ({args.dataset or args.data_dir}).')
     if teacher is not None:
+        height, width = args.teacher_input_size
+        resized = f'resized to {height}x{width}' if (height, width) != (dc.size, dc.size) else 'not resized'
         _logger.info(f'Teacher {args.teacher} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.3f}M params, '
-                     f'weights {teacher_lineage(teacher)["teacher_source"]}), '
-                     f'input re-normalized: {bool(getattr(task, "_renormalize", False))}; {task.extra_repr()}.')
+                     f'weights {teacher_lineage(teacher)["teacher_source"]}), input {resized}, '
+                     f're-normalized: {bool(getattr(task, "_renormalize", False))}; {task.extra_repr()}.')
     _logger.info(f'Schedule: {args.sched}, {num_epochs} epochs x {updates_per_epoch} steps, lr {args.lr:g}, '
                  f'milestones {schedule_lengths(args).decay_milestones if "multistep" in args.sched else "-"}, '
                  f'opt {args.opt}, weight decay {args.weight_decay:g} '

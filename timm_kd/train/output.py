@@ -133,12 +133,13 @@ def write_summary_row(path: str, row: Dict[str, Any]) -> None:
 
 
 def teacher_lineage(teacher: Any) -> Dict[str, Any]:
-    """Where the teacher's weights came from, for results.json (``timm_kd.hub.publish_student`` puts it on the card):
-    ``teacher_source`` (Hub repo, URL or checkpoint file name), ``teacher_checkpoint`` (file name or Hub
-    reference) and the accuracy the checkpoint itself reports, if any."""
+    """Where the teacher's weights came from and what it was fed, for results.json (``timm_kd.hub.publish_student``
+    puts it on the card): ``teacher_source`` (Hub repo, URL or checkpoint file name), ``teacher_checkpoint`` (file
+    name or Hub reference), the accuracy the checkpoint itself reports, if any, and ``teacher_input_size`` ([C, H, W]
+    of the images the teacher took, ``build.create_teacher_model``)."""
     info = getattr(teacher, 'kd_teacher_info', None) or {}
     return dict(teacher_source=public_ref(info.get('source')), teacher_checkpoint=public_ref(info.get('checkpoint')),
-                teacher_checkpoint_accuracy=info.get('accuracy'))
+                teacher_checkpoint_accuracy=info.get('accuracy'), teacher_input_size=info.get('input_size'))
 
 
 RESULTS_VERSION = 1  # layout of results.json; timm_kd.report reads the versions it knows (a file without one is 1)

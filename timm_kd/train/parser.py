@@ -18,12 +18,15 @@ from timm_kd.distill.methods import METHODS
 from timm_kd.distill.task import VIEW_LOSSES
 
 __all__ = ['build_parser', 'is_main_process_env', 'report_error', 'ParseKwargs', 'METHOD_FLAG_DESTS',
-           'STD_AUG_MODES', 'PICK_CHOICES', 'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS', 'PEER_REPORT_DELAY']
+           'STD_AUG_MODES', 'PICK_CHOICES', 'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS', 'PEER_REPORT_DELAY',
+           'TIMM_DISTILL_TYPES']
 
 STD_AUG_MODES = ('none', 'flip', 'crop', 'crop_flip')
 PICK_CHOICES = ('none',) + tuple(PICK_CRITERIA)
 SCHEDULERS = ('cosine', 'tanh', 'step', 'multistep', 'multistep_torch', 'poly', 'wsd', 'rsqrt', 'constant',
               'plateau', 'none')
+# timm train.py's --kd-distill-type -> our --distill (the same method, its timm spelling)
+TIMM_DISTILL_TYPES = {'logit': 'kd', 'feature': 'feature', 'token': 'token'}
 # timm's ImageNet train-transform flags: only meaningful for inputs >= 128 px (timm create_transform).
 LARGE_INPUT_AUG_FLAGS = ('scale', 'ratio', 'hflip', 'vflip', 'color_jitter', 'aa', 'reprob', 'remode', 'recount',
                          'train_interpolation')
@@ -204,8 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add(g, '--teacher', default=None, metavar='MODEL',
          help='teacher: registered name (with --teacher-checkpoint or its Hub weights), hf-hub:org/repo, '
               'local-dir:PATH. Without it the student trains with cross-entropy only')
+    _add(g, '--kd-model-name', default=None, metavar='MODEL', help="timm's name for --teacher (timm train.py)")
     _add(g, '--teacher-checkpoint', default=None, metavar='PATH',
          help='teacher weights (timm, RepDistiller, mdistiller or Good-DA format; or hf-hub:org/repo/file)')
+    _add(g, '--teacher-input-size', type=int, nargs='+', default=None, metavar='N',
+         help='image size the teacher takes, N or H W: x and its views are resized to it on the device for the '
+              'teacher only (bilinear, antialiased). Default: the size in the teacher\'s pretrained config when its '
+              'weights come with it (hf-hub:, local-dir:, a registered name\'s own weights); with '
+              '--teacher-checkpoint the student\'s')
     _add(g, '--tl-mixup', type=float, nargs='?', const=1.0, default=0.0, metavar='ALPHA',
          help='TLmixup: add a teacher-labelled mixup view, lambda ~ Beta(ALPHA, ALPHA) (default ALPHA 1)')
     _add(g, '--tl-cutmix', type=float, nargs='?', const=1.0, default=0.0, metavar='ALPHA',
@@ -230,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
               f'{", ".join(n for n in sample_view_names() if n not in ("rand", "augmix"))} or a timm --aa '
               'policy string (rand-m9-mstd0.5, augmix-m3-w3, ...). With --tl-mixup/--tl-cutmix/--cutout the '
               'mixing is applied to this view')
-    _add(g, '--kd-temperature', type=float, default=4.0, metavar='T', help='KD softmax temperature (default 4)')
+    _add(g, '--kd-temperature', type=float, default=4.0, metavar='T',
+         help='KD softmax temperature (default 4, as timm)')
     _add(g, '--kd-alpha', type=float, default=None, metavar='A',
          help='paper alpha: loss = (1-A) CE + A KL (default 0.9); --task-loss-weight overrides the CE weight')
     _add(g, '--distill-loss-weight', type=float, default=None, metavar='W',
@@ -281,6 +291,11 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     _add(g, '--distill', default='kd', choices=sorted(METHODS), metavar='METHOD',
          help=f'distillation method, one of {sorted(METHODS)} (default kd); its published CE / logit-term '
               f'weights apply unless --kd-alpha / --task-loss-weight / --distill-loss-weight are given')
+    _add(g, '--kd-distill-type', default=None, choices=tuple(TIMM_DISTILL_TYPES),
+         help="timm's name for --distill (timm train.py): " + ', '.join(
+             f'{k} = --distill {v}' for k, v in TIMM_DISTILL_TYPES.items()) + ' (default: from --distill)')
+    _add(g, '--kd-loss-type', default='kl', choices=('kl',),
+         help="timm's loss of --kd-distill-type logit: kl, the only one timm has (default kl)")
     _add(g, '--view-loss', default='kl', choices=VIEW_LOSSES,
          help="loss on the teacher-labelled views: kl (default, the authors' rule for every method) or method "
               "(the logit method's own loss, e.g. DKD on the views)")
