@@ -71,6 +71,22 @@ def _tree_state(root):
     return out
 
 
+def test_runs_from_before_the_timm_flags_group_with_runs_after(tmp_path):
+    """A KD run whose args.yaml predates --kd-model-name / --kd-distill-type / --teacher-input-size / the token and
+    feature flags groups with the same run made after them; another teacher input size is another group."""
+    new = dict(kd_model_name='resnet14', kd_distill_type='logit', kd_loss_type='kl', kd_token_distill_type='soft',
+               kd_student_feature_dim=None, kd_teacher_feature_dim=None)
+    old = fake_run(tmp_path, 'old', 71.0, 70.0, seed=0)
+    results = json.loads((old / 'results.json').read_text())
+    (old / 'results.json').write_text(json.dumps(dict(results, data_config=dict(input_size=[3, 8, 8]))))
+    fake_run(tmp_path, 'new', 72.0, 71.0, seed=1, teacher_input_size=[8, 8], **new)
+    fake_run(tmp_path, 'resized', 73.0, 72.0, seed=0, teacher_input_size=[32, 32], **new)
+    runs, _ = report.load_runs([str(tmp_path)])
+    groups = report.group_runs(runs)
+    assert sorted(sorted(r.name for r in g.runs) for g in groups) == [['new', 'old'], ['resized']]
+    assert report.varying_keys(groups) == ['teacher_input_size']
+
+
 def test_known_numbers_give_the_known_table(runs, capsys):
     root, kd, cm = runs
     assert report.main([str(root), '--baseline', 'tl_cutmix=none,pick=none', '--format', 'csv']) == 0

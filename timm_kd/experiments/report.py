@@ -41,12 +41,15 @@ __all__ = ['RunRecord', 'Group', 'SkippedRun', 'find_run_dirs', 'load_run', 'loa
            'PREDATING_FLAG_VALUES']
 
 # flags that do not change what is trained: train_kd's run flags (where and how a run is carried out and
-# recorded; a resume may change them) and the seed, over which the table averages
-IGNORED_SETTINGS = frozenset(RESUME_RUN_FLAGS) | {'seed'}
+# recorded; a resume may change them), the seed, over which the table averages, and timm's spellings of
+# --teacher / --distill (--kd-model-name, --kd-distill-type: the same settings again)
+IGNORED_SETTINGS = frozenset(RESUME_RUN_FLAGS) | {'seed', 'kd_model_name', 'kd_distill_type'}
 RESULTS_VERSIONS = (1,)  # results.json layouts this report reads (a file without 'version' is version 1)
 # flags train_kd gained after runs had been made: a run whose args.yaml predates the flag was trained as its
-# value here says (before --distill, every run was a KD run), so it groups and pairs with published numbers as such
-PREDATING_FLAG_VALUES = {'distill': 'kd'}
+# value here says (before --distill, every run was a KD run), so it groups and pairs with published numbers as such.
+# --teacher-input-size is derived per run (_predating_teacher_size): before it, a teacher saw the student's images.
+PREDATING_FLAG_VALUES = {'distill': 'kd', 'kd_loss_type': 'kl', 'kd_token_distill_type': 'soft',
+                         'kd_student_feature_dim': None, 'kd_teacher_feature_dim': None}
 REQUIRED_RESULTS = ('best_top1', 'last_top1', 'best_epoch', 'last_epoch')
 METRICS = ('best_top1', 'last_top1')
 OFF_VALUES = (None, False, 0, '', 'none')
@@ -184,7 +187,16 @@ def load_run(path: str) -> RunRecord:
     settings = {**args, **labels}
     for flag, value in PREDATING_FLAG_VALUES.items():
         settings.setdefault(flag, value)
+    if 'teacher_input_size' not in settings:
+        settings['teacher_input_size'] = _predating_teacher_size(settings, results)
     return RunRecord(path, settings, list(labels), results, rows)
+
+
+def _predating_teacher_size(settings: Dict[str, Any], results: Dict[str, Any]) -> Optional[List[int]]:
+    """The [H, W] the teacher of a run from before --teacher-input-size took: the student's input, which it saw
+    as it was (None without a teacher, or when the run records no input size)."""
+    size = (results.get('data_config') or results.get('recipe') or {}).get('input_size')
+    return list(size[-2:]) if settings.get('teacher') and size else None
 
 
 def load_runs(paths: Sequence[str]) -> Tuple[List[RunRecord], List[Tuple[str, str]]]:
