@@ -64,23 +64,23 @@ def _run(task, params, batches, keys):
 def test_each_type_trains_as_timms_own_task(kind):
     """The same three SGD steps through timm's task and ours: the same losses at every step, the same weights."""
     classes, weights = 5, dict(task_loss_weight=0.3, distill_loss_weight=2.0)
-    teacher = timm.create_model('vit_tiny_patch16_224', num_classes=classes, img_size=16, patch_size=8, depth=1,
-                                embed_dim=24, num_heads=2).eval()  # pre-logits 24 wide, ImageNet-style mean/std
+    vit = timm.create_model('vit_tiny_patch16_224', num_classes=classes, img_size=16, patch_size=8, depth=1,
+                            embed_dim=24, num_heads=2).eval()  # pre-logits 24 wide, ImageNet-style mean/std
     student = _deit(classes) if kind.startswith('token') else timm.create_model('resnet8', num_classes=classes)
     theirs, ours = copy.deepcopy(student), student
     ce = nn.CrossEntropyLoss()
     if kind == 'logit':
-        timm_task = LogitDistillationTask(theirs, teacher, criterion=ce, temperature=3.0, verbose=False, **weights)
-        task = DistillationTask(ours, teacher, method='kd', temperature=3.0, criterion=ce, **weights)
+        timm_task = LogitDistillationTask(theirs, vit, criterion=ce, temperature=3.0, verbose=False, **weights)
+        task = DistillationTask(ours, vit, method='kd', temperature=3.0, criterion=ce, **weights)
     elif kind == 'feature':  # resnet8's 64-wide pre-logits onto the teacher's 24: a learned projection
-        timm_task = FeatureDistillationTask(theirs, teacher, criterion=ce, verbose=False, **weights)
-        task = DistillationTask(ours, teacher, method='feature', criterion=ce, **weights)
+        timm_task = FeatureDistillationTask(theirs, vit, criterion=ce, verbose=False, **weights)
+        task = DistillationTask(ours, vit, method='feature', criterion=ce, **weights)
         task.distiller.projection.load_state_dict(timm_task.trainable_module.projection.state_dict())
     else:
         distill_type = kind.split('-')[1]
-        timm_task = TokenDistillationTask(theirs, teacher, criterion=ce, distill_type=distill_type, temperature=3.0,
+        timm_task = TokenDistillationTask(theirs, vit, criterion=ce, distill_type=distill_type, temperature=3.0,
                                           verbose=False, **weights)
-        task = DistillationTask(ours, teacher, method='token', method_kwargs=dict(distill_type=distill_type),
+        task = DistillationTask(ours, vit, method='token', method_kwargs=dict(distill_type=distill_type),
                                 temperature=3.0, criterion=ce, **weights)
     assert timm_task.teacher.normalize_input(torch.ones(1, 3, 1, 1), timm_task.student_mean, timm_task.student_std
                                              ).ne(1).all() and task._renormalize  # both re-normalize for the teacher
@@ -171,7 +171,8 @@ SPELLINGS = {
     'token': (['--kd-distill-type', 'token', '--kd-token-distill-type', 'hard', '--task-loss-weight', '0.5'],
               ['--distill', 'token', '--kd-token-distill-type', 'hard', '--kd-alpha', '0.5']),
 }
-VIEWS = {'logit': ['--tl-cutmix', '--pick', 'kld'], 'feature': ['--tl-cutmix'], 'token': ['--tl-cutmix', '--pick', 'kld']}
+VIEWS = {'logit': ['--tl-cutmix', '--pick', 'kld'], 'feature': ['--tl-cutmix'],
+         'token': ['--tl-cutmix', '--pick', 'kld']}
 
 
 @pytest.mark.parametrize('kind', list(SPELLINGS))
@@ -180,8 +181,8 @@ def test_timms_flags_and_ours_make_the_same_run(kind, tmp_path, teacher_ckpt):
         if kind == 'token' else ['--model', 'resnet8']
     timm_flags, our_flags = SPELLINGS[kind]
     runs = {}
-    for name, teacher, flags in (('timm', '--kd-model-name', timm_flags), ('ours', '--teacher', our_flags)):
-        res = main(RUN + student + [teacher, 'resnet8', '--teacher-checkpoint', teacher_ckpt, *flags, *VIEWS[kind],
+    for name, teacher_flag, flags in (('timm', '--kd-model-name', timm_flags), ('ours', '--teacher', our_flags)):
+        res = main(RUN + student + [teacher_flag, 'resnet8', '--teacher-checkpoint', teacher_ckpt, *flags, *VIEWS[kind],
                                     '--output', str(tmp_path), '--experiment', name])
         assert res['finished']
         runs[name] = (res, _rows(res['run_dir']), Path(res['run_dir']))
@@ -193,7 +194,8 @@ def test_timms_flags_and_ours_make_the_same_run(kind, tmp_path, teacher_ckpt):
         assert res['distill']['method'] == method and res['teacher'] == 'resnet8'
         args = (run_dir / 'args.yaml').read_text()  # one setting, both spellings recorded
         assert f'kd_distill_type: {kind}' in args and f'distill: {method}' in args and 'kd_model_name: resnet8' in args
-    widths = {k: res_t['distill'].pop(k) for k in ('student_feature_dim', 'teacher_feature_dim') if k in res_o['distill']}
+    widths = {k: res_t['distill'].pop(k) for k in ('student_feature_dim', 'teacher_feature_dim')
+              if k in res_o['distill']}
     assert all(res_o['distill'].pop(k) is None and v == 64 for k, v in widths.items())  # given in timm's spelling only
     for k, v in res_t['distill'].items():  # --kd-alpha 0.9 leaves the CE 1 - 0.9, not quite 0.1
         assert v == (pytest.approx(res_o['distill'][k]) if isinstance(v, float) else res_o['distill'][k]), k

@@ -333,7 +333,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     print('\n'.join(lines), flush=True)
 
     result = dict(teacher=args.teacher, teacher_checkpoint=args.teacher_checkpoint, dataset=args.dataset,
-                  img_size=data.size, teacher_input_size=t_input, std_aug=args.std_aug, batch_size=args.batch_size, chunk=args.chunk,
+                  img_size=data.size, teacher_input_size=t_input, std_aug=args.std_aug, batch_size=args.batch_size,
+                  chunk=args.chunk,
                   seeds=seeds, batches=args.batches, ranking=rows, per_seed=per_seed, seconds=round(total, 1),
                   cpu_seconds=round(time.process_time() - cpu0, 1), torch_threads=torch.get_num_threads(),
                   cpu_count=os.cpu_count(), load_average=list(os.getloadavg()),
