@@ -79,6 +79,8 @@ def test_the_resize_is_bilinear_antialiased_and_only_when_needed():
     for size in ((48, 48), (8, 12)):
         ref = F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=True)
         assert torch.equal(resize_for_teacher(x, size), ref)
+    half = x.bfloat16()  # resized in float32 (no bfloat16 kernel on the CPU), returned in its own dtype
+    assert torch.equal(resize_for_teacher(half, (8, 12)), resize_for_teacher(half.float(), (8, 12)).bfloat16())
     # weights sum to one: a constant image stays constant, so resizing commutes with the re-normalisation
     flat = torch.full((1, 3, 16, 16), 0.7)
     torch.testing.assert_close(resize_for_teacher(flat, (40, 40)), torch.full((1, 3, 40, 40), 0.7))

@@ -52,7 +52,10 @@ def pretrained_input_size(model: nn.Module) -> Optional[ImageSize]:
 
 def resize_for_teacher(x: torch.Tensor, size: Optional[ImageSize]) -> torch.Tensor:
     """``x`` (N, C, H, W) at ``size`` by the one interpolation (module docstring); as it is when ``size`` is None
-    or already its size."""
+    or already its size. Half-precision input is resized in float32 (the CPU's antialiased kernel has no bfloat16)
+    and returned in its own dtype."""
     if size is None or tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode=TEACHER_INTERPOLATION, align_corners=False, antialias=True)
+    x32 = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    out = F.interpolate(x32, size=tuple(size), mode=TEACHER_INTERPOLATION, align_corners=False, antialias=True)
+    return out.to(x.dtype)
