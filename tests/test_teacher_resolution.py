@@ -206,7 +206,7 @@ def test_a_size_the_teacher_cannot_take_is_one_sentence_before_training(tmp_path
 def test_da_score_resizes_for_the_teacher(tmp_path, vit48, monkeypatch):
     watched = _watch_teachers(monkeypatch)
     res = da_score.main(['--teacher', vit48, '--dataset', 'synthetic/10x32', '--train-num-samples', '32', '-b', '8',
-                         '--views', 'none,cutmix', '--seeds', '0', '--batches', '2', '--no-plot',
+                         '--views', 'none,cutmix', '--seeds', '0', '--batches', '2', '--chunk', '1', '--no-plot',
                          '--output', str(tmp_path / 'score')])
     shapes = watched[0].shapes
     assert all(s[1:] == (3, 48, 48) for s in shapes) and (16, 3, 48, 48) in shapes, shapes
