@@ -212,3 +212,24 @@ def test_da_score_resizes_for_the_teacher(tmp_path, vit48, monkeypatch):
     assert all(s[1:] == (3, 48, 48) for s in shapes) and (16, 3, 48, 48) in shapes, shapes
     assert res['teacher_input_size'] == [3, 48, 48]
     assert json.loads((tmp_path / 'score' / 'scores.json').read_text())['teacher_input_size'] == [3, 48, 48]
+
+
+def test_a_teachers_own_normalisation_is_kept_unless_its_weights_come_from_a_checkpoint(monkeypatch, teacher_ckpt):
+    """A registered name's own pretrained weights (Hub, local store) come with the mean / std they were trained with,
+    and the task re-normalises for them; a checkpoint's weights take the data's (the architecture default is not
+    the checkpoint's)."""
+    args, explicit = parse_args(['--model', 'resnet8', '--dataset', 'synthetic/10x16'])
+    dc = build.data_config(args, explicit)
+
+    def pretrained_teacher(name, checkpoint=None, num_classes=None):
+        model = timm.create_model('resnet8', num_classes=num_classes).eval()
+        model.pretrained_cfg = dict(model.pretrained_cfg, mean=(0.4, 0.4, 0.4), std=(0.2, 0.2, 0.2))
+        return model
+
+    monkeypatch.setattr(build.teacher_lib, 'create_teacher', pretrained_teacher)
+    own = build.create_teacher_model('resnet8', dc)
+    assert own.pretrained_cfg['mean'] == (0.4, 0.4, 0.4) != tuple(dc.mean)
+    task = DistillationTask(build.create_student(args, dc), own)
+    assert task._renormalize
+    from_checkpoint = build.create_teacher_model('resnet8', dc, checkpoint=teacher_ckpt)
+    assert tuple(from_checkpoint.pretrained_cfg['mean']) == tuple(dc.mean)

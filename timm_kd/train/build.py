@@ -273,10 +273,11 @@ def create_teacher_model(name: str, data: DataConfig, *, checkpoint: Optional[st
     if isinstance(t_classes, int) and t_classes != data.num_classes:
         raise UsageError(f'Teacher {name!r} predicts {t_classes} classes but the dataset and the student have '
                          f'{data.num_classes}: use a teacher trained on the same classes.')
-    if not name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')):
-        # A registered architecture (+ checkpoint) carries its family's default mean/std, not necessarily the
-        # ones it was trained with; KD teachers are trained on the student's dataset with its normalisation.
-        # Published teachers (hf-hub:, local-dir:) keep their config, and the task re-normalises for them.
+    if checkpoint is not None:
+        # Weights from a checkpoint come with the architecture's default mean/std, not necessarily the ones they
+        # were trained with; KD teachers are trained on the student's dataset with its normalisation. Weights that
+        # come with their own config (hf-hub:, local-dir:, a registered name's pretrained weights or the local
+        # teacher store) keep it, and the task re-normalises for them (an ImageNet or ViT teacher of a CIFAR student).
         _set_norm_cfg(teacher, data, input_size=False)
     size = teacher_input_size(teacher, data, given=input_size, checkpoint=checkpoint)
     _check_forward(teacher, data, f'teacher {name!r}' + (' at --teacher-input-size' if input_size else ''), size)
