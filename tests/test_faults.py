@@ -28,9 +28,9 @@ import yaml
 
 from test_convert import _Evil
 from test_train_kd import BASE, SCRIPT, _env, _rows, _state
-from timm_kd.train.checkpoint import TEMP_PREFIX
 from timm_kd.train.main import main
 from timm_kd.train.state import TrainState, content_sha256
+from timm_kd.utils.files import TEMP_PREFIX
 
 COVERS = ('--resume', '--checkpoint-every', '--checkpoint-hist', '--train-num-samples', '--val-num-samples',
           '--output', '--experiment', '--class-map', '--torchcompile', '--kd-alpha', '--mixed-kd-weight',
@@ -264,11 +264,11 @@ def test_full_disk_mid_run_is_one_sentence_and_keeps_the_files(tmp_path, capsys,
     out = tmp_path / 'full'
     with _mounted_tmpfs(out, 'size=64k') as mounted:
         if not mounted:  # not root: the same OSError, raised by the writer's torch.save (an in-process stand-in)
-            import timm_kd.train.checkpoint as ck
+            import timm_kd.utils.files as files
 
             def no_space(obj, f):
                 raise OSError(28, 'No space left on device')
-            monkeypatch.setattr(ck.torch, 'save', no_space)
+            monkeypatch.setattr(files.torch, 'save', no_space)
         (out / 'keep.txt').write_text('user file')
         err = _fail(RUN + ['--output', str(out), '--experiment', 'e'], capsys)
         assert 'No space left on device (ENOSPC)' in err and 'recovery.pth.tar' in err

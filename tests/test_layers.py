@@ -79,3 +79,12 @@ def test_python_m_old_names_run_the_moved_commands():
     assert res.returncode == 0, res.stderr
     for prog in ('sweep', 'report', 'da_score', 'features'):
         assert f'usage: python -m timm_kd.{prog}' in res.stdout
+
+
+def test_names_of_split_modules_stay_importable_from_their_old_homes():
+    from timm_kd.train import args, checkpoint, parser, state
+    from timm_kd.utils import files
+    assert checkpoint.atomic_write_text is files.atomic_write_text and checkpoint.TEMP_PREFIX == files.TEMP_PREFIX
+    assert checkpoint.capture_rng_state is state.capture_rng_state and state.Training is state.LiveRun
+    assert args.build_parser is parser.build_parser and args.report_error is parser.report_error
+    assert args.PICK_CHOICES == parser.PICK_CHOICES == ('none', 'kld', 't_ent', 's_ent', 'random')

@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     head, table, tail = _doc_parts()
     new = render_table(accepted_options(), claims())
     if args.write:
-        from timm_kd.train.checkpoint import atomic_write_text
+        from timm_kd.utils.files import atomic_write_text
         atomic_write_text(str(DOC), head + new + tail)
         print(f'wrote {DOC}')
         return 0

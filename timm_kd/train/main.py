@@ -26,7 +26,7 @@ from .loop import EpochMeters, NonFiniteLossError, evaluate, mean_lr, train_one_
 from .output import RESULTS_VERSION, LogFiles, choose_run_dir, teacher_lineage, write_results, write_summary_row
 from .record import run_record
 from .schedule import create_kd_scheduler, schedule_lengths, set_position
-from .state import CheckpointError, Training, find_resume_checkpoint
+from .state import CheckpointError, LiveRun, find_resume_checkpoint
 
 __all__ = ['main', 'train']
 
@@ -55,10 +55,10 @@ def _create_optimizer(args: argparse.Namespace, student: torch.nn.Module, task: 
     return optimizer
 
 
-def _evaluate_epoch(training: Training, loader_eval, world: int) -> Dict[str, Any]:
+def _evaluate_epoch(run: LiveRun, loader_eval, world: int) -> Dict[str, Any]:
     """Eval metrics of the student (and its EMA), BatchNorm statistics synced first (--dist-bn)."""
     from timm.utils import distribute_bn  # torch.distributed collectives: accelerate set up the process group
-    args, task, acc = training.args, training.task, training.accelerator
+    args, task, acc = run.args, run.task, run.accelerator
     if world > 1 and args.dist_bn:
         distribute_bn(task.get_trainable_module(), world, reduce=args.dist_bn == 'reduce')
     eval_model = acc.unwrap_model(task.get_eval_model())
@@ -136,17 +136,17 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
     optimizer = accelerator.prepare_optimizer(optimizer)
     loader_eval = accelerator.prepare_data_loader(loader_eval)
     scheduler, num_epochs = create_kd_scheduler(optimizer, args, updates_per_epoch)
-    training = Training(args, accelerator, task, student, optimizer, scheduler, dc)
+    run = LiveRun(args, accelerator, task, student, optimizer, scheduler, dc)
 
     # 3. the resumed state, all of it (weights, EMA, distiller, optimizer, schedule, scaler, meters, RNG)
     start_epoch, start_step = 0, 0
     if resume is not None:
-        start_epoch, start_step = resume.restore(training, updates_per_epoch, resume_opt=not args.no_resume_opt,
+        start_epoch, start_step = resume.restore(run, updates_per_epoch, resume_opt=not args.no_resume_opt,
                                                  resume_schedule=not schedule_changes)
         if schedule_changes:  # a new schedule from the changed flags, at the resumed position
             for g in optimizer.param_groups:
                 g['initial_lr'] = args.lr
-            training.scheduler, num_epochs = create_kd_scheduler(optimizer, args, updates_per_epoch)
+            run.scheduler, num_epochs = create_kd_scheduler(optimizer, args, updates_per_epoch)
             if (start_epoch, start_step) > (num_epochs, 0):
                 raise UsageError(f'--epochs {args.epochs} (x --epoch-scale {args.epoch_scale:g}) ends at epoch '
                                  f'{num_epochs}, before the checkpoint (epoch {start_epoch}): nothing to train.')
@@ -154,21 +154,21 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
                      + (f'; applied {", ".join(schedule_changes)} (new schedule from there on)'
                         if schedule_changes else '') + '.')
         del resume
-    set_position(training.scheduler, start_epoch, start_step, updates_per_epoch)
+    set_position(run.scheduler, start_epoch, start_step, updates_per_epoch)
 
     # 4. the run folder (main process only), never an existing one unless resuming into it
     if accelerator.is_main_process:
         try:
-            training.run_dir = choose_run_dir(args, explicit, resume_file, dc)
-            stale = remove_stale_temp_files(training.run_dir)
-            logs.add_file(os.path.join(training.run_dir, 'log.txt'))
+            run.run_dir = choose_run_dir(args, explicit, resume_file, dc)
+            stale = remove_stale_temp_files(run.run_dir)
+            logs.add_file(os.path.join(run.run_dir, 'log.txt'))
         except OSError as e:  # read-only or full disk, a file where a folder should be
-            raise output_error(e.filename or training.run_dir or args.output or 'the run folder', e) from e
+            raise output_error(e.filename or run.run_dir or args.output or 'the run folder', e) from e
         if stale:
             _logger.info(f'Removed {len(stale)} temporary file(s) a killed run left: {", ".join(stale)}.')
-        atomic_write_text(os.path.join(training.run_dir, 'args.yaml'),
+        atomic_write_text(os.path.join(run.run_dir, 'args.yaml'),
                           yaml.safe_dump(vars(args), default_flow_style=False))
-    run_dir = training.run_dir
+    run_dir = run.run_dir
     n_params = sum(p.numel() for p in student.parameters())
     _logger.info(f'Run folder: {run_dir}. Student {args.model} ({n_params / 1e6:.3f}M params), '
                  f'{dc.num_classes} classes, input {dc.in_chans}x{dc.size}x{dc.size}, '
@@ -186,12 +186,12 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
 
     # 5. teacher accuracy on the eval set, before training (measured once per run)
     if teacher is not None:
-        if training.teacher_metrics is None:
-            training.teacher_metrics = evaluate(task.teacher_logits, loader_eval, accelerator, args.channels_last)
-        tm = training.teacher_metrics
+        if run.teacher_metrics is None:
+            run.teacher_metrics = evaluate(task.teacher_logits, loader_eval, accelerator, args.channels_last)
+        tm = run.teacher_metrics
         _logger.info(f'Teacher {args.teacher}: top-1 {tm["top1"]:.2f}, top-5 {tm["top5"]:.2f}, loss '
                      f'{tm["loss"]:.4f} on the {args.val_split!r} split ({len(eval_ds)} images).')
-    tm = training.teacher_metrics or {}
+    tm = run.teacher_metrics or {}
     record = run_record(args, dc, distill, task, world, accelerator.mixed_precision)
     results: Dict[str, Any] = dict(
         version=RESULTS_VERSION,
@@ -201,7 +201,7 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
         num_classes=dc.num_classes, dataset=args.dataset, eval_metric=args.eval_metric,
         dataset_name=args.dataset_name, dataset_id=args.dataset_id, val_split=args.val_split,  # for model cards
         train_images=len(train_ds), eval_images=len(eval_ds),
-        recipe=record['recipe'], data_config=training.export_data_config(),
+        recipe=record['recipe'], data_config=run.export_data_config(),
         world_size=world, run_dir=run_dir, finished=False)
     if 'views' in record:
         results['views'] = record['views']
@@ -212,7 +212,7 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
         step0 = start_step if epoch == start_epoch else 0
         sampler.set_epoch(epoch, start=step0 * args.batch_size)
         if epoch != start_epoch or step0 == 0:  # else the meters (and the epoch's lr) came with the checkpoint
-            training.meters = EpochMeters(lr=mean_lr(optimizer))
+            run.meters = EpochMeters(lr=mean_lr(optimizer))
         if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
             for m in (mixup_fn, getattr(task, 'mixup', None)):
                 if m is not None:
@@ -220,32 +220,32 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
         if hasattr(task, 'set_epoch'):  # the method's warm-up (DKD)
             task.set_epoch(epoch)
         num_updates = train_one_epoch(
-            epoch, task, loader_train, optimizer, accelerator, args, training.meters, start_step=step0,
-            lr_scheduler=training.scheduler, mixup_fn=mixup_fn, save_recovery=training.save_recovery,
+            epoch, task, loader_train, optimizer, accelerator, args, run.meters, start_step=step0,
+            lr_scheduler=run.scheduler, mixup_fn=mixup_fn, save_recovery=run.save_recovery,
             num_updates=num_updates)
-        per_rank = gather_object([training.meters.averages()]) if world > 1 else [training.meters.averages()]
+        per_rank = gather_object([run.meters.averages()]) if world > 1 else [run.meters.averages()]
         row = {'epoch': epoch, **{f'train_{k}': sum(r[k] for r in per_rank if k in r) / sum(k in r for r in per_rank)
                                   for k in per_rank[0]}}
-        row.update(_evaluate_epoch(training, loader_eval, world))
-        row['lr'] = training.meters.lr if training.meters.lr is not None else mean_lr(optimizer)
+        row.update(_evaluate_epoch(run, loader_eval, world))
+        row['lr'] = run.meters.lr if run.meters.lr is not None else mean_lr(optimizer)
         ev = 'eval_ema' if args.model_ema else 'eval'  # the EMA weights are the ones that get exported
         metric = row[f'{ev}_{args.eval_metric}']
-        best = training.best
+        best = run.best
         improved = best['metric'] is None or (
             metric < best['metric'] if args.eval_metric == 'loss' else metric > best['metric'])
         if improved:
-            training.best = dict(metric=metric, epoch=epoch, top1=row[f'{ev}_top1'], top5=row[f'{ev}_top5'])
-        if training.scheduler is not None:
-            training.scheduler.step(epoch + 1, metric)
+            run.best = dict(metric=metric, epoch=epoch, top1=row[f'{ev}_top1'], top5=row[f'{ev}_top5'])
+        if run.scheduler is not None:
+            run.scheduler.step(epoch + 1, metric)
         _logger.info(f'Epoch {epoch}: train loss {row.get("train_loss", float("nan")):.4f}, eval loss '
                      f'{row[f"{ev}_loss"]:.4f}, top-1 {row[f"{ev}_top1"]:.2f}, top-5 {row[f"{ev}_top5"]:.2f} '
-                     f'(best {training.best["top1"]:.2f} @ {training.best["epoch"]})')
-        training.last = dict(epoch=epoch, top1=row[f'{ev}_top1'], top5=row[f'{ev}_top5'])
+                     f'(best {run.best["top1"]:.2f} @ {run.best["epoch"]})')
+        run.last = dict(epoch=epoch, top1=row[f'{ev}_top1'], top5=row[f'{ev}_top5'])
         if accelerator.is_main_process:  # before the checkpoint: a resumed epoch rewrites its row
             write_summary_row(os.path.join(run_dir, 'summary.csv'), row)
-        training.save_epoch(epoch, metric, improved)  # collective
+        run.save_epoch(epoch, metric, improved)  # collective
         if accelerator.is_main_process:
-            write_results(os.path.join(run_dir, 'results.json'), _with_metrics(results, training))
+            write_results(os.path.join(run_dir, 'results.json'), _with_metrics(results, run))
 
     # 7. wrap up
     if world > 1:
@@ -253,7 +253,7 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
         results['ranks_in_sync'] = len(set(sums)) == 1
         if not results['ranks_in_sync']:
             _logger.error(f'The student weights differ between processes after training: {sums}.')
-    results = dict(_with_metrics(results, training), finished=True)
+    results = dict(_with_metrics(results, run), finished=True)
     if accelerator.is_main_process:
         write_results(os.path.join(run_dir, 'results.json'), results)
         _logger.info(f'*** Best top-1 {_f(results["best_top1"])} (epoch {results["best_epoch"]}), top-5 '
@@ -267,8 +267,8 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
     return results
 
 
-def _with_metrics(results: Dict[str, Any], training: Training) -> Dict[str, Any]:
-    best, last = training.best, training.last
+def _with_metrics(results: Dict[str, Any], run: LiveRun) -> Dict[str, Any]:
+    best, last = run.best, run.last
     return dict(results, best_top1=best['top1'], best_top5=best['top5'], best_epoch=best['epoch'],
                 last_top1=last['top1'], last_top5=last['top5'], last_epoch=last['epoch'])
 

@@ -15,9 +15,11 @@ import glob
 import hashlib
 import logging
 import os
+import random
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from timm.models import clean_state_dict
 from timm.utils import unwrap_model
@@ -26,11 +28,11 @@ from timm_kd.utils.errors import UsageError
 from timm_kd.utils.files import atomic_copy, atomic_save
 from timm_kd.utils.messages import first_line
 from .build import DataConfig, load_weights
-from .checkpoint import capture_rng_state, restore_rng_state
 from .loop import EpochMeters, NonFiniteLossError
 
-__all__ = ['CHECKPOINT_VERSION', 'CheckpointError', 'TrainState', 'Training', 'content_sha256', 'non_finite_tensors',
-           'load_checkpoint', 'find_resume_checkpoint', 'checkpoint_candidates']
+__all__ = ['CHECKPOINT_VERSION', 'CheckpointError', 'TrainState', 'LiveRun', 'Training', 'content_sha256',
+           'non_finite_tensors', 'load_checkpoint', 'find_resume_checkpoint', 'checkpoint_candidates',
+           'capture_rng_state', 'restore_rng_state']
 
 _logger = logging.getLogger('train_kd')
 
@@ -129,26 +131,26 @@ class TrainState:
         return non_finite_tensors(self.state_dict, self.state_dict_ema, self.distiller)
 
     @classmethod
-    def capture(cls, training: 'Training', epoch: int, next_epoch: int, next_step: int,
+    def capture(cls, run: 'LiveRun', epoch: int, next_epoch: int, next_step: int,
                 metric: Optional[float]) -> Optional['TrainState']:
         """Collective: every process contributes its RNG, meters (mid-epoch) and buffers (world > 1); the
         main process gets the state, the others None. Raises NonFiniteLossError on every process (the
         weights are the same everywhere) when the weights are not finite: such a state is never written."""
         from accelerate.utils import gather_object
-        acc, student = training.accelerator, training.student
+        acc, student = run.accelerator, run.student
         bad = non_finite_tensors(student.state_dict())
         if bad:
             raise NonFiniteLossError(
                 f'the student weights became non-finite ({len(bad)} tensors, e.g. {bad[0]}) by epoch {epoch} step '
                 f'{next_step if next_epoch == epoch else "end"}; no checkpoint was written, the ones in the run '
                 f'folder hold the last finite weights: resume from them with a lower --lr')
-        mine = {'rng': capture_rng_state(), 'meters': training.meters.state_dict() if next_step else None}
+        mine = {'rng': capture_rng_state(), 'meters': run.meters.state_dict() if next_step else None}
         if acc.num_processes > 1:  # BatchNorm statistics can differ between processes (--no-ddp-bb); keep each one's
             mine['buffers'] = {k: v.detach().cpu().clone() for k, v in student.named_buffers()}
         rank_states = gather_object([mine]) if acc.num_processes > 1 else [mine]
         if not acc.is_main_process:
             return None
-        task, args = training.task, training.args
+        task, args = run.task, run.args
         ema = task.get_trainable_module(ema=True)
         distiller = getattr(task, 'distiller', None)
         # the student without its DDP / torch.compile wrappers (timm saves the unwrapped model too): the keys carry
@@ -156,23 +158,23 @@ class TrainState:
         return cls(
             arch=args.model, args=dict(vars(args)), epoch=epoch, metric=metric,
             state_dict=unwrap_model(task.get_trainable_module()).state_dict(),
-            next_epoch=next_epoch, next_step=next_step, optimizer=training.optimizer.state_dict(),
-            scheduler=training.scheduler.state_dict() if training.scheduler is not None else None,
+            next_epoch=next_epoch, next_step=next_step, optimizer=run.optimizer.state_dict(),
+            scheduler=run.scheduler.state_dict() if run.scheduler is not None else None,
             scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
-            world_size=acc.num_processes, rank_states=rank_states, num_classes=training.data_config.num_classes,
-            data_config=training.export_data_config(), best=dict(training.best), last=dict(training.last),
-            teacher_metrics=training.teacher_metrics, checkpoint_hist=[list(h) for h in training.checkpoint_hist],
+            world_size=acc.num_processes, rank_states=rank_states, num_classes=run.data_config.num_classes,
+            data_config=run.export_data_config(), best=dict(run.best), last=dict(run.last),
+            teacher_metrics=run.teacher_metrics, checkpoint_hist=[list(h) for h in run.checkpoint_hist],
             state_dict_ema=ema.module.state_dict() if ema is not None else None,
             distiller=distiller.state_dict() if distiller is not None and distiller.state_dict() else None)
 
-    def restore(self, training: 'Training', updates_per_epoch: int, resume_opt: bool = True,
+    def restore(self, run: 'LiveRun', updates_per_epoch: int, resume_opt: bool = True,
                 resume_schedule: bool = True) -> Tuple[int, int]:
         """Put this state into a built (and accelerate-prepared) run; returns (start_epoch, start_step).
 
         ``resume_schedule=False`` keeps the freshly built scheduler (schedule flags changed on --resume);
         the caller then positions it with ``set_position``. RNG states come back last, so nothing done while
-        building the run changes the random streams of the continued training."""
-        acc, task, student = training.accelerator, training.task, training.student
+        building the run changes the random streams of the continued run."""
+        acc, task, student = run.accelerator, run.task, run.student
         # clean_state_dict: compiled runs of earlier timm-kd versions wrote '_orig_mod.'-prefixed keys
         load_weights(student, clean_state_dict(self.state_dict), f'--resume checkpoint does not fit {self.arch!r}')
         ema = task.get_trainable_module(ema=True)
@@ -190,21 +192,21 @@ class TrainState:
                                  f'{first_line(e)}.') from e
         if resume_opt:
             try:
-                training.optimizer.load_state_dict(self.optimizer)
+                run.optimizer.load_state_dict(self.optimizer)
             except (ValueError, KeyError, RuntimeError) as e:
-                raise UsageError(f'The optimizer state in the checkpoint does not fit --opt {training.args.opt}: '
+                raise UsageError(f'The optimizer state in the checkpoint does not fit --opt {run.args.opt}: '
                                  f'{first_line(e)} (use --no-resume-opt).') from e
-        if resume_schedule and training.scheduler is not None and self.scheduler:
-            training.scheduler.load_state_dict(self.scheduler)
+        if resume_schedule and run.scheduler is not None and self.scheduler:
+            run.scheduler.load_state_dict(self.scheduler)
         if acc.scaler is not None and self.scaler:
             acc.scaler.load_state_dict(self.scaler)
-        training.best, training.last = dict(self.best), dict(self.last)
-        training.teacher_metrics, training.checkpoint_hist = self.teacher_metrics, list(self.checkpoint_hist)
+        run.best, run.last = dict(self.best), dict(self.last)
+        run.teacher_metrics, run.checkpoint_hist = self.teacher_metrics, list(self.checkpoint_hist)
 
         world, rank = acc.num_processes, acc.process_index
         start_epoch, start_step = int(self.next_epoch), int(self.next_step)
         if self.world_size != world:
-            batch = training.args.batch_size
+            batch = run.args.batch_size
             start_step = min(start_step * batch * self.world_size // (batch * world), updates_per_epoch)
             _logger.warning(f'Resuming a {self.world_size}-process checkpoint with {world} processes: continuing '
                             f'at step {start_step}; the run will not be bit-identical to an uninterrupted one.')
@@ -215,7 +217,7 @@ class TrainState:
             return start_epoch, start_step
         mine = self.rank_states[rank]
         if start_step > 0 and mine.get('meters'):
-            training.meters.load_state_dict(mine['meters'], acc.device)
+            run.meters.load_state_dict(mine['meters'], acc.device)
         if mine.get('buffers'):
             with torch.no_grad():
                 for k, v in student.named_buffers():
@@ -225,7 +227,7 @@ class TrainState:
 
 
 @dataclass
-class Training:
+class LiveRun:
     """The live objects of a run that a TrainState is captured from and restored into, and its records."""
     args: Any
     accelerator: Any
@@ -325,3 +327,33 @@ def find_resume_checkpoint(path: str) -> Tuple[str, TrainState, List[str]]:
         raise CheckpointError(f'{path} holds no intact checkpoint to resume from'
                               + (f': {"; ".join(skipped)}' if skipped else ' (no *.pth.tar files)'))
     return best[1], best[2], skipped
+
+
+Training = LiveRun  # the name this class had
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the RNG states a checkpoint carries per process
+
+def capture_rng_state() -> Dict[str, Any]:
+    """RNG states of this process as tensors / plain values (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state = {
+        'torch': torch.get_rng_state(),
+        'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+        'python': random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state()  # this process's device
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state['torch'])
+    n = state['numpy']
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    py = state['python']
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])
