@@ -263,8 +263,8 @@ class DistillationTask(LogitDistillationTask):
         self._renormalize = s_norm is not None and t_norm is not None and s_norm != t_norm
         if s_norm is not None:
             for name, values in (('student_mean', s_norm[0]), ('student_std', s_norm[1])):
-                self.register_buffer(
-                    name, torch.tensor(values, device=self.device, dtype=self.dtype).view(1, -1, 1, 1), persistent=False)
+                buffer = torch.tensor(values, device=self.device, dtype=self.dtype).view(1, -1, 1, 1)
+                self.register_buffer(name, buffer, persistent=False)
         else:
             self.student_mean = self.student_std = None
         if self._renormalize:
