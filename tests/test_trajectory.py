@@ -223,15 +223,31 @@ def hand_loop(steps, pick: str, init_ckpt: str, teacher_ckpt: str, eval_data, cr
             method.load_state_dict({k: step['distiller'][k] for k in method.state_dict()})
             method.memory_s, method.memory_t = step['distiller']['memory_s'].clone(), step['distiller']['memory_t'].clone()
         x, y = step['x'], step['y']
+        with torch.no_grad():
+            t_x = teacher(x)
+            f_t = pre_logits(teacher, x) if crd else None
+        if pick == 'kd':  # plain KD: no view
+            assert 'pool' not in step
+            s_x = student(x)
+            loss = GAMMA * F.cross_entropy(s_x, y) + ALPHA * kd_term(s_x, t_x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if (i + 1) % per_epoch == 0:
+                sched.step()
+                evals.append(evaluate(student, *eval_data))
+            continue
         src = step['extras'].get('view_input', x)
         assert torch.equal(step['mixer_input'], src), 'the pool is not made from the batch (or its second view)'
         assert_cutmix_pool(step['pool'], src, step['partner'], step['n_sets'])
         pool = step['pool']
         with torch.no_grad():
-            t_x, t_pool = teacher(x), teacher(pool)
-            f_t = pre_logits(teacher, x) if crd else None
+            t_pool = teacher(pool)
         num_pick = pool.shape[0] // 2
-        if pick == 'random':
+        if pick == 'none':  # TLCutMix: one candidate set, all of it trained
+            assert step['n_sets'] == 1
+            rows = torch.arange(pool.shape[0])
+        elif pick == 'random':
             rows = step['drawn']
             assert rows.shape == (num_pick,) and len(set(rows.tolist())) == num_pick
         else:
@@ -269,8 +285,9 @@ def _eval_images(res) -> tuple:
 
 
 def check_run(train_kd, tmp_path, monkeypatch, teacher_ckpt, init_ckpt, pick, extra=(), workers=0, crd=False):
+    views = [] if pick == 'kd' else ['--tl-cutmix', '--pick', pick]
     argv = ['--model', 'resnet8', *DATA, *RECIPE, '--teacher', 'resnet8', '--teacher-checkpoint', teacher_ckpt,
-            '--initial-checkpoint', init_ckpt, '--tl-cutmix', '--pick', pick, '--workers', str(workers), *extra]
+            '--initial-checkpoint', init_ckpt, *views, '--workers', str(workers), *extra]
     steps, summary, res = run_train_kd(train_kd, tmp_path, monkeypatch, argv)
     assert len(steps) == EPOCHS * 96 // BATCH
     assert [float(r['lr']) for r in summary] == pytest.approx([LR * 0.1 ** k for k in range(EPOCHS)])
@@ -290,9 +307,9 @@ def test_pick_kld_trajectory_equals_the_hand_loop(tmp_path, train_kd, monkeypatc
     check_run(train_kd, tmp_path, monkeypatch, teacher_ckpt, init_ckpt, 'kld', workers=workers)
 
 
-@pytest.mark.parametrize('pick', ['t_ent', 's_ent', 'random'])
-def test_every_pick_criterion_trajectory_equals_the_hand_loop(tmp_path, train_kd, monkeypatch, teacher_ckpt,
-                                                              init_ckpt, pick):
+@pytest.mark.parametrize('pick', ['t_ent', 's_ent', 'random', 'none', 'kd'])
+def test_every_criterion_tlcutmix_and_kd_trajectories_equal_the_hand_loop(tmp_path, train_kd, monkeypatch,
+                                                                         teacher_ckpt, init_ckpt, pick):
     check_run(train_kd, tmp_path, monkeypatch, teacher_ckpt, init_ckpt, pick)
 
 
