@@ -30,9 +30,21 @@ update them after scoring) without autograd holding them. Banks, labels, Z and t
 state of this module (in the training checkpoint, never in the exported student). Under several processes
 (torch.distributed) every process updates its banks with the samples of all processes and Z is their
 mean, so all processes hold the bank one process would, and any one's checkpoint resumes them all.
+
+Scores, and at what memory: the scores of the drawn rows are either gathered from the bank (the drawn rows only:
+B·(1 + N)·d floats read, a few anchors at a time, and their gradient in the anchor one fused weighted sum of the same
+rows, ``embedding_bag``) or taken from one matmul of the anchors with the whole bank (B·n_data·d multiply-adds, a few
+anchors at a time as well; the gradient a scatter into the chunk and a matmul back). A bank row costs the matmul
+about 1/24 of what a drawn row costs to gather (a CPU, ``benchmarks/bench_crd.py``), so the matmul is kept where the
+bank is small next to the draw, n_data <= ``dense_max_rows_per_draw`` (24) x (1 + N): CIFAR-100 (50k rows, 3 x) and
+Tiny ImageNet (6 x); ImageNet (1.28M rows, 78 x) scores its drawn rows only. Both give the same values (up to the
+order of float sums). No buffer of a step grows with batch x n_data: a chunk holds at most ``chunk_elements`` floats
+(64 MiB), and so do the device draw's random keys; a step allocates besides only (B, 1 + N) tensors (the rows, the
+scores, their gradient). The state is the two banks, 2·n_data·d float32 (ImageNet, d = 128: 1.31 GB), the labels
+and, for the host draw, the class order (3·n_data int64: 31 MB at ImageNet).
 """
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -45,9 +57,16 @@ from . import register_method
 from .base import ModelOutputs
 from .feature import FeatureDistiller
 
-__all__ = ['CRD', 'nce_loss', 'sort_by_class', 'draw_on_host', 'draw_on_device']
+__all__ = ['CRD', 'nce_loss', 'sort_by_class', 'draw_on_host', 'draw_on_device', 'score_drawn_rows',
+           'drawn_rows_sum', 'CHUNK_ELEMENTS', 'DENSE_MAX_ROWS_PER_DRAW']
 
 _EPS = 1e-7
+# Elements (float32: 64 MiB) a step's scratch buffer holds: whole-bank scores, gathered bank rows and the device
+# draw's keys are made this many at a time, so none grows with batch x n_data (at batch 256 and ImageNet's 1.28M
+# rows such a buffer would be 1.3 GB).
+CHUNK_ELEMENTS = 2 ** 24
+# The whole-bank matmul is used while the bank has at most this many rows per drawn row (see the module docstring).
+DENSE_MAX_ROWS_PER_DRAW = 24
 
 
 def _process_group() -> Tuple[int, int]:
@@ -90,6 +109,33 @@ def sort_by_class(labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return order, labels[order]
 
 
+def _chunks(batch: int, per_row: int, budget: int) -> Iterator[slice]:
+    """Consecutive slices of ``batch`` rows of ``per_row`` elements each, at most ``budget`` elements a slice (at
+    least one row)."""
+    step = max(1, budget // per_row)
+    return (slice(i, min(i + step, batch)) for i in range(0, batch, step))
+
+
+def score_drawn_rows(v: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """(B, K) scores v[i] · bank[rows[i, j]] of the drawn rows only: the rows of a few anchors at a time are gathered
+    into ``scratch`` (a flat float buffer of at least K·d elements; its size bounds a chunk), then one batched
+    matrix-vector product."""
+    batch, num = rows.shape
+    dim = bank.shape[1]
+    out = v.new_empty(batch, num, 1)
+    for s in _chunks(batch, num * dim, scratch.numel()):
+        idx = rows[s].flatten()
+        gathered = torch.index_select(bank, 0, idx, out=scratch[:idx.numel() * dim].view(-1, dim))
+        torch.bmm(gathered.view(-1, num, dim), v[s, :, None], out=out[s])
+    return out.squeeze(2)
+
+
+def drawn_rows_sum(weights: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(B, d) sums Σ_j weights[i, j] · bank[rows[i, j]] (the gradient of ``score_drawn_rows`` in v), without gathering
+    the rows: one fused ``embedding_bag``."""
+    return F.embedding_bag(rows, bank, mode='sum', per_sample_weights=weights)
+
+
 def draw_on_host(by_class: Tuple[torch.Tensor, torch.Tensor], index: torch.Tensor, target: torch.Tensor, num: int,
                  seed: Tuple[int, ...]) -> torch.Tensor:
     """(B, 1 + num) bank rows: index[i], then a uniform draw without replacement of ``num`` rows whose label is
@@ -120,15 +166,20 @@ def draw_on_host(by_class: Tuple[torch.Tensor, torch.Tensor], index: torch.Tenso
 
 
 def draw_on_device(labels: torch.Tensor, index: torch.Tensor, target: torch.Tensor, num: int,
-                   generator: torch.Generator) -> torch.Tensor:
+                   generator: torch.Generator, budget: int = CHUNK_ELEMENTS) -> torch.Tensor:
     """(B, 1 + num) bank rows as ``draw_on_host`` draws them, with device kernels only (no host sync).
 
     Random keys in [0, 1) for other-class rows and in [-1, 0) for same-class rows, the ``num`` largest win:
-    uniform without replacement from the other classes, same-class rows only fill up.
+    uniform without replacement from the other classes, same-class rows only fill up. The keys of a few anchors
+    are drawn at a time, at most ``budget`` of them.
     """
-    keys = torch.rand(target.shape[0], labels.shape[0], generator=generator, device=labels.device)
-    keys.sub_((labels[None, :] == target[:, None]).to(keys.dtype))
-    return torch.cat([index[:, None], keys.topk(num, dim=1, sorted=False).indices], dim=1)
+    rows = torch.empty(target.shape[0], 1 + num, dtype=torch.long, device=labels.device)
+    rows[:, 0] = index
+    for s in _chunks(target.shape[0], labels.shape[0], budget):
+        keys = torch.rand(s.stop - s.start, labels.shape[0], generator=generator, device=labels.device)
+        keys.sub_((labels[None, :] == target[s, None]).to(keys.dtype))
+        rows[s, 1:] = keys.topk(num, dim=1, sorted=False).indices
+    return rows
 
 
 @register_method('crd')
@@ -138,6 +189,8 @@ class CRD(FeatureDistiller):
     needs_pre_logits = True
     needs_index = True
     needs_class_target = True
+    chunk_elements = CHUNK_ELEMENTS
+    dense_max_rows_per_draw = DENSE_MAX_ROWS_PER_DRAW
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, num_classes: int, temperature: float,
                  num_samples: int, beta: Optional[float] = None, feat_dim: int = 128, nce_k: int = 16384,
@@ -160,7 +213,7 @@ class CRD(FeatureDistiller):
         self.register_buffer('labels', torch.full((num_samples,), -1, dtype=torch.long))
         self.register_buffer('z', torch.zeros(2))  # normalization constants (student, teacher anchor)
         self._generator: Optional[torch.Generator] = None
-        self._buffers_bxn: List[Optional[torch.Tensor]] = [None, None]
+        self._scratch_buffer: Optional[torch.Tensor] = None
         self._class_order: Optional[Tuple[Any, ...]] = None  # (labels, its version, order, sorted labels)
 
     def get_extra_state(self) -> torch.Tensor:
@@ -179,7 +232,7 @@ class CRD(FeatureDistiller):
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device)
         self._generator.manual_seed(self.seed * 2 ** 31 + self.step * world + rank)
-        return draw_on_device(self.labels, index, target, self.nce_k, self._generator)
+        return draw_on_device(self.labels, index, target, self.nce_k, self._generator, self.chunk_elements)
 
     def _by_class(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """``sort_by_class(self.labels)``, sorted again only after the labels changed (in place: a new sample, a
@@ -189,21 +242,45 @@ class CRD(FeatureDistiller):
             self._class_order = key + sort_by_class(self.labels)
         return self._class_order[2:]
 
-    def _grad_in_anchor(self, v: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor, grad_scores: torch.Tensor,
-                        scratch: torch.Tensor) -> Optional[torch.Tensor]:
-        """∂L/∂v of the scores (v / τ @ bankᵀ).gather(1, rows) given ∂L/∂scores; None when v needs no gradient.
-        ``scratch``: the (B, n_data) scores, no longer needed."""
+    def _scores_whole_bank(self) -> bool:
+        """Score the drawn rows out of a matmul with the whole bank (small banks), else gather them."""
+        return self.num_samples <= self.dense_max_rows_per_draw * (1 + self.nce_k)
+
+    def _scratch(self, per_row: int, batch: int) -> torch.Tensor:
+        """A flat float buffer for chunks of ``per_row`` elements a batch row (at most ``chunk_elements``, at least
+        one row), kept from step to step: a fresh one each step costs page faults (on a CPU) comparable to the
+        passes over it."""
+        size = per_row * min(batch, max(1, self.chunk_elements // per_row))
+        buffer = self._scratch_buffer
+        if buffer is None or buffer.numel() < size or buffer.device != self.memory_s.device:
+            buffer = self._scratch_buffer = self.memory_s.new_empty(size)
+        return buffer
+
+    def _scores(self, v: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + N) scores v·bank[rows] (v already divided by τ)."""
+        if not self._scores_whole_bank():
+            return score_drawn_rows(v, bank, rows, self._scratch(rows.shape[1] * bank.shape[1], len(v)))
+        # one matmul with the whole bank and a gather: cheaper than gathering B·(1 + N) rows of d floats while the
+        # bank is small (CIFAR: n_data = 3·(1 + N))
+        out, n = rows.new_empty(rows.shape, dtype=v.dtype), self.num_samples
+        scratch = self._scratch(n, len(v))
+        for s in _chunks(len(v), n, scratch.numel()):
+            torch.gather(torch.mm(v[s], bank.t(), out=scratch[:len(v[s]) * n].view(-1, n)), 1, rows[s], out=out[s])
+        return out
+
+    def _grad_in_anchor(self, v: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor, grad_scores: torch.Tensor
+                        ) -> Optional[torch.Tensor]:
+        """∂L/∂v of the scores (v / τ)·bank[rows] given ∂L/∂scores; None when v needs no gradient."""
         if not v.requires_grad:
             return None
-        return scratch.zero_().scatter_add_(1, rows, grad_scores) @ bank / self.nce_t
-
-    def _scratch(self, direction: int, batch: int) -> torch.Tensor:
-        """A (batch, n_data) float buffer kept from step to step: a fresh one each step costs page faults (on a CPU)
-        comparable to the passes over it."""
-        buffer = self._buffers_bxn[direction]
-        if buffer is None or buffer.shape[0] != batch or buffer.device != self.memory_s.device:
-            buffer = self._buffers_bxn[direction] = self.memory_s.new_empty(batch, self.num_samples)
-        return buffer
+        if not self._scores_whole_bank():
+            return drawn_rows_sum(grad_scores, bank, rows).div_(self.nce_t)
+        out, n = torch.empty_like(v), self.num_samples
+        scratch = self._scratch(n, len(v))
+        for s in _chunks(len(v), n, scratch.numel()):
+            spread = scratch[:len(v[s]) * n].view(-1, n).zero_().scatter_add_(1, rows[s], grad_scores[s])
+            torch.mm(spread, bank, out=out[s])
+        return out.div_(self.nce_t)
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, target: torch.Tensor,
                 index: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -218,11 +295,7 @@ class CRD(FeatureDistiller):
         rows = self.sample_negatives(index, target, rank, world)
         pairs = ((v_s, self.memory_t), (v_t, self.memory_s))  # each anchor against the other model's bank
         with no_autocast(v_s), torch.no_grad():
-            # scores v·m / τ: one (B, n_data) matmul and a gather, cheaper than gathering B·(1 + N) bank rows of
-            # d floats (N·d > n_data for CIFAR)
-            all_scores = [torch.mm(v / self.nce_t, bank.t(), out=self._scratch(i, len(v)))
-                          for i, (v, bank) in enumerate(pairs)]
-            scores = [a.gather(1, rows) for a in all_scores]
+            scores = [self._scores(v / self.nce_t, bank, rows) for v, bank in pairs]
             if self.step == 0:
                 z = torch.stack([s.exp().mean() for s in scores]) * self.num_samples
                 if world > 1:
@@ -232,7 +305,7 @@ class CRD(FeatureDistiller):
             losses, grads = zip(*(nce_loss(s, log_z, self.num_samples) for s, log_z in zip(scores, self.z.log())))
             # the gradient in v needs the banks as the scores saw them: taken now, the banks can be updated in place
             # below (autograd would keep them for the backward, which needs a copy of both banks every step)
-            grads_v = [self._grad_in_anchor(v, bank, rows, g, a) for (v, bank), g, a in zip(pairs, grads, all_scores)]
+            grads_v = [self._grad_in_anchor(v, bank, rows, g) for (v, bank), g in zip(pairs, grads)]
             for memory, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
                 v = _gather(v, world)
                 memory.index_copy_(0, index_all, F.normalize(memory[index_all] * self.nce_m + v * (1 - self.nce_m),
