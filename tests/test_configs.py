@@ -22,6 +22,9 @@ CONFIGS = sorted(c for pattern in (('*', '*.yaml'), ('*', '*', '*.yaml'))
                  for c in glob.glob(os.path.join(ROOT, 'configs', *pattern))
                  if os.path.relpath(c, os.path.join(ROOT, 'configs')).split(os.sep)[0] != 'sweeps')
 KD_CONFIGS = [c for c in CONFIGS if '__' in os.path.basename(c)]
+# the recipes of the CRD / RepDistiller schedule (CIFAR-100, Tiny ImageNet); configs/imagenet/ has the paper's ImageNet
+# schedule (tests/test_imagenet_recipes.py)
+CRD_SCHEDULE_CONFIGS = [c for c in CONFIGS if os.sep + 'imagenet' + os.sep not in c]
 SMALL_LR_STUDENTS = ('mobilenetv2_cifar', 'shufflenetv1_cifar', 'shufflenetv2_cifar')
 
 # Wang et al. (ICLR'22 submission "Understanding the success of KD - a data augmentation perspective"),
@@ -48,12 +51,14 @@ def _name(path):
     return os.path.relpath(path, ROOT)
 
 
-def test_the_paper_pairs_and_a_tiny_imagenet_recipe_exist():
+def test_the_paper_pairs_and_the_tiny_imagenet_teachers_exist():
     pairs = {(_args(c).teacher, _args(c).model) for c in KD_CONFIGS
              if os.path.dirname(c) == os.path.join(ROOT, 'configs', 'cifar100')}
     assert pairs == PAPER_CIFAR100_PAIRS | TABLE9_PAIRS  # a KD recipe for every pair of Tab. 3 and Tab. 9
     tiny = [_args(c) for c in CONFIGS if os.sep + 'tinyimagenet' + os.sep in c]
-    assert any(a.teacher for a in tiny) and any(not a.teacher for a in tiny)  # a KD recipe and its teacher
+    # Tab. 4: the seven pairs of Tab. 3 on Tiny ImageNet, and a recipe for every teacher (trained with CE first)
+    assert {(a.teacher, a.model) for a in tiny if a.teacher} == PAPER_CIFAR100_PAIRS
+    assert {a.model for a in tiny if not a.teacher} == {t for t, _ in PAPER_CIFAR100_PAIRS}
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=_name)
@@ -61,12 +66,15 @@ def test_config_parses_and_names_registered_models(path):
     args = _args(path)
     assert timm.is_model(args.model), args.model
     assert args.teacher is None or timm.is_model(args.teacher), args.teacher
-    # file name = <teacher>__<student>.yaml or teacher_<model>.yaml
+    # file name = <teacher architecture>__<student>.yaml, or teacher_<model>.yaml / student_<model>.yaml (CE alone)
     base = os.path.splitext(os.path.basename(path))[0]
-    assert base == (f'{args.teacher}__{args.model}' if args.teacher else f'teacher_{args.model}')
+    if args.teacher:
+        assert base == f'{args.teacher.split(".")[0]}__{args.model}'  # a pretrained tag (resnet34.tv_in1k) is left out
+    else:
+        assert base in (f'teacher_{args.model}', f'student_{args.model}')
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=_name)
+@pytest.mark.parametrize('path', CRD_SCHEDULE_CONFIGS, ids=_name)
 def test_config_is_the_crd_recipe(path):
     a = _args(path)
     assert (a.opt, a.momentum, a.weight_decay, a.wd_all_params) == ('momentum', 0.9, 5e-4, True)
@@ -92,7 +100,7 @@ def test_method_recipes_tables_3_and_9():
     by_method = {}
     for path in KD_CONFIGS:
         folder = os.path.basename(os.path.dirname(path))
-        if folder in METHODS:
+        if folder in METHODS and os.path.basename(os.path.dirname(os.path.dirname(path))) == 'cifar100':
             a = _args(path)
             assert a.distill == folder and a.task_loss_weight == 0.1
             assert getattr(a, f'{folder}_beta') == REPDISTILLER_BETA[folder]
@@ -106,7 +114,7 @@ def _method_of_a_quoting_recipe(path):
     KD recipe of ResNet110 -> ResNet20, a pair only Tab. 9 has), else None."""
     method = os.path.basename(os.path.dirname(path))
     if method in METHODS:
-        return method
+        return method if os.path.basename(os.path.dirname(os.path.dirname(path))) == 'cifar100' else None
     kd_only_in_table9 = [f'{t}__{s}.yaml' for t, s in TABLE9_PAIRS - PAPER_CIFAR100_PAIRS]
     return 'kd' if method == 'cifar100' and os.path.basename(path) in kd_only_in_table9 else None
 

@@ -37,8 +37,8 @@ from timm_kd.utils.errors import UsageError
 from timm_kd.utils.files import atomic_write_text, output_error, read_json, read_text, read_yaml
 
 __all__ = ['RunRecord', 'Group', 'SkippedRun', 'find_run_dirs', 'load_run', 'load_runs', 'group_runs',
-           'varying_keys', 'build_table', 'format_table', 'load_paper', 'same_setting', 'main', 'IGNORED_SETTINGS',
-           'PREDATING_FLAG_VALUES']
+           'varying_keys', 'build_table', 'format_table', 'load_paper', 'paper_entry', 'same_setting', 'main',
+           'IGNORED_SETTINGS', 'PREDATING_FLAG_VALUES']
 
 # flags that do not change what is trained: train_kd's run flags (where and how a run is carried out and
 # recorded; a resume may change them), the seed, over which the table averages, and timm's spellings of
@@ -268,7 +268,8 @@ def load_paper(path: str) -> List[Dict[str, Any]]:
     return entries
 
 
-def _paper_entry(settings: Dict[str, Any], paper: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+def paper_entry(settings: Dict[str, Any], paper: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The first published entry whose ``match`` settings all equal ``settings`` (``same_setting``), or None."""
     for entry in paper:
         if all(same_setting(settings.get(k), v) for k, v in entry['match'].items()):
             return entry
@@ -310,7 +311,7 @@ def build_table(groups: Sequence[Group], keys: Sequence[str], baseline: Optional
             row[f'{m}_mean'], row[f'{m}_std'] = _mean_std(g.values(m))
             if base is not None:
                 row[f'{m}_delta'] = row[f'{m}_mean'] - statistics.fmean(base.values(m))
-        entry = _paper_entry(g.settings, paper)
+        entry = paper_entry(g.settings, paper)
         row.update(paper_top1=entry and entry['top1'], paper_std=entry and entry.get('std'),
                    paper_source=entry and entry.get('source'))
         notes = []

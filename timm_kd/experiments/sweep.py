@@ -3,6 +3,7 @@
 A grid file names the sweep folder, the flags every run shares and the axes to cross::
 
     output: output/sweeps/table1_views       # the sweep folder (default: output/sweeps/<grid file name>)
+    paper: configs/paper_results.yaml        # optional: the dry run names each run's published number
     base:                                    # train_kd.py flags of every run (flag names, "_" or "-")
       config: configs/cifar100/resnet32x4__resnet8x4.yaml
       data_dir: data
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
+from timm_kd.experiments.report import load_paper, paper_entry
 from timm_kd.train.args import kd_view_modes, parse_args, validate_args
 from timm_kd.train.state import checkpoint_candidates
 from timm_kd.utils.errors import UsageError
@@ -53,8 +55,9 @@ __all__ = ['Run', 'load_grid', 'parse_overrides', 'expand_grid', 'flags_to_argv'
 # list axes whose name is not the train_kd flag they set
 AXIS_FLAGS = {'method': 'distill', 'view': 'tl_aug'}
 # training images of the datasets whose size is known without loading them (--train-num-samples wins)
-TRAIN_IMAGES = {'torch/cifar100': 50000, 'torch/cifar10': 50000, 'sklearn/digits': 1201, 'tinyimagenet': 100000}
-GRID_KEYS = ('output', 'base', 'axes')
+TRAIN_IMAGES = {'torch/cifar100': 50000, 'torch/cifar10': 50000, 'sklearn/digits': 1201, 'tinyimagenet': 100000,
+                'imagenet': 1281167}
+GRID_KEYS = ('output', 'base', 'axes', 'paper')
 SWEEP_FILE = 'sweep.json'
 # the longest file name made from a run name: SWEEP/.stale/NAME-YYYYmmdd-HHMMSS (a file name has at most 255 bytes)
 MAX_RUN_NAME = 255 - len('-20260101-000000')
@@ -214,9 +217,10 @@ def _units(cost: float) -> str:
     return f'{cost / 1e9:.3g}G' if cost >= 1e9 else f'{cost / 1e6:.3g}M'
 
 
-def _plan(runs: List[Run], sweep_dir: str) -> None:
-    """Fill in every run's state, total epochs and cost. Flags train_kd.py cannot parse raise UsageError; a run
-    that parses but fails train_kd's checks (e.g. a missing teacher checkpoint) gets the state 'invalid'."""
+def _plan(runs: List[Run], sweep_dir: str, paper: Sequence[Dict[str, Any]] = ()) -> None:
+    """Fill in every run's state, total epochs, cost and, given published numbers, the entry its settings match.
+    Flags train_kd.py cannot parse raise UsageError; a run that parses but fails train_kd's checks (e.g. a missing
+    teacher checkpoint) gets the state 'invalid'."""
     for run in runs:
         run.state = run_state(os.path.join(sweep_dir, run.name))
         if run.state == 'running':
@@ -232,6 +236,8 @@ def _plan(runs: List[Run], sweep_dir: str) -> None:
         if images is None and (args.dataset or '').lower().startswith('synthetic/'):
             images = int(args.dataset.split('/')[1].split('x')[0]) * 64  # SyntheticDataset's train size
         run.cost = run.epochs * images * step_cost(args) if images else None
+        if paper:
+            run.info['paper'] = paper_entry(vars(args), paper)
 
 
 def _read_sweep_file(sweep_dir: str) -> Dict[str, Any]:
@@ -271,6 +277,14 @@ def _holder(run: Run) -> str:
     return f'process {holder.get("pid", "?")} on {holder.get("host", "an unknown host")}'
 
 
+def _published(entry: Optional[Dict[str, Any]]) -> str:
+    if entry is None:
+        return 'none matches'
+    std = f' ({entry["std"]})' if entry.get('std') is not None else ''
+    top5 = f', top-5 {entry["top5"]}' if entry.get('top5') is not None else ''
+    return f'{entry.get("source")}: top-1 {entry["top1"]}{std}{top5}'
+
+
 def print_plan(runs: List[Run], sweep_dir: str, script: str, jobs: int, rate: Optional[float]) -> None:
     todo = [r for r in runs if r.state not in ('done', 'running')]
     busy = sum(r.state == 'running' for r in runs)
@@ -285,6 +299,8 @@ def print_plan(runs: List[Run], sweep_dir: str, script: str, jobs: int, rate: Op
             print(f'           {run.info["error"]}')
         elif run.state == 'running':
             print(f'           its folder is held by {_holder(run)}: left alone')
+        if 'paper' in run.info:
+            print(f'           published: {_published(run.info["paper"])}')
     if not todo:
         print('Nothing to run: every run has finished.')
         return
@@ -543,7 +559,7 @@ def _main(args: argparse.Namespace) -> int:
         grid['base'] = dict(grid.get('base') or {}, **parse_overrides(args.set))
         sweep_dir = os.path.abspath(args.output or grid['output'])
         runs = expand_grid(grid)
-        _plan(runs, sweep_dir)
+        _plan(runs, sweep_dir, load_paper(grid['paper']) if grid.get('paper') else ())
         rate = _measured_rate(sweep_dir)  # reads sweep.json: a link or a FIFO there is refused now
     except UsageError as e:
         print(f'timm_kd.sweep: error: {e}', file=sys.stderr)
