@@ -307,6 +307,13 @@ class HubServer(ThreadingHTTPServer):
         self._n += 1
         return hashlib.sha1(f'{repo_id}\0{msg}\0{self._n}\0{time.time_ns()}'.encode()).hexdigest()
 
+    def add_repo(self, repo_id: str, files: Dict[str, bytes]) -> None:
+        """A model repo whose main holds ``files`` (path -> bytes), as if they had been pushed in one commit."""
+        with self.lock:
+            repo = Repo(repo_id, created_at=time.strftime('%Y-%m-%dT%H:%M:%S.000Z', time.gmtime()))
+            repo.commits.append((self.new_oid(repo_id, 'add'), dict(files)))
+            self.repos[repo_id] = repo
+
     def record(self, method: str, path: str, headers) -> None:
         with self.lock:
             self.log.append((method, path, 'authorization' in {k.lower() for k in headers.keys()}))
