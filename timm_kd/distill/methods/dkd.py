@@ -11,7 +11,8 @@ Published defaults (megvii-research/mdistiller, ``DKD`` config and ``configs/cif
 CE weight 1, α = 1, β = 8 (β = 2 for resnet56→resnet20 and resnet110→resnet32, β = 6 for
 wrn_40_2→wrn_16_2 / wrn_40_1 / vgg13→vgg8 per the configs), T = 4, linear warm-up over 20 epochs
 (mdistiller counts epochs from 1, so the first epoch has weight 1/20; here epochs count from 0, hence
-``epoch + 1``). On ImageNet (mdistiller ``configs/imagenet/r34_r18/dkd.yaml``) α = 0.5, β = 0.5, T = 1.
+``epoch + 1``). On ImageNet (mdistiller ``configs/imagenet/r34_r18/dkd.yaml``, which sets no α: the default 1)
+α = 1, β = 0.5, T = 1, warm-up 1 epoch: ``configs/imagenet/dkd/``.
 
 With ``logit_std`` the logits are z-scored first and the base temperature replaces T (logit
 standardization, see ``kd.py``); the authors' CIFAR-100 script then multiplies α by 9 and sets
