@@ -52,33 +52,38 @@ def _crd(args: argparse.Namespace, path: str):
     return method
 
 
+def measure(args: argparse.Namespace, path: str) -> Dict[str, Any]:
+    """One path in this process: RSS before the first step, peak RSS after ``--steps`` steps, seconds a step (main()
+    runs each path in a fresh process, so the peak is that path's)."""
+    from timm_kd.distill.methods import ModelOutputs
+    from timm_kd.distill.methods.crd import draw_on_device
+    method = _crd(args, path)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    batches = []
+    for _ in range(args.steps):
+        index = torch.randperm(args.rows, generator=g)[:args.batch_size]
+        batches.append((torch.randn(args.batch_size, WIDTH, generator=g),
+                        torch.randn(args.batch_size, WIDTH, generator=g), method.labels[index], index))
+    before = current_rss()
+    seconds = []
+    for p_s, p_t, target, index in batches:
+        t0 = time.perf_counter()
+        if path == 'device_draw':
+            draw_on_device(method.labels, index, target, method.nce_k, g)
+        else:
+            p_s = p_s.requires_grad_()
+            loss = method(ModelOutputs(None, pre_logits=p_s), ModelOutputs(None, pre_logits=p_t), target,
+                          index=index)['crd_loss']
+            loss.backward()
+        seconds.append(time.perf_counter() - t0)
+    return {'rss_before_step': before, 'peak_rss': peak_rss(), 'extra_bytes': peak_rss() - before,
+            'sec_per_step': summarize(seconds[1:] or seconds), 'first_step_s': seconds[0]}
+
+
 def _child(args: argparse.Namespace, path: str, queue) -> None:
-    """One path in a fresh process: RSS before the first step, peak RSS after ``--steps`` steps, seconds a step."""
     try:
         torch.set_num_threads(args.threads)
-        from timm_kd.distill.methods import ModelOutputs
-        from timm_kd.distill.methods.crd import draw_on_device
-        method = _crd(args, path)
-        g = torch.Generator().manual_seed(args.seed + 1)
-        batches = []
-        for _ in range(args.steps):
-            index = torch.randperm(args.rows, generator=g)[:args.batch_size]
-            batches.append((torch.randn(args.batch_size, WIDTH, generator=g),
-                            torch.randn(args.batch_size, WIDTH, generator=g), method.labels[index], index))
-        before = current_rss()
-        seconds = []
-        for p_s, p_t, target, index in batches:
-            t0 = time.perf_counter()
-            if path == 'device_draw':
-                draw_on_device(method.labels, index, target, method.nce_k, g)
-            else:
-                p_s = p_s.requires_grad_()
-                loss = method(ModelOutputs(None, pre_logits=p_s), ModelOutputs(None, pre_logits=p_t), target,
-                              index=index)['crd_loss']
-                loss.backward()
-            seconds.append(time.perf_counter() - t0)
-        queue.put({'rss_before_step': before, 'peak_rss': peak_rss(), 'extra_bytes': peak_rss() - before,
-                   'sec_per_step': summarize(seconds[1:] or seconds), 'first_step_s': seconds[0]})
+        queue.put(measure(args, path))
     except Exception as e:  # noqa: BLE001 - reported, the parent goes on with the next path
         queue.put({'error': f'{type(e).__name__}: {e}'})
 

@@ -19,8 +19,18 @@ here: our KD step on a fixed batch). The loader keeps up when loader / step >= 3
 trains the KD step fed by each source, which shows what the loader costs when it shares the CPU.
 
     python benchmarks/bench_data.py --step-json out/bench_step.json --json out/bench_data.json
+
+``--recipe configs/imagenet/resnet34__resnet18.yaml`` measures the ImageNet pipeline instead: a folder of JPEGs of
+ImageNet's sizes (``--num-samples``, written to a temporary ImageFolder tree) read through train_kd.py's own dataset,
+transform (RandomResizedCrop 224 + flip) and loader (per-sample seeding for exact resume), for each ``--workers-list``
+count; the per-sample costs (JPEG decode, transform, the seeding in a worker and in the main process); and the
+recipe's step on this machine (KD and KD+TLCutMix+pick at ``--step-batch``, with their FLOPs per image), from which it
+gives the loader workers that feed the step: step images/s / images/s of one worker.
+
+    python benchmarks/bench_data.py --recipe configs/imagenet/resnet34__resnet18.yaml --workers-list 0,1,2
 """
 import argparse
+import gc
 import os
 import sys
 import time
@@ -181,18 +191,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--threads', type=int, default=2, help='torch.set_num_threads of the main process')
     p.add_argument('--step-ips', type=float, default=None, help="the step's images/s (skips measuring it)")
     p.add_argument('--step-json', default=None, help="bench_step.py --json output: take the step rates from it")
-    p.add_argument('--model', default='resnet20', help='student of the measured step (when measured here)')
-    p.add_argument('--teacher', default='resnet56')
+    p.add_argument('--model', default=None, help="student of the measured step (when measured here; default "
+                                                 "resnet20, with --recipe the recipe's)")
+    p.add_argument('--teacher', default=None, help="its teacher (default resnet56, with --recipe the recipe's)")
     p.add_argument('--step-repeats', type=int, default=3)
     p.add_argument('--e2e', action=argparse.BooleanOptionalAction, default=True,
                    help='also time the KD step fed by each source (default on)')
     p.add_argument('--e2e-steps', type=int, default=5, help='training steps per source and repeat in --e2e')
+    p.add_argument('--recipe', default=None, metavar='YAML',
+                   help='an ImageNet-size train_kd recipe: measure its JPEG pipeline and step instead (see above)')
+    p.add_argument('--step-batch', type=int, default=8, help='--recipe: batch of the measured step')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--json', default=None, metavar='PATH')
     p.add_argument('-q', '--quiet', action='store_true')
     args = p.parse_args(argv)
     if args.workers is None:
         args.workers = default_workers()
+    if not args.recipe:
+        args.model, args.teacher = args.model or 'resnet20', args.teacher or 'resnet56'
     args.sources = [s for s in args.sources.split(',') if s]
     for s in args.sources:
         if s not in ('train_kd', 'train_kd_view', 'plain', 'device_aug'):
@@ -213,6 +229,124 @@ def step_rates_from_json(path: str) -> Dict[str, float]:
     return out
 
 
+def write_jpeg_folder(root: str, num_samples: int, classes: int = 10, seed: int = 0) -> float:
+    """train/<class>/*.JPEG and a small val/ of ImageNet's sizes (sides 333-500 px) and a JPEG's texture (a smooth
+    random field plus fine noise, quality 90); the mean file size in bytes."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    sizes = []
+    for split, n in (('train', num_samples), ('val', classes)):
+        for i in range(n):
+            folder = os.path.join(root, split, f'n{i % classes:08d}')
+            os.makedirs(folder, exist_ok=True)
+            h, w = int(rng.integers(333, 501)), int(rng.integers(375, 501))
+            field = Image.fromarray(rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)).resize(
+                (w, h), Image.BICUBIC)
+            pixels = np.asarray(field, dtype=np.int16) + rng.integers(-12, 13, (h, w, 3))
+            path = os.path.join(folder, f'{i}.JPEG')
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+            sizes.append(os.path.getsize(path))
+    return float(np.mean(sizes))
+
+
+def recipe_dataset(recipe: str, root: str):
+    """train_kd.py's training dataset (reader, transform) and data config for ``recipe`` on the folder ``root``."""
+    from timm_kd.train.args import parse_args as train_args
+    from timm_kd.train.build import create_datasets, data_config
+    classes = len(os.listdir(os.path.join(root, 'train')))
+    args, explicit = train_args(['--config', recipe, '--data-dir', root, '--num-classes', str(classes)])
+    dc = data_config(args, explicit)
+    return create_datasets(args, dc)[0], dc, args
+
+
+def seeding_costs(seeded, n: int = 2000) -> Dict[str, float]:
+    """Microseconds per sample of the per-sample seeding alone: a worker reseeds, the main process also saves and
+    restores the generators' states."""
+    t0 = time.perf_counter()
+    for i in range(n):
+        seeded._seed(1000 + i)
+    return {'seeding_in_worker': (time.perf_counter() - t0) / n * 1e6}
+
+
+def imagenet_main(args: argparse.Namespace, result: Dict[str, Any], log: Callable[[str], None]) -> Dict[str, Any]:
+    """--recipe: train_kd's loader on ImageNet-like JPEGs per worker count, and the recipe's step on this machine."""
+    import tempfile
+    from timm_kd.train.data import SeededSamples
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix='bench_data_imagenet_') as root:
+        result['mean_jpeg_bytes'] = write_jpeg_folder(root, args.num_samples, seed=args.seed)
+        ds, dc, train_args = recipe_dataset(args.recipe, root)
+        result['transform'] = repr(ds.transform)
+        log(f'{args.num_samples} JPEGs of {result["mean_jpeg_bytes"] / 1e3:.0f} kB on average; the recipe\'s '
+            f'{dc["size"]} px transform, loader RNGs {dc["rngs"]}')
+        seeded = SeededSamples(ds, dc['rngs'])
+        per_sample = per_sample_costs(ds, n=min(64, len(ds)))
+        per_sample.update(seeding_costs(seeded))
+        from PIL import Image
+        path = ds.reader.samples[0][0]
+        t0 = time.perf_counter()
+        for _ in range(20):
+            with Image.open(path) as im:
+                im.convert('RGB')
+        per_sample['jpeg_decode'] = (time.perf_counter() - t0) / 20 * 1e6
+        result['per_sample_us'] = per_sample
+        sources = {f'train_kd/w{w}': EpochBatches(make_loader('train_kd', ds, args.batch_size, w, args.seed))
+                   for w in args.worker_counts}
+        times: Dict[str, List[float]] = {k: [] for k in sources}
+        startup = {}
+        for name, src in sources.items():
+            t0 = time.perf_counter()
+            src.next()
+            startup[name] = time.perf_counter() - t0
+            for _ in range(args.warmup_batches):
+                src.next()
+        for r in range(args.repeats):
+            for name in (list(sources) if r % 2 == 0 else list(sources)[::-1]):
+                times[name].append(time_batches(sources[name], args.batches, torch.device('cpu')))
+            log(f'  repeat {r + 1}/{args.repeats} ({time.perf_counter() - t_start:.0f}s)')
+        del sources  # the persistent workers end here, before their files go and before the step is timed
+        gc.collect()
+    out = {}
+    for name, ts in times.items():
+        workers = int(name.split('/w')[1])
+        ips = args.batch_size / summarize(ts)['median']
+        out[name] = {'sec_per_batch': summarize(ts), 'images_per_s': ips, 'startup_s': startup[name],
+                     'images_per_s_per_worker': ips / workers if workers else None}
+    result['sources'] = out
+    # the recipe's step on this machine, and its work per image
+    from bench_step import Bench, parse_args as step_args, step_flops
+    bench = Bench(step_args([
+        '--model', args.model or train_args.model, '--teacher', args.teacher or train_args.teacher, '-b',
+        str(args.step_batch), '--img-size',
+        str(dc['size']), '--num-classes', str(train_args.num_classes), '--device', 'cpu', '--threads',
+        str(args.threads), '--seed', str(args.seed)]), ['kd', 'pick-kld'], ['ours'])
+    step = {}
+    for variant in ('kd', 'pick-kld'):
+        fn = bench.steps[variant, 'ours']
+        flops = step_flops(fn, bench.batch())
+        fn(*bench.batch())
+        secs = [bench.run(fn, 1) for _ in range(args.step_repeats)]
+        step[variant] = {'sec_per_step': summarize(secs), 'images_per_s': args.step_batch / summarize(secs)['median'],
+                         'gflops_per_image': flops / args.step_batch / 1e9 if flops else None}
+    result['step'] = step
+    best = max((o['images_per_s_per_worker'] for o in out.values() if o['images_per_s_per_worker']), default=None)
+    result['per_worker_images_per_s'] = best
+    result['workers_to_feed_step'] = {v: (s['images_per_s'] / best if best else None) for v, s in step.items()}
+    result['env']['load_average_end'] = load_average()
+    result['wall_seconds'] = time.perf_counter() - t_start
+    log('')
+    log('per sample (us, fastest of 3): ' + ', '.join(f'{k} {v:.0f}' for k, v in per_sample.items()))
+    for name, o in out.items():
+        per = o['images_per_s_per_worker']
+        log(f'{name:16s} {o["images_per_s"]:8.1f} img/s' + (f', {per:.1f} a worker' if per else ' (main process)'))
+    for v, st in step.items():
+        log(f'step {v:9s} {st["images_per_s"]:7.2f} img/s on this machine ({st["gflops_per_image"]:.1f} GFLOPs an image):'
+            f' {result["workers_to_feed_step"][v]:.3f} workers of {best:.0f} img/s feed it')
+    log(f'load average end: {load_average()}')
+    write_json(args.json, result)
+    return result
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     log = (lambda *a: None) if args.quiet else (lambda s: print(s, flush=True))
@@ -223,9 +357,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         'schema_version': SCHEMA_VERSION, 'benchmark': 'data', 'env': environment(device),
         'config': {k: getattr(args, k) for k in (
             'batch_size', 'num_samples', 'workers', 'worker_counts', 'sources', 'batches', 'warmup_batches',
-            'repeats', 'device', 'threads', 'e2e', 'e2e_steps', 'seed')},
+            'repeats', 'device', 'threads', 'e2e', 'e2e_steps', 'seed', 'recipe', 'step_batch')},
         'command': ' '.join(['python', 'benchmarks/bench_data.py'] + (argv if argv is not None else sys.argv[1:])),
     }
+    if args.recipe:
+        log(f'bench_data: {args.recipe}, batch {args.batch_size}, workers {args.worker_counts}, load {load_average()}')
+        return imagenet_main(args, result, log)
     log(f'bench_data: batch {args.batch_size}, workers {args.worker_counts} (train_kd default {default_workers()}), '
         f'{device}, load {load_average()}')
     t_start = time.perf_counter()

@@ -21,6 +21,7 @@ from timm_kd.distill import entropy, per_sample_kl
 
 BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks')
 sys.path.insert(0, BENCH_DIR)
+import bench_crd  # noqa: E402
 import bench_data  # noqa: E402
 from gpu_aug import DeviceAugment, pad_crop_flip, random_pad_crop_flip  # noqa: E402
 import bench_step  # noqa: E402
@@ -220,6 +221,34 @@ def test_bench_data_step_rate_from_json(tmp_path):
     assert set(o['over_step']) == {'kd', 'tlcutmix'}
     assert math.isclose(o['over_step']['kd'] * 10.0, o['images_per_s'])
     assert res['goals'] == {}  # the train_kd loader was not measured
+
+
+def test_bench_data_imagenet_recipe_smoke(tmp_path):
+    """--recipe: ImageNet-sized JPEGs through train_kd's 224 px loader, per worker; the step of small stand-ins."""
+    res = bench_data.main([
+        '--recipe', os.path.join(os.path.dirname(BENCH_DIR), 'configs', 'imagenet', 'resnet34__resnet18.yaml'),
+        '--num-samples', '12', '-b', '4', '--workers', '1', '--batches', '1',
+        '--warmup-batches', '0', '--repeats', '1', '--step-repeats', '1', '--step-batch', '2', '--model', 'test_resnet',
+        '--teacher', 'test_resnet', '--threads', '1', '--quiet', '--json', str(tmp_path / 'data.json')])
+    saved = json.loads((tmp_path / 'data.json').read_text())
+    assert saved['config']['recipe'].endswith('resnet34__resnet18.yaml') and 'RandomResizedCrop' in saved['transform']
+    assert set(saved['sources']) == {'train_kd/w1'}
+    assert saved['per_worker_images_per_s'] == saved['sources']['train_kd/w1']['images_per_s'] > 0
+    assert {'transform', 'seeded_transform', 'seeding_in_worker', 'jpeg_decode'} <= set(saved['per_sample_us'])
+    for variant in ('kd', 'pick-kld'):
+        assert res['step'][variant]['images_per_s'] > 0 and res['step'][variant]['gflops_per_image'] > 0
+        assert res['workers_to_feed_step'][variant] == pytest.approx(
+            res['step'][variant]['images_per_s'] / saved['per_worker_images_per_s'])
+
+
+def test_bench_crd_smoke():
+    """Every path at a small size, in this process (main() gives each a fresh one): memory and seconds a step."""
+    args = bench_crd.parse_args(['--rows', '4000', '--classes', '10', '-b', '8', '--nce-k', '64', '--steps', '2'])
+    for path in bench_crd.PATHS:
+        res = bench_crd.measure(args, path)
+        assert isinstance(res['extra_bytes'], int) and res['sec_per_step']['median'] > 0 and res['first_step_s'] > 0, path
+    with pytest.raises(SystemExit):
+        bench_crd.parse_args(['--paths', 'drawn,nope'])
 
 
 def test_default_workers_is_train_kd_default():
