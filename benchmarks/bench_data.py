@@ -175,6 +175,27 @@ def time_batches(source, n: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / max(n, 1)
 
 
+def time_sources(sources: Dict[str, Any], args: argparse.Namespace, device: torch.device, log: Callable[[str], None],
+                 t_start: float) -> Tuple[Dict[str, float], Dict[str, List[float]]]:
+    """(start-up seconds, seconds per batch of every repeat) of each source: the start-up (worker spawn, first
+    batch) and warm-up untimed but for the record, then ``--repeats`` interleaved timings, the order flipped every
+    repeat."""
+    startup = {}
+    for name, src in sources.items():
+        t0 = time.perf_counter()
+        src.next()
+        startup[name] = time.perf_counter() - t0
+        for _ in range(args.warmup_batches):
+            src.next()
+    times: Dict[str, List[float]] = {k: [] for k in sources}
+    names = list(sources)
+    for r in range(args.repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            times[name].append(time_batches(sources[name], args.batches, device))
+        log(f'  repeat {r + 1}/{args.repeats} ({time.perf_counter() - t_start:.0f}s)')
+    return startup, times
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('-b', '--batch-size', type=int, default=64)
@@ -292,18 +313,7 @@ def imagenet_main(args: argparse.Namespace, result: Dict[str, Any], log: Callabl
         result['per_sample_us'] = per_sample
         sources = {f'train_kd/w{w}': EpochBatches(make_loader('train_kd', ds, args.batch_size, w, args.seed))
                    for w in args.worker_counts}
-        times: Dict[str, List[float]] = {k: [] for k in sources}
-        startup = {}
-        for name, src in sources.items():
-            t0 = time.perf_counter()
-            src.next()
-            startup[name] = time.perf_counter() - t0
-            for _ in range(args.warmup_batches):
-                src.next()
-        for r in range(args.repeats):
-            for name in (list(sources) if r % 2 == 0 else list(sources)[::-1]):
-                times[name].append(time_batches(sources[name], args.batches, torch.device('cpu')))
-            log(f'  repeat {r + 1}/{args.repeats} ({time.perf_counter() - t_start:.0f}s)')
+        startup, times = time_sources(sources, args, torch.device('cpu'), log, t_start)
         del sources  # the persistent workers end here, before their files go and before the step is timed
         gc.collect()
     out = {}
@@ -379,21 +389,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if 'device_aug' in args.sources:
         sources['device_aug'] = DeviceBatches(ds.data, ds.targets, args.batch_size, device, seed=args.seed)
 
-    # start-up (worker spawn, first batch) and warm-up, untimed except for the record
-    startup = {}
-    for name, src in sources.items():
-        t0 = time.perf_counter()
-        src.next()
-        startup[name] = time.perf_counter() - t0
-        for _ in range(args.warmup_batches):
-            src.next()
-
-    times: Dict[str, List[float]] = {k: [] for k in sources}
-    names = list(sources)
-    for r in range(args.repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            times[name].append(time_batches(sources[name], args.batches, device))
-        log(f'  repeat {r + 1}/{args.repeats} ({time.perf_counter() - t_start:.0f}s)')
+    startup, times = time_sources(sources, args, device, log, t_start)
 
     # the step's consumption
     if args.step_ips:
