@@ -299,8 +299,8 @@ def imagenet_main(args: argparse.Namespace, result: Dict[str, Any], log: Callabl
         ds, dc, train_args = recipe_dataset(args.recipe, root)
         result['transform'] = repr(ds.transform)
         log(f'{args.num_samples} JPEGs of {result["mean_jpeg_bytes"] / 1e3:.0f} kB on average; the recipe\'s '
-            f'{dc["size"]} px transform, loader RNGs {dc["rngs"]}')
-        seeded = SeededSamples(ds, dc['rngs'])
+            f'{dc.size} px transform, loader RNGs {dc.rngs}')
+        seeded = SeededSamples(ds, dc.rngs)
         per_sample = per_sample_costs(ds, n=min(64, len(ds)))
         per_sample.update(seeding_costs(seeded))
         from PIL import Image
@@ -328,7 +328,7 @@ def imagenet_main(args: argparse.Namespace, result: Dict[str, Any], log: Callabl
     bench = Bench(step_args([
         '--model', args.model or train_args.model, '--teacher', args.teacher or train_args.teacher, '-b',
         str(args.step_batch), '--img-size',
-        str(dc['size']), '--num-classes', str(train_args.num_classes), '--device', 'cpu', '--threads',
+        str(dc.size), '--num-classes', str(train_args.num_classes), '--device', 'cpu', '--threads',
         str(args.threads), '--seed', str(args.seed)]), ['kd', 'pick-kld'], ['ours'])
     step = {}
     for variant in ('kd', 'pick-kld'):
