@@ -35,7 +35,8 @@ TABLE5 = {
 }
 METHOD_KEYS = ('distill', 'sp_beta', 'at_beta', 'at_p', 'crd_beta', 'crd_feat_dim', 'nce_k', 'nce_t', 'nce_m',
                'dkd_alpha', 'dkd_beta', 'dkd_warmup', 'kd_temperature', 'kd_alpha', 'task_loss_weight',
-               'distill_loss_weight', 'tl_cutmix', 'pick', 'teacher', 'config')
+               'distill_loss_weight', 'tl_cutmix', 'pick', 'teacher', 'kd_model_name', 'kd_distill_type',
+               'config')
 
 
 def _args(path, *extra):
