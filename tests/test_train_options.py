@@ -649,6 +649,8 @@ def test_small_and_large_input_data_flags_build_the_transforms(tmp_path):
     assert resize.size == int(math.floor(128 / 0.8)) and resize.interpolation == T.InterpolationMode.BICUBIC
     jitter = datasets('--dataset', 'synthetic/10x128', '--img-size', '128', '--color-jitter', '0.2')[1][0]
     assert next(t for t in jitter.transforms if isinstance(t, T.ColorJitter)).brightness == (0.8, 1.2)
+    off = datasets('--dataset', 'synthetic/10x128', '--img-size', '128', '--color-jitter', '0')[1][0]
+    assert not any(isinstance(t, T.ColorJitter) for t in off.transforms)  # 0 is off, not a jitter that does nothing
 
 
 def test_val_split_and_class_map_choose_the_image_folders(tmp_path, train_kd, capsys):
