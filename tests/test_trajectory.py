@@ -175,6 +175,33 @@ def scoring_pass(student: nn.Module, pool: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def picked_views(step, pick: str, student: nn.Module, teacher: nn.Module):
+    """(the views trained, the teacher's logits on them) of a step: its pool checked as CutMix of the batch (or of
+    the second view), then the whole pool ('none'), the rows drawn up front ('random') or the top half by the
+    criterion, scored without gradient in train-mode BatchNorm."""
+    src = step['extras'].get('view_input', step['x'])
+    assert torch.equal(step['mixer_input'], src), 'the pool is not made from the batch (or its second view)'
+    assert_cutmix_pool(step['pool'], src, step['partner'], step['n_sets'])
+    pool = step['pool']
+    with torch.no_grad():
+        t_pool = teacher(pool)
+    num_pick = pool.shape[0] // 2
+    if pick == 'none':  # TLCutMix: one candidate set, all of it trained
+        assert step['n_sets'] == 1
+        rows = torch.arange(pool.shape[0])
+    elif pick == 'random':
+        rows = step['drawn']
+        assert rows.shape == (num_pick,) and len(set(rows.tolist())) == num_pick
+    else:
+        if pick == 't_ent':
+            score = entropy_rows(t_pool)
+        else:
+            s_pool = scoring_pass(student, pool)
+            score = kl_rows(s_pool, t_pool, T) if pick == 'kld' else entropy_rows(s_pool)
+        rows = score.topk(num_pick).indices
+    return pool[rows], t_pool[rows]
+
+
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
     model.eval()
     with torch.no_grad():
@@ -226,44 +253,16 @@ def hand_loop(steps, pick: str, init_ckpt: str, teacher_ckpt: str, eval_data, cr
         with torch.no_grad():
             t_x = teacher(x)
             f_t = pre_logits(teacher, x) if crd else None
-        if pick == 'kd':  # plain KD: no view
-            assert 'pool' not in step
-            s_x = student(x)
-            loss = GAMMA * F.cross_entropy(s_x, y) + ALPHA * kd_term(s_x, t_x)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if (i + 1) % per_epoch == 0:
-                sched.step()
-                evals.append(evaluate(student, *eval_data))
-            continue
-        src = step['extras'].get('view_input', x)
-        assert torch.equal(step['mixer_input'], src), 'the pool is not made from the batch (or its second view)'
-        assert_cutmix_pool(step['pool'], src, step['partner'], step['n_sets'])
-        pool = step['pool']
-        with torch.no_grad():
-            t_pool = teacher(pool)
-        num_pick = pool.shape[0] // 2
-        if pick == 'none':  # TLCutMix: one candidate set, all of it trained
-            assert step['n_sets'] == 1
-            rows = torch.arange(pool.shape[0])
-        elif pick == 'random':
-            rows = step['drawn']
-            assert rows.shape == (num_pick,) and len(set(rows.tolist())) == num_pick
-        else:
-            if pick == 't_ent':
-                score = entropy_rows(t_pool)
-            else:
-                s_pool = scoring_pass(student, pool)
-                score = kl_rows(s_pool, t_pool, T) if pick == 'kld' else entropy_rows(s_pool)
-            rows = score.topk(num_pick).indices
+        views = None if pick == 'kd' else picked_views(step, pick, student, teacher)  # before any grad pass
+        assert (views is None) == ('pool' not in step)
         if crd:
             feats = student.forward_features(x)
             s_x, f_s = student.forward_head(feats), student.forward_head(feats, pre_logits=True)
         else:
             s_x = student(x)
-        s_view = student(pool[rows])
-        loss = GAMMA * F.cross_entropy(s_x, y) + ALPHA * kd_term(s_x, t_x) + ALPHA * kd_term(s_view, t_pool[rows])
+        loss = GAMMA * F.cross_entropy(s_x, y) + ALPHA * kd_term(s_x, t_x)
+        if views is not None:
+            loss = loss + ALPHA * kd_term(student(views[0]), views[1])
         if crd:
             loss = loss + method(f_s, f_t, step['extras']['index'], step['negatives'])
         opt.zero_grad()

@@ -151,21 +151,23 @@ def _summary(path: str) -> List[Dict[str, str]]:
     return rows
 
 
+def _mapping(file: str, read, missing: str, what: str = 'a mapping') -> Dict[str, Any]:
+    """The mapping a run record holds (read safely); SkippedRun(``missing``) without the file, one sentence for
+    anything else."""
+    value = read(file, default=None)
+    if value is None:
+        raise SkippedRun(missing)
+    if not isinstance(value, dict):
+        raise UsageError(f'{file} holds a {type(value).__name__}, not {what}; fix or remove it.')
+    return value
+
+
 def load_run(path: str) -> RunRecord:
     """Read one run folder. Raises SkippedRun naming what is missing, unfinished or of an unknown version, and
     UsageError (one sentence naming the file) for a record that cannot be read safely or is malformed."""
-    args = read_yaml(os.path.join(path, 'args.yaml'), default=None)
-    if args is None:
-        raise SkippedRun('no args.yaml')
-    if not isinstance(args, dict):
-        raise UsageError(f'{os.path.join(path, "args.yaml")} holds a {type(args).__name__}, not a mapping of flags; '
-                         f'fix or remove it.')
-    results = read_json(os.path.join(path, 'results.json'), default=None)
-    if results is None:
-        raise SkippedRun('no results.json (the run has not finished an epoch)')
-    if not isinstance(results, dict):
-        raise UsageError(f'{os.path.join(path, "results.json")} holds a {type(results).__name__}, not a mapping; fix '
-                         f'or remove it.')
+    args = _mapping(os.path.join(path, 'args.yaml'), read_yaml, 'no args.yaml', 'a mapping of flags')
+    results = _mapping(os.path.join(path, 'results.json'), read_json,
+                       'no results.json (the run has not finished an epoch)')
     version = results.get('version', 1)
     if version not in RESULTS_VERSIONS:
         raise SkippedRun(f'results.json has the unknown version {version!r} (this report reads '
