@@ -19,6 +19,7 @@ Small inputs (< 128 px, the CIFAR recipe) keep PIL images until the tensor conve
 auto-augment policies (which operate on PIL images) apply at any size; their hyper-parameters
 (translation, fill colour) follow the image size and mean as in timm's ``create_transform``.
 """
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -143,25 +144,53 @@ def resolve_view(name: str) -> Tuple[View, str]:
         raise ValueError(
             f"Unknown view {name!r}: use one of {', '.join(VIEWS)} (or a timm policy string such as "
             f"rand-m9-mstd0.5 or augmix-m3-w3).")
-    for section in sections:  # timm skips sections it cannot parse; a typo must not pass silently
-        keys = sorted(_FAMILY_KEYS[head], key=len, reverse=True)
-        if not any(section.startswith(k) and (k == 't' or _is_number(section[len(k):])) for k in keys):
-            raise ValueError(f'{name!r}: unknown section {section!r} of a timm {head} policy string (keys: '
-                             f"{', '.join(_FAMILY_KEYS[head])}, each followed by a number, e.g. "
-                             f'{family.default_config}).')
+    _check_sections(head, sections, name, family.default_config)
     return family, key
 
 
-# the sections timm's rand_augment_transform / augment_and_mix_transform read
-_FAMILY_KEYS = {'rand': ('m', 'n', 'p', 'mstd', 'mmax', 'inc', 't'), 'augmix': ('m', 'w', 'd', 'a', 'b', 'mstd')}
+# The sections timm's rand_augment_transform / augment_and_mix_transform read: key -> (type, low, high, meaning), low
+# excluded where the meaning says > and None = unbounded. timm reads a value only when it starts with a digit, ignores
+# other sections and clips a magnitude above its maximum, so a typo, 'nan' or a value out of range would change the
+# policy without a word: each is refused.
+_FAMILY_SECTIONS: Dict[str, Dict[str, Tuple[type, float, Optional[float], str]]] = {
+    'rand': {'mstd': (float, 0, None, 'magnitude noise std, > 100: uniform'), 'mmax': (int, 1, None, 'magnitude cap'),
+             'inc': (int, 0, 1, 'increasing ops'), 'm': (int, 0, 10, 'magnitude, up to mmax if given'),
+             'n': (int, 1, None, 'ops per image'), 'p': (float, 0, 1, 'probability of each op')},
+    'augmix': {'mstd': (float, 0, None, 'magnitude noise std'), 'm': (int, 0, 10, 'magnitude'),
+               'w': (int, 1, None, 'chains mixed'), 'd': (int, 1, None, 'ops per chain; none: 1-3 at random'),
+               'a': (float, 0, None, 'Dirichlet / Beta alpha, > 0'), 'b': (int, 0, 1, 'blended mode')},
+}
+_RAND_OP_SETS = ('weights', '3aw', '3a')  # rand-t<name>: timm's op sets; another name silently means the default
 
 
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
+def _check_sections(head: str, sections: List[str], name: str, example: str) -> None:
+    """Every section of a ``rand`` / ``augmix`` policy string is one timm reads, with a value in range."""
+    table = _FAMILY_SECTIONS[head]
+    keys = sorted(table, key=len, reverse=True)  # 'mstd' before 'm'
+    values: Dict[str, Tuple[str, float]] = {}
+    for section in sections:
+        if head == 'rand' and section.startswith('t'):
+            if section[1:] not in _RAND_OP_SETS:
+                raise ValueError(f"{name!r}: section {section!r} names no timm RandAugment op set (t followed by "
+                                 f"{' / '.join(_RAND_OP_SETS)}).")
+            continue
+        key = next((k for k in keys if section.startswith(k)), None)
+        if key is None:
+            raise ValueError(f"{name!r}: unknown section {section!r} of a timm {head} policy string (keys: "
+                             f"{', '.join(table)}, each followed by a number, e.g. {example}).")
+        kind, meaning = table[key][0], table[key][3]
+        if not re.fullmatch(r'\d+' if kind is int else r'\d+(\.\d+)?', section[len(key):]):
+            raise ValueError(f"{name!r}: section {section!r} needs {'an integer' if kind is int else 'a number'} "
+                             f"after {key!r} ({meaning}).")
+        values[key] = section, kind(section[len(key):])
+    for key, (section, v) in values.items():
+        _, low, high, meaning = table[key]
+        if head == 'rand' and key == 'm' and 'mmax' in values:  # timm clips the magnitude at mmax (default 10)
+            high = values['mmax'][1]
+        low_open = meaning.endswith(f'> {low:g}')
+        if v < low or (low_open and v == low) or (high is not None and v > high):
+            bounds = f'> {low:g}' if low_open else f'>= {low:g}' if high is None else f'in [{low:g}, {high:g}]'
+            raise ValueError(f"{name!r}: section {section!r} is out of range: {key} ({meaning}) must be {bounds}.")
 
 
 class PatchShuffle:

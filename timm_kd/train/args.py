@@ -17,7 +17,7 @@ import yaml
 
 from timm_kd.data.pick import PICK_CRITERIA
 from timm_kd.data.views import resolve_view, sample_view_names
-from timm_kd.distill.methods import METHODS
+from timm_kd.distill.methods import METHODS, method_arg_ranges
 from timm_kd.distill.resolution import MIN_IMAGE_SIZE, image_size
 from timm_kd.utils.errors import UsageError
 from timm_kd.utils.messages import first_line
@@ -78,13 +78,15 @@ def _range_text(low, high, low_open, high_open) -> str:
 
 
 def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Every numeric flag finite and in its range (``_RANGES``; other int flags >= 0). Raises UsageError."""
+    """Every numeric flag finite and in its range (``_RANGES``, the methods' ``arg_ranges``; other int flags >= 0).
+    Raises UsageError."""
+    ranges = {**_RANGES, **method_arg_ranges()}
     for a in parser._actions:
         value = getattr(args, a.dest, None)
         if a.type not in (int, float) or value is None:
             continue
-        low, high, low_open, high_open = _RANGES.get(a.dest, (0, None, False, False) if a.type is int else
-                                                     (None, None, False, False))
+        low, high, low_open, high_open = ranges.get(a.dest, (0, None, False, False) if a.type is int else
+                                                    (None, None, False, False))
         for v in (value if isinstance(value, (list, tuple)) else [value]):
             ok = math.isfinite(v) and (low is None or (v > low if low_open else v >= low)) and \
                 (high is None or (v < high if high_open else v <= high))

@@ -9,9 +9,9 @@ from typing import Callable, Dict, Type
 
 import torch.nn as nn
 
-from .base import Distiller, ModelOutputs
+from .base import Distiller, FlagRange, ModelOutputs
 
-__all__ = ['METHODS', 'Distiller', 'ModelOutputs', 'register_method', 'create_method']
+__all__ = ['METHODS', 'Distiller', 'ModelOutputs', 'register_method', 'create_method', 'method_arg_ranges']
 
 METHODS: Dict[str, Type[Distiller]] = {}
 
@@ -43,6 +43,11 @@ def create_method(
     if cls is None:
         raise ValueError(f'Unknown distillation method {name!r}: choose one of {sorted(METHODS)}.')
     return cls(student, teacher, num_classes=num_classes, temperature=temperature, **hparams)
+
+
+def method_arg_ranges() -> Dict[str, FlagRange]:
+    """The declared ranges of every registered method's flags, by dest (``Distiller.arg_ranges``)."""
+    return {dest: r for cls in METHODS.values() for dest, r in cls.arg_ranges().items()}
 
 
 # the methods: importing a module registers it

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..intermediates import match_spatial, matched_stages
 from . import register_method
-from .base import ModelOutputs
+from .base import POSITIVE, FlagRange, ModelOutputs
 from .feature import FeatureDistiller
 
 __all__ = ['AT', 'attention_map']
@@ -55,6 +55,10 @@ class AT(FeatureDistiller):
         super().add_args(group)
         group.add_argument('--at-p', type=float, default=2.0, metavar='P',
                            help='AT: power p of the attention map (default 2)')
+
+    @classmethod
+    def arg_ranges(cls) -> Dict[str, FlagRange]:
+        return dict(super().arg_ranges(), at_p=POSITIVE)  # p <= 0 turns the map of zero activations into inf
 
     @classmethod
     def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:

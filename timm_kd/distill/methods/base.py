@@ -26,7 +26,14 @@ import torch.nn as nn
 
 from ..losses import kd_loss
 
-__all__ = ['ModelOutputs', 'Distiller']
+__all__ = ['ModelOutputs', 'Distiller', 'FlagRange', 'POSITIVE', 'NON_NEGATIVE', 'AT_LEAST_ONE']
+
+# The values a numeric flag allows: (low, high, low excluded, high excluded), None = unbounded. train_kd checks every
+# flag against its range before any work (``timm_kd.train.args.check_numbers``).
+FlagRange = Tuple[Optional[float], Optional[float], bool, bool]
+POSITIVE: FlagRange = (0, None, True, False)
+NON_NEGATIVE: FlagRange = (0, None, False, False)
+AT_LEAST_ONE: FlagRange = (1, None, False, False)
 
 
 @dataclass
@@ -131,6 +138,11 @@ class Distiller(nn.Module):
     @classmethod
     def add_args(cls, group) -> None:
         """Add the method's own flags to an argparse group (names unique across methods)."""
+
+    @classmethod
+    def arg_ranges(cls) -> Dict[str, FlagRange]:
+        """The allowed values of each numeric flag of ``add_args`` (by dest), declared beside them."""
+        return {}
 
     @classmethod
     def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:

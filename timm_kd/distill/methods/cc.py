@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from ..intermediates import pre_logits_dim
 from . import register_method
-from .base import ModelOutputs
+from .base import AT_LEAST_ONE, FlagRange, ModelOutputs
 from .feature import FeatureDistiller
 
 __all__ = ['CC']
@@ -48,6 +48,10 @@ class CC(FeatureDistiller):
         super().add_args(group)
         group.add_argument('--cc-feat-dim', type=int, default=128, metavar='D',
                            help='CC: width of the linear embeddings (default 128)')
+
+    @classmethod
+    def arg_ranges(cls) -> Dict[str, FlagRange]:
+        return dict(super().arg_ranges(), cc_feat_dim=AT_LEAST_ONE)
 
     @classmethod
     def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 
 from ..intermediates import no_autocast, pre_logits_dim
 from . import register_method
-from .base import ModelOutputs
+from .base import AT_LEAST_ONE, POSITIVE, FlagRange, ModelOutputs
 from .feature import FeatureDistiller
 
 __all__ = ['CRD', 'nce_loss', 'sort_by_class', 'draw_on_host', 'draw_on_device', 'score_drawn_rows',
@@ -329,6 +329,12 @@ class CRD(FeatureDistiller):
                            help='CRD: temperature of the contrastive scores (default 0.07)')
         group.add_argument('--nce-m', type=float, default=0.5, metavar='M',
                            help='CRD: momentum of the memory bank update (default 0.5)')
+
+    @classmethod
+    def arg_ranges(cls) -> Dict[str, FlagRange]:
+        # momentum 1 would never update the bank; the upper bound of --nce-k is the training set, checked with it
+        return dict(super().arg_ranges(), crd_feat_dim=AT_LEAST_ONE, nce_k=AT_LEAST_ONE, nce_t=POSITIVE,
+                    nce_m=(0, 1, False, True))
 
     @classmethod
     def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from . import register_method
-from .base import Distiller
+from .base import NON_NEGATIVE, Distiller, FlagRange
 
 __all__ = ['DIST', 'dist_loss', 'pearson_rows']
 
@@ -66,6 +66,10 @@ class DIST(Distiller):
                            help='DIST: weight of the inter-class (per-sample) relation (default 2, CIFAR; ImageNet 1)')
         group.add_argument('--dist-gamma', type=float, default=2.0, metavar='G',
                            help='DIST: weight of the intra-class (per-class) relation (default 2, CIFAR; ImageNet 1)')
+
+    @classmethod
+    def arg_ranges(cls) -> Dict[str, FlagRange]:
+        return dict(dist_beta=NON_NEGATIVE, dist_gamma=NON_NEGATIVE)
 
     @classmethod
     def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register_method
-from .base import Distiller
+from .base import NON_NEGATIVE, Distiller, FlagRange
 from .kd import LogitStandardization
 
 __all__ = ['DKD', 'dkd_loss']
@@ -102,6 +102,10 @@ class DKD(LogitStandardization, Distiller):
                                 'resnet56->resnet20, 6 for wrn_40_2 pairs)')
         group.add_argument('--dkd-warmup', type=int, default=20, metavar='EPOCHS',
                            help='DKD: linear warm-up of the DKD term over this many epochs (default 20)')
+
+    @classmethod
+    def arg_ranges(cls) -> Dict[str, FlagRange]:
+        return dict(dkd_alpha=NON_NEGATIVE, dkd_beta=NON_NEGATIVE, dkd_warmup=NON_NEGATIVE)
 
     @classmethod
     def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:

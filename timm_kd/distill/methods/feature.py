@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Dict, Optional, Sequence
 import torch.nn as nn
 
 from ..intermediates import check_feature_models
-from .base import Distiller
+from .base import NON_NEGATIVE, Distiller, FlagRange
 
 __all__ = ['FeatureDistiller']
 
@@ -38,6 +38,10 @@ class FeatureDistiller(Distiller):
     def add_args(cls, group) -> None:
         group.add_argument(f'--{cls.method_name}-beta', type=float, default=cls.default_beta, metavar='B',
                            help=f'{cls.__name__}: weight β of its loss (default {cls.default_beta:g}, RepDistiller)')
+
+    @classmethod
+    def arg_ranges(cls) -> Dict[str, FlagRange]:
+        return {f'{cls.method_name}_beta': NON_NEGATIVE}
 
     @classmethod
     def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:

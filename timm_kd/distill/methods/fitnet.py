@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..intermediates import feature_channels, match_spatial, matched_level
 from . import register_method
-from .base import ModelOutputs
+from .base import NON_NEGATIVE, FlagRange, ModelOutputs
 from .feature import FeatureDistiller
 
 __all__ = ['FitNet']
@@ -50,6 +50,10 @@ class FitNet(FeatureDistiller):
         super().add_args(group)
         group.add_argument('--hint-layer', type=int, default=2, metavar='LEVEL',
                            help="FitNet: the student's hint level, 0 = stem (default 2, RepDistiller)")
+
+    @classmethod
+    def arg_ranges(cls) -> Dict[str, FlagRange]:
+        return dict(super().arg_ranges(), hint_layer=NON_NEGATIVE)  # the deepest level depends on the model
 
     @classmethod
     def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:
