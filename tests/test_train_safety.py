@@ -72,3 +72,81 @@ def test_tl_aug_policy_out_of_range_is_one_sentence(tmp_path, capsys):
     err = _fail(BASE + ['--teacher', 'resnet8', '--tl-aug', 'augmix-m3-w0', '--epochs', '1', '--output',
                         str(tmp_path / 'out')], capsys)
     assert '--tl-aug' in err and "'w0'" in err and not (tmp_path / 'out').exists()
+
+
+# ------------------------------------------------------------------------------------------------ data rules
+def _folders(root, layout, size=8):
+    """Image folders: layout = {split: class names}, two images a class."""
+    from PIL import Image
+    for split, classes in layout.items():
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new('RGB', (size, size), (40 * i, 20 * ord(c) % 255, 0)).save(root / split / c / f'{i}.png')
+    return root
+
+
+def _folder_argv(root, tmp_path):
+    return ['--model', 'resnet8', '--data-dir', str(root), '--img-size', '8', '-b', '2', '--epochs', '1',
+            '--workers', '0', '--lr', '0.1', '--output', str(tmp_path / 'out')]
+
+
+def test_train_and_validation_class_folders_that_differ_are_refused(tmp_path, capsys):
+    """a, b, c against a, b, d: timm numbers each split's folders on its own, so 'd' images would be scored as 'c'."""
+    root = _folders(tmp_path / 'data', {'train': 'abc', 'val': 'abd'})
+    err = _fail(_folder_argv(root, tmp_path), capsys)
+    assert "'d'" in err and "'c'" in err and 'class folders' in err, err
+    assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('content, phrase', [
+    ('a\nb\na\n', "names 'a' twice"), ('a\n', 'at least 2 classes'), ('a\n\nb\n', 'line 2 is empty')])
+def test_degenerate_class_maps_are_refused(tmp_path, capsys, content, phrase):
+    root = _folders(tmp_path / 'data', {'train': 'abc', 'val': 'abc'})
+    (tmp_path / 'map.txt').write_text(content)
+    err = _fail(_folder_argv(root, tmp_path) + ['--class-map', str(tmp_path / 'map.txt')], capsys)
+    assert phrase in err, err
+
+
+def test_a_pickled_class_map_must_number_the_classes_once_each(tmp_path, capsys):
+    import pickle
+    root = _folders(tmp_path / 'data', {'train': 'abc', 'val': 'abc'})
+    for mapping, phrase in (({'a': 0, 'b': 0, 'c': 1}, "gives 'a' and 'b' the same index 0"),
+                            ({'a': 0, 'c': 2}, 'index 1 has no class'), ({'a': 0}, 'at least 2 classes')):
+        (tmp_path / 'map.pkl').write_bytes(pickle.dumps(mapping))
+        err = _fail(_folder_argv(root, tmp_path) + ['--class-map', str(tmp_path / 'map.pkl')], capsys)
+        assert phrase in err, (mapping, err)
+
+
+def test_a_corrupt_first_image_of_a_class_folder_is_one_sentence(tmp_path, capsys):
+    root = _folders(tmp_path / 'data', {'train': 'ab', 'val': 'ab'})
+    (root / 'train' / 'a' / '0.png').write_bytes(b'not a png')
+    argv = _folder_argv(root, tmp_path)
+    del argv[argv.index('--img-size'):argv.index('--img-size') + 2]  # the image size is read from the first image
+    err = _fail(argv, capsys)
+    assert '0.png' in err and 'cannot be read as an image' in err, err
+
+
+@pytest.mark.parametrize('dataset, phrase', [
+    ('synthetic/0x32', 'at least 2 classes'), ('synthetic/1x16', 'at least 2 classes'),
+    ('synthetic/10x0', 'at least 8 px')])
+def test_degenerate_synthetic_datasets_are_one_sentence(tmp_path, capsys, dataset, phrase):
+    err = _fail(['--model', 'resnet8', '--dataset', dataset, '--num-classes', '4', '--train-num-samples', '32', '-b',
+                 '8', '--epochs', '1', '--output', str(tmp_path / 'out')], capsys)
+    assert phrase in err, err
+
+
+def test_hfds_without_the_datasets_package_is_one_sentence(tmp_path, capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, 'datasets', None)  # `import datasets` fails as when it is not installed
+    monkeypatch.delitem(sys.modules, 'timm.data.readers.reader_hfds', raising=False)
+    err = _fail(['--model', 'resnet8', '--dataset', 'hfds/me/flowers', '--num-classes', '4', '--epochs', '1',
+                 '--output', str(tmp_path / 'out')], capsys)
+    assert "needs the Python package 'datasets'" in err and 'pip install datasets' in err, err
+
+
+def test_an_empty_teacher_file_is_one_sentence(tmp_path, capsys):
+    (tmp_path / 'empty.pth').write_bytes(b'')
+    err = _fail(BASE + ['--teacher', 'resnet8', '--teacher-checkpoint', str(tmp_path / 'empty.pth'), '--epochs', '1',
+                        '--output', str(tmp_path / 'out')], capsys)
+    assert 'is empty' in err and 'EOFError' not in err, err

@@ -66,7 +66,12 @@ def _parse_synthetic(name: str) -> Tuple[int, int]:
     m = re.fullmatch(r'synthetic/(\d+)x(\d+)', name.strip().lower())
     if not m:
         raise ValueError(f'Synthetic dataset names are synthetic/<classes>x<size>, e.g. synthetic/10x32, got {name!r}.')
-    return int(m.group(1)), int(m.group(2))
+    num_classes, size = int(m.group(1)), int(m.group(2))
+    if num_classes < 2:
+        raise ValueError(f'{name!r} has {num_classes} classes; a classifier needs at least 2 classes.')
+    if size < 8:
+        raise ValueError(f'{name!r} has {size} px images; synthetic images are at least 8 px.')
+    return num_classes, size
 
 
 def _prefix(name: str) -> str:
@@ -106,8 +111,13 @@ def _probe_folder(root: str) -> Tuple[Optional[int], Optional[int]]:
         for dirpath, _, files in os.walk(os.path.join(d, cdir)):
             imgs = sorted(f for f in files if f.lower().endswith(_IMG_EXT))
             if imgs:
-                with Image.open(os.path.join(dirpath, imgs[0])) as im:
-                    w, h = im.size
+                first = os.path.join(dirpath, imgs[0])
+                try:
+                    with Image.open(first) as im:
+                        w, h = im.size
+                except OSError as e:  # PIL's UnidentifiedImageError too
+                    raise ValueError(f'{first} cannot be read as an image ({type(e).__name__}); replace or remove '
+                                     f'it.') from e
                 side = w if w == h else None
                 break
     return (len(classes) or None), side
@@ -402,6 +412,11 @@ def create_kd_dataset(
     kwargs.pop('data_seed', None)
     try:
         ds = create_dataset(name, root=root, split=split, is_training=is_training, download=download, **kwargs)
+    except ImportError as e:  # timm imports a reader's package when it is first used (hfds/: datasets)
+        if not e.name:
+            raise
+        raise DatasetNotFoundError(f'{name!r} needs the Python package {e.name!r}, which is not installed: '
+                                   f'pip install {e.name}.') from e
     except (RuntimeError, OSError) as e:
         if prefix != 'torch':
             raise

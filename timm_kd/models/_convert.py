@@ -121,6 +121,8 @@ def _checkpoint_meta(checkpoint: Any) -> Dict[str, Any]:
 
 
 def _torch_load(path: str) -> Any:
+    if os.path.getsize(path) == 0:
+        raise KDCheckpointError(f'{path} is empty (0 bytes): it was not written completely; use another copy')
     if tarfile.is_tarfile(path):
         with tarfile.open(path) as tf:
             members = [m.name for m in tf.getmembers() if m.name.endswith(('.pth', '.pt', '.pth.tar'))]
@@ -131,6 +133,8 @@ def _torch_load(path: str) -> Any:
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location='cpu', weights_only=True)
+    except EOFError as e:  # a legacy (non-zip) pickle cut short
+        raise KDCheckpointError(f'{path} ends before the checkpoint does (a truncated file?)') from e
     except pickle.UnpicklingError as e:
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)

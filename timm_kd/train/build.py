@@ -27,6 +27,7 @@ from timm_kd.distill.resolution import ImageSize, image_size, pretrained_input_s
 from timm_kd.utils.errors import UsageError
 from timm_kd.utils.messages import first_line
 from .args import LARGE_INPUT_AUG_FLAGS, build_parser, kd_view_modes, resolve_loss_weights, tl_aug_on
+from .data_rules import check_class_map, check_split_classes
 
 __all__ = ['DataConfig', 'resolve_data_config', 'create_student_model', 'check_teacher_source', 'create_teacher_model',
            'teacher_input_size', 'create_data_splits', 'data_config', 'create_student', 'build_teacher',
@@ -63,16 +64,14 @@ class DataConfig:
 
 def load_class_map(path: str, data_dir: Optional[str] = None) -> Dict[Any, int]:
     """A class map read as timm reads it (a .txt of class names, the line number being the index, or a .pkl dict
-    name -> index), checked to give every class a non-negative integer index."""
+    name -> index), checked to number at least two classes 0, 1, 2, ... once each (``check_class_map``)."""
     from timm.data.readers.class_map import load_class_map as timm_load_class_map
     try:
         class_to_idx = timm_load_class_map(path, data_dir or '')
     except (AssertionError, ValueError, OSError, pickle.UnpicklingError) as e:
         raise UsageError(f'--class-map {path!r} cannot be read ({first_line(e) or type(e).__name__}): use a '
                          f'.txt file with one class name per line or a .pkl dict of class name -> index.') from e
-    if not class_to_idx or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
-                                   for i in class_to_idx.values()):
-        raise UsageError(f'--class-map {path!r} must map class names to indices 0, 1, 2, ...')
+    check_class_map(class_to_idx, path, data_dir or '')
     return class_to_idx
 
 
@@ -412,6 +411,8 @@ def create_data_splits(
         if num and len(ds) > num:
             ds = torch.utils.data.Subset(ds, subset_indices(ds, num, seed))
         out.append(ds)
+    if data.class_map is None:
+        check_split_classes(*out, train_split, val_split)
     return out
 
 
