@@ -191,7 +191,7 @@ def test_checkpoints_are_separate_files(reference):
 
 def test_checkpoint_format_version_and_checksum_are_checked(tmp_path, reference, capsys):
     d = _state(reference / 'last.pth.tar')
-    assert d['version'] == 2 and d['content_sha256'] == content_sha256(d)
+    assert d['version'] == 3 and d['content_sha256'] == content_sha256(d)
     TrainState.from_dict(d)  # round trip: every field present
     d['version'] = 99
     d['content_sha256'] = content_sha256(d)
@@ -202,14 +202,17 @@ def test_checkpoint_format_version_and_checksum_are_checked(tmp_path, reference,
 
 def test_nonfinite_weights_are_never_written(tmp_path, capsys):
     """A weight decay of 1e38 overflows float32: the first update makes the weights infinite while that step's loss
-    was finite. The recovery checkpoint due after it must not be written (it would hold inf weights)."""
+    was finite. The recovery checkpoint due after it must not be written (it would hold inf weights): the one of the
+    run's start stays, and the message says to continue from it."""
     with pytest.raises(SystemExit) as e:
         main(BASE + ['--lr', '100', '--weight-decay', '1e38', '--wd-all-params', '--epochs', '1',
                      '--checkpoint-every', '1', '--output', str(tmp_path), '--experiment', 'nan'])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 1 and len(err) == 1, err
     assert 'student weights became non-finite' in err[0] and 'no checkpoint was written' in err[0], err
-    assert not list((tmp_path / 'nan').glob('*.pth.tar'))
+    assert 'recovery.pth.tar (epoch 0 step 0)' in err[0], err
+    assert [p.name for p in (tmp_path / 'nan').glob('*.pth.tar')] == ['recovery.pth.tar']
+    assert TrainState.from_dict(_state(tmp_path / 'nan' / 'recovery.pth.tar')).problem() is None
 
 
 # ------------------------------------------------------------------------------------------------ pickles, links

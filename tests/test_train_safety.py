@@ -7,10 +7,22 @@ files or a --config should be.
 Every refusal is one sentence and exit code 2 before any long work (no run folder); every resume ends as its
 message promised. Runs are resnet8 on 16x16 synthetic images, 6 steps an epoch (tests/test_train_kd.py's BASE).
 """
-import pytest
+import os
+import shutil
+import signal
+import sys
+import time
+import zipfile
+from pathlib import Path
 
-from test_faults import _fail
-from test_train_kd import BASE
+import pytest
+import torch
+
+from test_faults import _fail, _same_weights, _tree
+from test_train_kd import BASE, _rows, _state
+from timm_kd.train.lock import is_locked
+from timm_kd.train.main import main
+from timm_kd.train.state import CHECKPOINT_VERSION, EXPLOSION_FACTOR, content_sha256, weight_norm
 
 COVERS = ('--distill', '--nce-t', '--nce-m', '--nce-k', '--crd-feat-dim', '--at-p', '--cc-feat-dim', '--sp-beta',
           '--dkd-beta', '--dist-gamma', '--tl-aug', '--class-map', '--dataset', '--teacher-checkpoint')
@@ -150,3 +162,159 @@ def test_an_empty_teacher_file_is_one_sentence(tmp_path, capsys):
     err = _fail(BASE + ['--teacher', 'resnet8', '--teacher-checkpoint', str(tmp_path / 'empty.pth'), '--epochs', '1',
                         '--output', str(tmp_path / 'out')], capsys)
     assert 'is empty' in err and 'EOFError' not in err, err
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+RUN = BASE + ['--epochs', '2', '--checkpoint-every', '4', '--checkpoint-hist', '2']
+
+
+@pytest.fixture(scope='module')
+def run_a(tmp_path_factory):
+    """An uninterrupted run (resnet8, cross-entropy): recovery (1, 4), last (2, 0), checkpoint-0 / -1, model_best."""
+    out = tmp_path_factory.mktemp('a')
+    assert main(RUN + ['--output', str(out), '--experiment', 'a'])['finished']
+    return out / 'a'
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_one_byte_changed_in_the_version_key_fails_the_checksum(tmp_path, run_a, capsys):
+    """The format version is part of the checksummed content: version 2 -> 1 (one pickled byte) must not pass as a
+    file of the first format, which had no checksum."""
+    data = zipfile.ZipFile(run_a / 'last.pth.tar').read('archive/data.pkl')  # the pickled dict, stored uncompressed
+    key = b'X\x0e\x00\x00\x00content_sha256'  # the entry after 'version': the value's BININT1 opcode is just before
+    i = data.index(key)
+    assert data[i - 2:i] == b'K' + bytes([CHECKPOINT_VERSION])
+    raw = (run_a / 'last.pth.tar').read_bytes()
+    j = raw.index(data[i - 40:i + len(key)]) + 40 - 1
+    bad = tmp_path / 'v1.pth.tar'
+    bad.write_bytes(raw[:j] + b'\x01' + raw[j + 1:])
+    assert torch.load(bad, weights_only=True)['version'] == 1  # torch reads it: only our checksum can tell
+    err = _fail(['--resume', str(bad), '--output', str(tmp_path / 'o')], capsys)
+    assert 'fails its checksum' in err, err
+
+
+def _scaled(path: Path, factor: float) -> None:
+    """The checkpoint's weights multiplied by ``factor``, checksum renewed: finite but exploded, well-formed."""
+    d = _state(path)
+    d['state_dict'] = {k: v * factor if v.is_floating_point() else v for k, v in d['state_dict'].items()}
+    d['content_sha256'] = content_sha256(d)
+    torch.save(d, path)
+
+
+def test_an_exploded_checkpoint_is_skipped_on_resume_and_refused_when_named(tmp_path, run_a, capsys):
+    run = _copy_run(run_a, tmp_path / 'run')
+    _scaled(run / 'recovery.pth.tar', 1e8)
+    for name in ('last.pth.tar', 'model_best.pth.tar', 'checkpoint-1.pth.tar'):
+        (run / name).unlink()
+    res = main(['--resume', str(run)])
+    skip = [line for line in capsys.readouterr().out.splitlines() if '--resume: skipped' in line]
+    assert res['finished'] and len(skip) == 1 and 'recovery.pth.tar (exploded weights' in skip[0], skip
+    bad = tmp_path / 'bad.pth.tar'
+    shutil.copy(run_a / 'recovery.pth.tar', bad)
+    _scaled(bad, 1e8)
+    err = _fail(['--resume', str(bad), '--output', str(tmp_path / 'o')], capsys)
+    assert 'exploded' in err and 'norm' in err, err
+
+
+def _health(path: Path):
+    """(weight norm, reference norm) of a checkpoint as the health rule sees them."""
+    d = _state(path)
+    return weight_norm(d['state_dict']), d['reference_norm']
+
+
+def test_a_diverged_run_resumes_with_a_lower_lr_as_its_message_says(tmp_path, capsys):
+    """--lr 1e6 makes the weights explode at the first update (finite: |w| ~ 1e10 and more), a few steps before they
+    become non-finite. No exploded state is written as a recovery point, the message names the healthy point and the
+    command, and that command continues the run to its end."""
+    run = tmp_path / 'div'
+    with pytest.raises(SystemExit) as e:
+        main(BASE + ['--lr', '1e6', '--epochs', '2', '--checkpoint-every', '1', '--output', str(tmp_path),
+                     '--experiment', 'div'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and len(err) == 1, err
+    assert f'--resume {run} --lr' in err[0] and 'epoch 0 step 0' in err[0], err
+    for p in run.glob('*.pth.tar'):
+        norm, reference = _health(p)
+        assert norm <= EXPLOSION_FACTOR * max(reference, 1.0), (p.name, norm, reference)
+    res = main(['--resume', str(run), '--lr', '0.05'])
+    assert res['finished'] and res['last_epoch'] == 1 and res['recipe']['lr'] == 0.05
+    assert [r['epoch'] for r in _rows(run)] == ['0', '1']
+
+
+def test_a_checkpoint_of_another_run_is_never_adopted(tmp_path, run_a, capsys):
+    """Run b (another model) and a twin of run a (the same flags, another run) are ahead of run a: their last
+    checkpoint dropped into a's folder is skipped (folder) or refused (named), and a's summary never gets their rows."""
+    b = tmp_path / 'b'
+    main(BASE + ['--model', 'resnet14', '--epochs', '3', '--output', str(tmp_path), '--experiment', 'b'])
+    twin = tmp_path / 'twin'  # the same flags as run a: a different run all the same
+    main(RUN + ['--epochs', '3', '--output', str(tmp_path), '--experiment', 'twin'])
+    for other in (b, twin):
+        run = _copy_run(run_a, tmp_path / f'a-{other.name}')
+        shutil.copy(other / 'last.pth.tar', run / 'recovery.pth.tar')  # (3, 0): further than a's last (2, 0)
+        rows = _rows(run)
+        assert main(['--resume', str(run), '--epochs', '3'])['finished']
+        out = capsys.readouterr().out
+        skip = [line for line in out.splitlines() if '--resume: skipped' in line]
+        assert len(skip) == 1 and 'recovery.pth.tar (a checkpoint of another run' in skip[0], (other, skip)
+        assert _rows(run)[:2] == rows and len(_rows(run)) == 3
+        shutil.copy(other / 'last.pth.tar', run / 'foreign.pth.tar')
+        err = _fail(['--resume', str(run / 'foreign.pth.tar')], capsys)
+        assert 'another run' in err and '--experiment' in err, err
+
+
+def test_a_full_disk_during_a_resume_keeps_the_epochs_extension_and_no_unseen_summary_row(tmp_path, run_a, capsys,
+                                                                                         monkeypatch):
+    """A run of 2 epochs resumed with --epochs 4 meets a full disk at its first checkpoint (after epoch 2's summary
+    row was written). Resumed with --epochs 2, nothing is left to train and summary.csv holds only the rows its
+    checkpoint saw; resumed without flags, it trains to epoch 4 as asked before the disk filled up, ending as the
+    same resume without the failure."""
+    ref = _copy_run(run_a, tmp_path / 'ref')
+    assert main(['--resume', str(ref), '--epochs', '4', '--checkpoint-every', '0'])['finished']
+    run = _copy_run(run_a, tmp_path / 'run')
+    real_save = torch.save
+    monkeypatch.setattr(torch, 'save', lambda obj, f, *a, **kw: (_ for _ in ()).throw(OSError(28, 'No space left')))
+    err = _fail(['--resume', str(run), '--epochs', '4', '--checkpoint-every', '0'], capsys)
+    assert 'ENOSPC' in err and len(_rows(run)) == 3  # epoch 2's row, which no checkpoint saw
+    monkeypatch.setattr(torch, 'save', real_save)
+    stopped = _copy_run(run, tmp_path / 'stopped')
+    assert main(['--resume', str(stopped), '--epochs', '2'])['finished']
+    assert [r['epoch'] for r in _rows(stopped)] == ['0', '1']
+    res = main(['--resume', str(run)])
+    assert res['finished'] and res['last_epoch'] == 3 and 'applied --epochs 4 (was 2)' in capsys.readouterr().out
+    assert _rows(run) == _rows(ref) and _same_weights(ref / 'last.pth.tar', run / 'last.pth.tar')
+
+
+# ------------------------------------------------------------------------------------------------ the lock
+def test_a_run_folder_is_locked_while_a_process_trains_in_it(tmp_path, run_a, capsys):
+    """A child process trains in the folder (stopped inside its first checkpoint write); a second train_kd is refused
+    in one sentence and changes nothing; once the child is killed, its lock is gone and the run resumes."""
+    run = _copy_run(run_a, tmp_path / 'run')
+    assert not is_locked(run)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: hold the folder, tell the parent, wait to be killed
+        try:
+            def fsync(fd):
+                os.write(w, b'x')
+                time.sleep(600)
+            os.fsync = fsync
+            sys.stdout = sys.stderr = open(os.devnull, 'w')
+            main(['--resume', str(run), '--epochs', '3'])
+        finally:
+            os._exit(0)
+    try:
+        os.read(r, 1)  # the child is inside its first write, the lock taken
+        assert is_locked(run)
+        before = _tree(run)
+        err = _fail(['--resume', str(run), '--epochs', '3'], capsys)
+        assert 'in use' in err and str(run) in err, err
+        assert _tree(run) == before
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert not is_locked(run)
+    assert main(['--resume', str(run), '--epochs', '3'])['finished']

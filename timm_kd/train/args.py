@@ -26,10 +26,10 @@ from .parser import (  # noqa: F401 - the parser's names, importable from here a
     TIMM_DISTILL_TYPES, ParseKwargs, build_parser, is_main_process_env, report_error)
 
 __all__ = [
-    'UsageError', 'is_main_process_env', 'report_error', 'build_parser', 'parse_args', 'validate_args', 'kd_view_modes',
-    'resolve_loss_weights', 'tl_aug_on', 'resume_flag_changes', 'check_numbers', 'RESUME_SCHEDULE_FLAGS',
-    'RESUME_RUN_FLAGS', 'load_flag_file', 'STD_AUG_MODES', 'PICK_CHOICES', 'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS',
-    'TIMM_DISTILL_TYPES',
+    'UsageError', 'is_main_process_env', 'report_error', 'build_parser', 'parse_args', 'run_args_of', 'validate_args',
+    'kd_view_modes', 'resolve_loss_weights', 'tl_aug_on', 'resume_flag_changes', 'run_defining_changes',
+    'check_numbers', 'RESUME_SCHEDULE_FLAGS', 'RESUME_RUN_FLAGS', 'load_flag_file', 'STD_AUG_MODES', 'PICK_CHOICES',
+    'SCHEDULERS', 'LARGE_INPUT_AUG_FLAGS', 'TIMM_DISTILL_TYPES',
 ]
 
 # Flags that may differ from the run's own on --resume (docs/training.md). Schedule flags apply from the resumed
@@ -151,7 +151,7 @@ def load_flag_file(path: str, what: str) -> Dict[str, Any]:
     return cfg
 
 
-def _run_args_of(resume: str) -> Dict[str, Any]:
+def run_args_of(resume: str) -> Dict[str, Any]:
     """The args.yaml of the run a --resume path belongs to ({} when there is none)."""
     d = resume if os.path.isdir(resume) else os.path.dirname(os.path.abspath(resume))
     f = os.path.join(d, 'args.yaml')
@@ -169,8 +169,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     first, _ = pre.parse_known_args(argv)
 
     defaults: Dict[str, Any] = {}
+    run_cfg: Dict[str, Any] = {}
     if first.resume and os.path.exists(first.resume):
-        run_cfg = _run_args_of(first.resume)
+        run_cfg = run_args_of(first.resume)
         defaults.update({k: v for k, v in run_cfg.items() if k in known and k not in ('config', 'resume')})
     cfg: Dict[str, Any] = {}
     if first.config:
@@ -191,7 +192,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     blank = build_parser()
     blank.set_defaults(**{a.dest: _Unset for a in blank._actions if a.dest != 'help'})
     given = {k for k, v in vars(blank.parse_args(argv)).items() if v is not _Unset}
-    explicit = {k: getattr(args, k) for k in given | set(cfg)}
+    # a run's args.yaml is rewritten when a resume starts, its checkpoints only later: schedule flags recorded there
+    # (e.g. --epochs of a resume that met a full disk before its first checkpoint) still apply as if given again
+    pending = {k for k in RESUME_SCHEDULE_FLAGS if k in run_cfg}
+    explicit = {k: getattr(args, k) for k in given | set(cfg) | pending}
     _fold_timm_names(args, explicit)
     if args.teacher_input_size is not None:  # one spelling of a size: [H, W]
         size = args.teacher_input_size
@@ -254,6 +258,15 @@ def resume_flag_changes(args: argparse.Namespace, explicit: Dict[str, Any], save
         if hasattr(args, k) and k not in explicit and k not in RESUME_RUN_FLAGS:
             setattr(args, k, v)
     return [f'--{k.replace("_", "-")} {explicit[k]} (was {saved[k]})' for k in changed]
+
+
+def run_defining_changes(run: Dict[str, Any], other: Dict[str, Any]) -> List[str]:
+    """The flags that define what a run trains (all but the schedule and run flags) whose values differ between the
+    flag records of a run and of ``other``, as ``--flag other-value (run: value)``; a flag only one record has (added
+    by a later timm-kd) is left out."""
+    keys = sorted(k for k in set(run) & set(other)
+                  if k not in RESUME_SCHEDULE_FLAGS + RESUME_RUN_FLAGS and not _same(run[k], other[k]))
+    return [f'--{k.replace("_", "-")} {other[k]} (run: {run[k]})' for k in keys]
 
 
 def kd_view_modes(args: argparse.Namespace) -> List[str]:

@@ -159,8 +159,8 @@ def train_one_epoch(
                 torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
             if int(bad) >= 0:
                 raise NonFiniteLossError(
-                    f'the training loss became non-finite at epoch {epoch} step {int(bad)} (counting from 0); '
-                    f'lower --lr or check the data and the teacher (no checkpoint was written for this step)')
+                    f'the training loss became non-finite at epoch {epoch} step {int(bad)} (counting from 0; check the '
+                    f'data and the teacher if the lr is not to blame), no checkpoint was written from that step')
         if accelerator.is_main_process and ((step + 1) % args.log_interval == 0 or last):
             dt = max(time.time() - t_log, 1e-9)
             avg = meters.averages()

@@ -5,6 +5,7 @@
 and how it comes back is ``timm_kd.train.state``; the step loop is ``timm_kd.train.loop``.
 """
 import argparse
+import contextlib
 import logging
 import os
 import shlex
@@ -17,16 +18,19 @@ import yaml
 from timm_kd.utils.errors import UsageError
 from timm_kd.utils.files import atomic_write_text, output_error, remove_stale_temp_files
 from timm_kd.utils.messages import first_line
-from .args import is_main_process_env, parse_args, report_error, resume_flag_changes, validate_args
+from .args import is_main_process_env, parse_args, report_error, resume_flag_changes, run_args_of, validate_args
 from .build import (
     build_teacher, check_teacher_source, create_datasets, create_student, create_task, data_config, distill_setup,
     resolve_lr)
 from .data import create_eval_loader, create_train_loader
 from .loop import EpochMeters, NonFiniteLossError, evaluate, mean_lr, train_one_epoch
-from .output import RESULTS_VERSION, LogFiles, choose_run_dir, teacher_lineage, write_results, write_summary_row
+from .lock import RunLock, new_run_id, read_run_id
+from .output import (
+    RESULTS_VERSION, LogFiles, choose_run_dir, keep_summary_rows, resume_run_dir, teacher_lineage, write_results,
+    write_summary_row)
 from .record import run_record
 from .schedule import create_kd_scheduler, schedule_lengths, set_position
-from .state import CheckpointError, LiveRun, find_resume_checkpoint
+from .state import CheckpointError, LiveRun, RunIdentity, find_resume_checkpoint
 
 __all__ = ['main', 'train']
 
@@ -74,17 +78,24 @@ def _evaluate_epoch(run: LiveRun, loader_eval, world: int) -> Dict[str, Any]:
     return row
 
 
-def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) -> Dict[str, Any]:
+def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles, hold: contextlib.ExitStack
+          ) -> Dict[str, Any]:
+    """Run the training; ``hold`` releases the run folder's lock when the caller is done."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, gather_object
     from timm.utils import random_seed
 
-    # 1. the checkpoint to resume from must verify before anything else happens; flags given with it
-    # either apply (schedule and run flags) or are refused
-    resume, resume_file, schedule_changes = None, None, []
+    # 1. the run folder is locked and the checkpoint to resume from must verify, be healthy and be the folder's run's
+    # before anything else happens; flags given with it either apply (schedule and run flags) or are refused
+    resume, resume_file, schedule_changes, lock = None, None, [], None
     if args.resume:
+        folder = resume_run_dir(args, explicit)
+        if folder and os.path.isdir(folder) and is_main_process_env():
+            lock = hold.enter_context(contextlib.closing(RunLock(folder)))
+        identity = RunIdentity(read_run_id(folder), run_args_of(folder)) if folder and os.path.isdir(folder) else \
+            RunIdentity()
         try:
-            resume_file, resume, skipped = find_resume_checkpoint(args.resume)
+            resume_file, resume, skipped = find_resume_checkpoint(args.resume, identity)
         except CheckpointError as e:
             raise UsageError(f'--resume: {e}.') from e
         if skipped and is_main_process_env():
@@ -139,10 +150,11 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
     run = LiveRun(args, accelerator, task, student, optimizer, scheduler, dc)
 
     # 3. the resumed state, all of it (weights, EMA, distiller, optimizer, schedule, scaler, meters, RNG)
-    start_epoch, start_step = 0, 0
+    start_epoch, start_step, run_id = 0, 0, None
     if resume is not None:
         start_epoch, start_step = resume.restore(run, updates_per_epoch, resume_opt=not args.no_resume_opt,
                                                  resume_schedule=not schedule_changes)
+        run.resume_point, run_id = (resume_file, start_epoch, start_step), resume.run_id
         if schedule_changes:  # a new schedule from the changed flags, at the resumed position
             for g in optimizer.param_groups:
                 g['initial_lr'] = args.lr
@@ -156,12 +168,18 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
         del resume
     set_position(run.scheduler, start_epoch, start_step, updates_per_epoch)
 
-    # 4. the run folder (main process only), never an existing one unless resuming into it
+    # 4. the run folder (main process only), never an existing one unless resuming into it, locked, with the run's
+    # id (the folder's, else the checkpoint's, else a new one) and the summary rows the checkpoint saw
     if accelerator.is_main_process:
         try:
-            run.run_dir = choose_run_dir(args, explicit, resume_file, dc)
+            run.run_dir = choose_run_dir(args, explicit, dc)
+            lock = lock or hold.enter_context(contextlib.closing(RunLock(run.run_dir)))
+            run.run_id = lock.run_id or run_id or new_run_id()
+            lock.record(run.run_id)
             stale = remove_stale_temp_files(run.run_dir)
             logs.add_file(os.path.join(run.run_dir, 'log.txt'))
+            if resume_file:
+                keep_summary_rows(os.path.join(run.run_dir, 'summary.csv'), start_epoch)
         except OSError as e:  # read-only or full disk, a file where a folder should be
             raise output_error(e.filename or run.run_dir or args.output or 'the run folder', e) from e
         if stale:
@@ -206,46 +224,53 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles) ->
     if 'views' in record:
         results['views'] = record['views']
 
-    # 6. epochs
+    # 6. epochs; a run that diverges stops with the command that continues it from its last healthy checkpoint
     num_updates = start_epoch * updates_per_epoch + start_step
-    for epoch in range(start_epoch, num_epochs):
-        step0 = start_step if epoch == start_epoch else 0
-        sampler.set_epoch(epoch, start=step0 * args.batch_size)
-        if epoch != start_epoch or step0 == 0:  # else the meters (and the epoch's lr) came with the checkpoint
-            run.meters = EpochMeters(lr=mean_lr(optimizer))
-        if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-            for m in (mixup_fn, getattr(task, 'mixup', None)):
-                if m is not None:
-                    m.mixup_enabled = False
-        if hasattr(task, 'set_epoch'):  # the method's warm-up (DKD)
-            task.set_epoch(epoch)
-        num_updates = train_one_epoch(
-            epoch, task, loader_train, optimizer, accelerator, args, run.meters, start_step=step0,
-            lr_scheduler=run.scheduler, mixup_fn=mixup_fn, save_recovery=run.save_recovery,
-            num_updates=num_updates)
-        per_rank = gather_object([run.meters.averages()]) if world > 1 else [run.meters.averages()]
-        row = {'epoch': epoch, **{f'train_{k}': sum(r[k] for r in per_rank if k in r) / sum(k in r for r in per_rank)
-                                  for k in per_rank[0]}}
-        row.update(_evaluate_epoch(run, loader_eval, world))
-        row['lr'] = run.meters.lr if run.meters.lr is not None else mean_lr(optimizer)
-        ev = 'eval_ema' if args.model_ema else 'eval'  # the EMA weights are the ones that get exported
-        metric = row[f'{ev}_{args.eval_metric}']
-        best = run.best
-        improved = best['metric'] is None or (
-            metric < best['metric'] if args.eval_metric == 'loss' else metric > best['metric'])
-        if improved:
-            run.best = dict(metric=metric, epoch=epoch, top1=row[f'{ev}_top1'], top5=row[f'{ev}_top5'])
-        if run.scheduler is not None:
-            run.scheduler.step(epoch + 1, metric)
-        _logger.info(f'Epoch {epoch}: train loss {row.get("train_loss", float("nan")):.4f}, eval loss '
-                     f'{row[f"{ev}_loss"]:.4f}, top-1 {row[f"{ev}_top1"]:.2f}, top-5 {row[f"{ev}_top5"]:.2f} '
-                     f'(best {run.best["top1"]:.2f} @ {run.best["epoch"]})')
-        run.last = dict(epoch=epoch, top1=row[f'{ev}_top1'], top5=row[f'{ev}_top5'])
-        if accelerator.is_main_process:  # before the checkpoint: a resumed epoch rewrites its row
-            write_summary_row(os.path.join(run_dir, 'summary.csv'), row)
-        run.save_epoch(epoch, metric, improved)  # collective
-        if accelerator.is_main_process:
-            write_results(os.path.join(run_dir, 'results.json'), _with_metrics(results, run))
+    try:
+        if resume_file is None and args.checkpoint_every:  # a first recovery point, whatever comes: the start
+            run.mark_good_state()
+            run.save_recovery(0, 0)
+        for epoch in range(start_epoch, num_epochs):
+            step0 = start_step if epoch == start_epoch else 0
+            sampler.set_epoch(epoch, start=step0 * args.batch_size)
+            if epoch != start_epoch or step0 == 0:  # else meters, the epoch's lr and start came with the checkpoint
+                run.meters = EpochMeters(lr=mean_lr(optimizer))
+                run.mark_good_state()
+            if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+                for m in (mixup_fn, getattr(task, 'mixup', None)):
+                    if m is not None:
+                        m.mixup_enabled = False
+            if hasattr(task, 'set_epoch'):  # the method's warm-up (DKD)
+                task.set_epoch(epoch)
+            num_updates = train_one_epoch(
+                epoch, task, loader_train, optimizer, accelerator, args, run.meters, start_step=step0,
+                lr_scheduler=run.scheduler, mixup_fn=mixup_fn, save_recovery=run.save_recovery,
+                num_updates=num_updates)
+            per_rank = gather_object([run.meters.averages()]) if world > 1 else [run.meters.averages()]
+            row = {'epoch': epoch, **{f'train_{k}': sum(r[k] for r in per_rank if k in r)
+                                      / sum(k in r for r in per_rank) for k in per_rank[0]}}
+            row.update(_evaluate_epoch(run, loader_eval, world))
+            row['lr'] = run.meters.lr if run.meters.lr is not None else mean_lr(optimizer)
+            ev = 'eval_ema' if args.model_ema else 'eval'  # the EMA weights are the ones that get exported
+            metric = row[f'{ev}_{args.eval_metric}']
+            best = run.best
+            improved = best['metric'] is None or (
+                metric < best['metric'] if args.eval_metric == 'loss' else metric > best['metric'])
+            if improved:
+                run.best = dict(metric=metric, epoch=epoch, top1=row[f'{ev}_top1'], top5=row[f'{ev}_top5'])
+            if run.scheduler is not None:
+                run.scheduler.step(epoch + 1, metric)
+            _logger.info(f'Epoch {epoch}: train loss {row.get("train_loss", float("nan")):.4f}, eval loss '
+                         f'{row[f"{ev}_loss"]:.4f}, top-1 {row[f"{ev}_top1"]:.2f}, top-5 {row[f"{ev}_top5"]:.2f} '
+                         f'(best {run.best["top1"]:.2f} @ {run.best["epoch"]})')
+            run.last = dict(epoch=epoch, top1=row[f'{ev}_top1'], top5=row[f'{ev}_top5'])
+            if accelerator.is_main_process:  # before the checkpoint: a resumed epoch rewrites its row
+                write_summary_row(os.path.join(run_dir, 'summary.csv'), row)
+            run.save_epoch(epoch, metric, improved)  # collective
+            if accelerator.is_main_process:
+                write_results(os.path.join(run_dir, 'results.json'), _with_metrics(results, run))
+    except NonFiniteLossError as e:
+        raise NonFiniteLossError(f'{e}; {run.resume_advice(args.lr)}') from None
 
     # 7. wrap up
     if world > 1:
@@ -299,7 +324,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         args, explicit = parse_args(argv)
         validate_args(args, explicit)
         _logger.info('train_kd.py ' + ' '.join(shlex.quote(a) for a in argv))
-        return train(args, explicit, logs)
+        with contextlib.ExitStack() as hold:  # the run folder's lock, released however train ends
+            return train(args, explicit, logs, hold)
     except UsageError as e:
         report_error(f'train_kd.py: error: {e}')
         raise SystemExit(2) from None

@@ -23,8 +23,8 @@ from timm_kd.utils.files import atomic_write_text
 if TYPE_CHECKING:
     from .build import DataConfig
 
-__all__ = ['new_run_dir', 'choose_run_dir', 'LogFiles', 'write_summary_row', 'write_results', 'RESULTS_VERSION',
-           'teacher_lineage']
+__all__ = ['new_run_dir', 'resume_run_dir', 'choose_run_dir', 'LogFiles', 'write_summary_row', 'keep_summary_rows',
+           'write_results', 'RESULTS_VERSION', 'teacher_lineage']
 
 
 class _Buffer(logging.Handler):
@@ -114,15 +114,34 @@ class LogFiles:
 def write_summary_row(path: str, row: Dict[str, Any]) -> None:
     """Append ``row`` (with an ``epoch`` key) to summary.csv, dropping rows of that epoch and later (left by a
     run that was killed and resumed) and widening the header if new columns appear. Rewritten atomically."""
+    _rewrite_summary(path, int(row['epoch']), row)
+
+
+def keep_summary_rows(path: str, epochs: int) -> None:
+    """Keep the rows of the first ``epochs`` epochs of summary.csv (a resumed run's checkpoint saw those only: a row
+    written before a checkpoint write that failed is dropped). Rewritten atomically, and only when a row goes."""
+    _rewrite_summary(path, epochs)
+
+
+def _rewrite_summary(path: str, epochs: int, row: Optional[Dict[str, Any]] = None) -> None:
+    """summary.csv with the rows of epochs before ``epochs``, then ``row`` (if given)."""
     rows: List[Dict[str, Any]] = []
     fields: List[str] = []
+    kept_all = True
     if os.path.isfile(path):
         with open(path, newline='') as f:
             reader = csv.DictReader(f)
             fields = list(reader.fieldnames or [])
-            rows = [r for r in reader if int(r['epoch']) < int(row['epoch'])]
-    rows.append(row)
-    for k in row:
+            for r in reader:
+                if int(r['epoch']) < epochs:
+                    rows.append(r)
+                else:
+                    kept_all = False
+    if row is None and kept_all:
+        return
+    if row is not None:
+        rows.append(row)
+    for k in row or {}:
         if k not in fields:
             fields.append(k)
     buf = io.StringIO()
@@ -149,17 +168,22 @@ def write_results(path: str, results: Dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(results, indent=2, default=str) + '\n')
 
 
-def choose_run_dir(args: argparse.Namespace, explicit: Dict[str, Any], resume_file: Optional[str],
-             dc: 'DataConfig') -> str:
-    named = 'experiment' in explicit or 'output' in explicit
-    if resume_file:
-        ckpt_dir = os.path.dirname(os.path.abspath(resume_file))
-        if not named and os.path.isfile(os.path.join(ckpt_dir, 'args.yaml')):
-            return ckpt_dir
-        if args.experiment:  # resume into the named folder
-            path = os.path.join(args.output or os.path.join('.', 'output', 'train'), args.experiment)
-            os.makedirs(path, exist_ok=True)
-            return path
+def resume_run_dir(args: argparse.Namespace, explicit: Dict[str, Any]) -> Optional[str]:
+    """The folder a resumed run continues in: the run folder of its checkpoint (a folder with args.yaml), else the
+    folder --experiment names; None when it starts a new one."""
+    ckpt_dir = os.path.abspath(args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or '.')
+    if not ('experiment' in explicit or 'output' in explicit) and os.path.isfile(os.path.join(ckpt_dir, 'args.yaml')):
+        return ckpt_dir
+    if args.experiment:
+        return os.path.join(args.output or os.path.join('.', 'output', 'train'), args.experiment)
+    return None
+
+
+def choose_run_dir(args: argparse.Namespace, explicit: Dict[str, Any], dc: 'DataConfig') -> str:
+    path = resume_run_dir(args, explicit) if args.resume else None
+    if path:
+        os.makedirs(path, exist_ok=True)
+        return path
     name = args.experiment or '-'.join(
         [datetime.now().strftime('%Y%m%d-%H%M%S'), timm.models.safe_model_name(args.model)]
         + ([timm.models.safe_model_name(args.teacher.split(':')[-1].split('/')[-1])] if args.teacher else [])

@@ -3,17 +3,26 @@
 A checkpoint file is ``torch.save`` of ``TrainState.to_dict()``: a plain dict of tensors and Python values
 (timm's ``arch`` / ``state_dict`` / ``epoch`` / ``metric`` keys first, so ``timm.create_model(...,
 checkpoint_path=...)`` reads it), loadable with ``weights_only=True`` (nothing in it unpickles code). It
-carries ``version`` (``CHECKPOINT_VERSION``) and ``content_sha256``, a SHA-256 over every value in it
-(tensor dtype, shape and bytes; Python values by type and repr): a bit flip anywhere in the tensor data
-or the values is detected on load. Readers refuse versions they do not know, with one sentence.
+carries ``version`` (``CHECKPOINT_VERSION``) and ``content_sha256``, a SHA-256 over every other value in it,
+``version`` included (tensor dtype, shape and bytes; Python values by type and repr): a bit flip anywhere in the
+tensor data or the values is detected on load, and a file that carries a checksum is checked whatever its version
+says. Readers refuse versions they do not know, with one sentence.
+
+A checkpoint is *healthy* when its weights are finite and not exploded: the weight norm (``weight_norm``) at most
+``EXPLOSION_FACTOR`` times that of the run's last good state (the weights the epoch started from, recorded in the
+checkpoint as ``reference_norm``). A huge lr can blow the weights up by orders of magnitude while they stay finite
+for a few steps; such a state is never written (``TrainState.capture`` refuses it) and never resumed from. A
+checkpoint carries the id of the run that wrote it (``run_id``, also recorded in the run folder by
+``timm_kd.train.lock``): a resume takes only checkpoints of the folder's own run.
 
 Resuming a run folder picks the most advanced checkpoint (by ``next_epoch, next_step``) among
 ``recovery.pth.tar``, ``last.pth.tar``, ``checkpoint-<epoch>.pth.tar`` and ``model_best.pth.tar`` that
-verifies and holds finite weights, and says in one line which ones it skipped and why.
+verifies, is healthy and belongs to the folder's run, and says in one line which ones it skipped and why.
 """
 import glob
 import hashlib
 import logging
+import math
 import os
 import random
 from dataclasses import dataclass, field, fields
@@ -27,18 +36,23 @@ from timm.utils import unwrap_model
 from timm_kd.utils.errors import UsageError
 from timm_kd.utils.files import atomic_copy, atomic_save
 from timm_kd.utils.messages import first_line
+from .args import run_defining_changes
 from .build import DataConfig, load_weights
 from .loop import EpochMeters, NonFiniteLossError
 
-__all__ = ['CHECKPOINT_VERSION', 'CheckpointError', 'TrainState', 'LiveRun', 'Training', 'content_sha256',
-           'non_finite_tensors', 'load_checkpoint', 'find_resume_checkpoint', 'checkpoint_candidates',
-           'capture_rng_state', 'restore_rng_state']
+__all__ = ['CHECKPOINT_VERSION', 'EXPLOSION_FACTOR', 'CheckpointError', 'TrainState', 'LiveRun', 'Training',
+           'RunIdentity', 'content_sha256', 'non_finite_tensors', 'weight_norm', 'load_checkpoint',
+           'find_resume_checkpoint', 'checkpoint_candidates', 'capture_rng_state', 'restore_rng_state']
 
 _logger = logging.getLogger('train_kd')
 
-# 1: the first format (no checksum, no distiller entry). 2: adds content_sha256 and distiller.
-CHECKPOINT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+# 1: the first format (no checksum, no distiller entry). 2: adds content_sha256 and distiller. 3: adds run_id and
+# reference_norm (the identity and health of a checkpoint).
+CHECKPOINT_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
+# A state whose weight norm grew beyond this factor of the norm the epoch started from has exploded. Measured: resnet8
+# at --lr 2 (high, yet it trains) grows 2.7x in its first epoch, at --lr 1e6 the first update gives ~1e9x.
+EXPLOSION_FACTOR = 100.0
 RECOVERY, LAST, BEST = 'recovery.pth.tar', 'last.pth.tar', 'model_best.pth.tar'
 
 
@@ -78,6 +92,25 @@ def non_finite_tensors(*state_dicts: Optional[Dict[str, Any]]) -> List[str]:
             if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
+_RUNNING_STATS = ('running_mean', 'running_var')
+
+
+def weight_norm(state_dict: Dict[str, Any]) -> float:
+    """L2 norm of a model's weights: its floating-point tensors but the BatchNorm running statistics, which follow the
+    scale of the activations rather than the optimizer's steps (they grow 100x in a healthy first epoch)."""
+    return math.sqrt(sum(float(v.detach().double().pow(2).sum()) for k, v in state_dict.items()
+                         if torch.is_tensor(v) and v.is_floating_point() and not k.endswith(_RUNNING_STATS)))
+
+
+def explosion(norm: float, reference: Optional[float]) -> Optional[str]:
+    """Why weights of ``norm`` have exploded relative to the ``reference`` norm of the run's last good state (at
+    least 1, for a start from tiny weights), or None when they have not (or there is no reference)."""
+    if reference is None or norm <= EXPLOSION_FACTOR * max(reference, 1.0):
+        return None
+    return (f'their norm {norm:.3g} is {norm / max(reference, 1.0):.3g} times the {reference:.3g} of the last good '
+            f'state, more than {EXPLOSION_FACTOR:g} times')
+
+
 @dataclass
 class TrainState:
     """Everything a resumed run needs to continue bit for bit, and what a checkpoint file holds."""
@@ -101,6 +134,8 @@ class TrainState:
     checkpoint_hist: List[List]                 # [epoch, metric] of the kept checkpoint-<epoch> files
     state_dict_ema: Optional[Dict[str, torch.Tensor]] = None  # --model-ema (timm key)
     distiller: Optional[Dict[str, torch.Tensor]] = None       # task.distiller state (params + buffers)
+    run_id: Optional[str] = None                # the run that wrote it (None: written before version 3)
+    reference_norm: Optional[float] = None      # weight norm of the run's last good state when it was taken
     version: int = CHECKPOINT_VERSION
 
     def to_dict(self) -> Dict[str, Any]:
@@ -118,7 +153,8 @@ class TrainState:
             raise CheckpointError(f'{path} has checkpoint format version {version!r}, which this timm-kd does not '
                                   f'know (it reads versions {list(_READABLE_VERSIONS)}): use the timm-kd that '
                                   f'wrote it')
-        if version >= 2 and d.get('content_sha256') != content_sha256(d):
+        # the checksum covers the version: a damaged version byte cannot pass the file off as one without a checksum
+        if (version >= 2 or 'content_sha256' in d) and d.get('content_sha256') != content_sha256(d):
             raise CheckpointError(f'{path} fails its checksum (the file is damaged)')
         known = {f.name for f in fields(cls)}
         missing = [f.name for f in fields(cls) if f.name not in d and f.default is not None
@@ -127,23 +163,32 @@ class TrainState:
             raise CheckpointError(f'{path} lacks the train_kd entries {missing[:4]}')
         return cls(**{k: v for k, v in d.items() if k in known})
 
-    def non_finite(self) -> List[str]:
-        return non_finite_tensors(self.state_dict, self.state_dict_ema, self.distiller)
+    def problem(self) -> Optional[str]:
+        """Why this state is not healthy (non-finite or exploded weights), or None."""
+        bad = non_finite_tensors(self.state_dict, self.state_dict_ema, self.distiller)
+        if bad:
+            return f'non-finite weights, e.g. {bad[0]}'
+        exploded = explosion(weight_norm(self.state_dict), self.reference_norm)
+        return f'exploded weights: {exploded}' if exploded else None
 
     @classmethod
     def capture(cls, run: 'LiveRun', epoch: int, next_epoch: int, next_step: int,
                 metric: Optional[float]) -> Optional['TrainState']:
         """Collective: every process contributes its RNG, meters (mid-epoch) and buffers (world > 1); the
         main process gets the state, the others None. Raises NonFiniteLossError on every process (the
-        weights are the same everywhere) when the weights are not finite: such a state is never written."""
+        weights are the same everywhere) when the weights are not healthy: such a state is never written."""
         from accelerate.utils import gather_object
         acc, student = run.accelerator, run.student
-        bad = non_finite_tensors(student.state_dict())
+        weights = student.state_dict()
+        when = f'by epoch {epoch} step {next_step if next_epoch == epoch else "end"}'
+        bad = non_finite_tensors(weights)
         if bad:
-            raise NonFiniteLossError(
-                f'the student weights became non-finite ({len(bad)} tensors, e.g. {bad[0]}) by epoch {epoch} step '
-                f'{next_step if next_epoch == epoch else "end"}; no checkpoint was written, the ones in the run '
-                f'folder hold the last finite weights: resume from them with a lower --lr')
+            raise NonFiniteLossError(f'the student weights became non-finite ({len(bad)} tensors, e.g. {bad[0]}) '
+                                     f'{when}; no checkpoint was written from them')
+        exploded = explosion(weight_norm(weights), run.reference_norm)
+        if exploded:
+            raise NonFiniteLossError(f'the student weights exploded {when}: {exploded}; no checkpoint was written '
+                                     f'from them')
         mine = {'rng': capture_rng_state(), 'meters': run.meters.state_dict() if next_step else None}
         if acc.num_processes > 1:  # BatchNorm statistics can differ between processes (--no-ddp-bb); keep each one's
             mine['buffers'] = {k: v.detach().cpu().clone() for k, v in student.named_buffers()}
@@ -165,7 +210,8 @@ class TrainState:
             data_config=run.export_data_config(), best=dict(run.best), last=dict(run.last),
             teacher_metrics=run.teacher_metrics, checkpoint_hist=[list(h) for h in run.checkpoint_hist],
             state_dict_ema=ema.module.state_dict() if ema is not None else None,
-            distiller=distiller.state_dict() if distiller is not None and distiller.state_dict() else None)
+            distiller=distiller.state_dict() if distiller is not None and distiller.state_dict() else None,
+            run_id=run.run_id, reference_norm=run.reference_norm)
 
     def restore(self, run: 'LiveRun', updates_per_epoch: int, resume_opt: bool = True,
                 resume_schedule: bool = True) -> Tuple[int, int]:
@@ -201,6 +247,10 @@ class TrainState:
         if acc.scaler is not None and self.scaler:
             acc.scaler.load_state_dict(self.scaler)
         run.best, run.last = dict(self.best), dict(self.last)
+        # the last good state the resumed epoch is measured against: these weights at an epoch's start, else the
+        # start the checkpoint recorded (a checkpoint of version 2 has none: its own weights)
+        run.reference_norm = self.reference_norm if self.next_step and self.reference_norm is not None else \
+            weight_norm(self.state_dict)
         run.teacher_metrics, run.checkpoint_hist = self.teacher_metrics, list(self.checkpoint_hist)
 
         world, rank = acc.num_processes, acc.process_index
@@ -242,6 +292,9 @@ class LiveRun:
     last: Dict[str, Any] = field(default_factory=lambda: dict(epoch=None, top1=None, top5=None))
     teacher_metrics: Optional[Dict[str, float]] = None
     checkpoint_hist: List[List] = field(default_factory=list)
+    run_id: Optional[str] = None  # the run's identity, written into every checkpoint
+    reference_norm: Optional[float] = None  # weight norm of the last good state: the current epoch's start
+    resume_point: Optional[Tuple[str, int, int]] = None  # (file, epoch, step) of the last checkpoint written or resumed
 
     def export_data_config(self) -> Dict[str, Any]:
         """The eval-time data config of the student (timm's pretrained_cfg keys), for export."""
@@ -250,10 +303,11 @@ class LiveRun:
                     crop_pct=dc.crop_pct or 1.0, interpolation=dc.interpolation, num_classes=dc.num_classes)
 
     def save_recovery(self, epoch: int, next_step: int) -> None:
-        """Collective: recovery.pth.tar after ``next_step`` steps of ``epoch``."""
+        """Collective: recovery.pth.tar after ``next_step`` steps of ``epoch`` (0 of epoch 0: the run's start)."""
         state = TrainState.capture(self, epoch, epoch, next_step, None)
         if state is not None:
             atomic_save(state.to_dict(), os.path.join(self.run_dir, RECOVERY))
+            self.resume_point = (os.path.join(self.run_dir, RECOVERY), epoch, next_step)
 
     def save_epoch(self, epoch: int, metric: float, improved: bool) -> None:
         """Collective: last.pth.tar at the end of ``epoch``, copied to model_best.pth.tar when it improved and
@@ -280,6 +334,21 @@ class LiveRun:
             p = os.path.join(self.run_dir, f'checkpoint-{e}.pth.tar')
             if os.path.lexists(p):
                 os.remove(p)
+        self.resume_point = (last, epoch + 1, 0)
+
+    def mark_good_state(self) -> None:
+        """The weights now (an epoch's start) are the last good state the next states are measured against."""
+        self.reference_norm = weight_norm(self.student.state_dict())
+
+    def resume_advice(self, lr: float) -> str:
+        """What to do after the run diverged: the command that continues from its last healthy checkpoint."""
+        if self.resume_point is None:
+            return (f'the run has no checkpoint yet (--checkpoint-every N also writes one at its start): start it '
+                    f'again with a lower --lr than {lr:g}')
+        path, epoch, step = self.resume_point
+        target = self.run_dir if self.run_dir and os.path.dirname(path) == self.run_dir else path
+        return (f'its last healthy checkpoint is {os.path.basename(path)} (epoch {epoch} step {step}): continue from '
+                f'it with a lower --lr than {lr:g}: train_kd.py --resume {target} --lr LOWER_LR')
 
 
 def load_checkpoint(path: str) -> TrainState:
@@ -299,16 +368,36 @@ def checkpoint_candidates(run_dir: str) -> List[str]:
     return [p for p in named if os.path.isfile(p)]
 
 
-def find_resume_checkpoint(path: str) -> Tuple[str, TrainState, List[str]]:
-    """(file, state, skipped) to resume from ``path``: the file itself (which must verify and be finite), or for a
-    run folder the most advanced checkpoint that verifies and is finite; ``skipped`` says which were passed
-    over and why. Raises CheckpointError when there is none."""
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a run folder records about its run: the id of its run file (``timm_kd.train.lock``) and the flags of its
+    args.yaml; None where the folder has none (a folder of an earlier timm-kd, a bare folder of checkpoints)."""
+    run_id: Optional[str] = None
+    args: Optional[Dict[str, Any]] = None
+
+    def foreign(self, state: TrainState) -> Optional[str]:
+        """Why ``state`` is a checkpoint of another run than the folder's, or None. Without ids on both sides (files
+        of an earlier timm-kd) the flags that define a run must agree with the folder's args.yaml."""
+        if self.run_id and state.run_id:
+            return None if state.run_id == self.run_id else f'run {state.run_id}, the folder holds run {self.run_id}'
+        changed = run_defining_changes(self.args or {}, state.args)
+        return ', '.join(changed) if changed else None
+
+
+def find_resume_checkpoint(path: str, identity: RunIdentity = RunIdentity()) -> Tuple[str, TrainState, List[str]]:
+    """(file, state, skipped) to resume from ``path``: the file itself (which must verify, be healthy and belong to
+    the run of ``identity``, the folder the run continues in), or for a run folder the most advanced checkpoint that
+    does; ``skipped`` says which were passed over and why. Raises CheckpointError when there is none."""
     if not os.path.isdir(path):
         state = load_checkpoint(path)
-        bad = state.non_finite()
-        if bad:
-            raise CheckpointError(f'{path} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); pass its run '
-                                  f'folder to resume from the newest finite checkpoint')
+        problem = state.problem()
+        if problem:
+            raise CheckpointError(f'{path} holds {problem}; pass its run folder to resume from the newest healthy '
+                                  f'checkpoint')
+        foreign = identity.foreign(state)
+        if foreign:
+            raise CheckpointError(f'{path} is a checkpoint of another run than the folder it would continue in '
+                                  f'({foreign}); continue it in a folder of its own with --experiment NAME')
         return path, state, []
     best: Optional[Tuple[Tuple[int, int], str, TrainState]] = None
     skipped = []
@@ -318,9 +407,10 @@ def find_resume_checkpoint(path: str) -> Tuple[str, TrainState, List[str]]:
         except CheckpointError as e:
             skipped.append(f'{os.path.basename(p)} ({str(e).replace(p, "it")})')
             continue
-        bad = state.non_finite()
-        if bad:
-            skipped.append(f'{os.path.basename(p)} (non-finite weights, e.g. {bad[0]})')
+        problem = state.problem()
+        foreign = None if problem else identity.foreign(state)
+        if problem or foreign:
+            skipped.append(f'{os.path.basename(p)} ({problem or "a checkpoint of another run: " + foreign})')
         elif best is None or (state.next_epoch, state.next_step) > best[0]:
             best = ((state.next_epoch, state.next_step), p, state)
     if best is None:
