@@ -30,7 +30,7 @@ from test_convert import _Evil
 from test_train_kd import BASE, SCRIPT, _env, _rows, _state
 from timm_kd.train.main import main
 from timm_kd.train.state import TrainState, content_sha256
-from timm_kd.utils.files import TEMP_PREFIX
+from timm_kd.utils.files import LOCK_NAME, TEMP_PREFIX
 
 COVERS = ('--resume', '--checkpoint-every', '--checkpoint-hist', '--train-num-samples', '--val-num-samples',
           '--output', '--experiment', '--class-map', '--torchcompile', '--kd-alpha', '--mixed-kd-weight',
@@ -64,7 +64,8 @@ def _fail(argv, capsys, code=2):
 
 
 def _tree(folder: Path):
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    """The files of a folder and their bytes, but the lock file (a process that takes the lock records itself)."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != LOCK_NAME}
 
 
 def _data_offset(path, largest=True) -> int:
@@ -232,20 +233,24 @@ def test_malicious_pickles_are_refused_at_every_checkpoint_load_path(tmp_path, c
     assert not (tmp_path / 'out').exists()
 
 
-def test_planted_symlinks_and_stale_temp_files(tmp_path, reference):
-    """A symlink planted as a run file is replaced, never written through; stale temp files of ours are removed,
-    temp-named symlinks too (not their targets); other files stay."""
+def test_planted_symlinks_and_stale_temp_files(tmp_path, reference, capsys):
+    """A symlink planted as a run file the run reads is refused in one sentence, never read or written through; one
+    planted where the run only writes (results.json) is replaced; stale temp files of ours are removed, temp-named
+    symlinks too (not their targets); other files stay."""
     victim = tmp_path / 'victim.txt'
     victim.write_text('not yours')
     run = tmp_path / 'run'
     _copy_as(reference / 'recovery.pth.tar', run, 'recovery.pth.tar')
     shutil.copy(reference / 'args.yaml', run / 'args.yaml')
     (run / 'summary.csv').symlink_to(victim)
+    assert 'summary.csv is a symbolic link' in _fail(['--resume', str(run)], capsys)
+    (run / 'summary.csv').unlink()
+    (run / 'results.json').symlink_to(victim)
     (run / f'{TEMP_PREFIX}stale').write_bytes(b'x' * 100)
     (run / f'{TEMP_PREFIX}link').symlink_to(victim)
     (run / 'notes.txt').write_text('mine')
     assert main(['--resume', str(run)])['finished']
-    assert victim.read_text() == 'not yours' and not (run / 'summary.csv').is_symlink()
+    assert victim.read_text() == 'not yours' and not (run / 'results.json').is_symlink()
     assert not [p for p in os.listdir(run) if p.startswith(TEMP_PREFIX)] and (run / 'notes.txt').read_text() == 'mine'
     assert _same_weights(reference / 'last.pth.tar', run / 'last.pth.tar')
 
@@ -310,7 +315,8 @@ def test_read_only_output_is_one_sentence(tmp_path, capsys, reference):
         finally:
             if not mounted:
                 run.chmod(0o755)
-        assert f'Cannot write {run / TEMP_PREFIX}stale: ' in err and _tree(run) == before
+        # the first write of a resume is its lock (taken before anything is read or written)
+        assert f'Cannot write {run / LOCK_NAME}: ' in err and _tree(run) == before
 
 
 # ------------------------------------------------------------------------------------------------ flags

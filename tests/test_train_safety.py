@@ -7,6 +7,7 @@ files or a --config should be.
 Every refusal is one sentence and exit code 2 before any long work (no run folder); every resume ends as its
 message promised. Runs are resnet8 on 16x16 synthetic images, 6 steps an epoch (tests/test_train_kd.py's BASE).
 """
+import contextlib
 import os
 import shutil
 import signal
@@ -20,9 +21,9 @@ import torch
 
 from test_faults import _fail, _same_weights, _tree
 from test_train_kd import BASE, _rows, _state
-from timm_kd.train.lock import is_locked
 from timm_kd.train.main import main
 from timm_kd.train.state import CHECKPOINT_VERSION, EXPLOSION_FACTOR, content_sha256, weight_norm
+from timm_kd.utils.files import folder_lock_holder
 
 COVERS = ('--distill', '--nce-t', '--nce-m', '--nce-k', '--crd-feat-dim', '--at-p', '--cc-feat-dim', '--sp-beta',
           '--dkd-beta', '--dist-gamma', '--tl-aug', '--class-map', '--dataset', '--teacher-checkpoint')
@@ -293,7 +294,7 @@ def test_a_run_folder_is_locked_while_a_process_trains_in_it(tmp_path, run_a, ca
     """A child process trains in the folder (stopped inside its first checkpoint write); a second train_kd is refused
     in one sentence and changes nothing; once the child is killed, its lock is gone and the run resumes."""
     run = _copy_run(run_a, tmp_path / 'run')
-    assert not is_locked(run)
+    assert folder_lock_holder(str(run)) is None
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: hold the folder, tell the parent, wait to be killed
@@ -308,7 +309,7 @@ def test_a_run_folder_is_locked_while_a_process_trains_in_it(tmp_path, run_a, ca
             os._exit(0)
     try:
         os.read(r, 1)  # the child is inside its first write, the lock taken
-        assert is_locked(run)
+        assert folder_lock_holder(str(run))['pid'] == pid
         before = _tree(run)
         err = _fail(['--resume', str(run), '--epochs', '3'], capsys)
         assert 'in use' in err and str(run) in err, err
@@ -316,5 +317,56 @@ def test_a_run_folder_is_locked_while_a_process_trains_in_it(tmp_path, run_a, ca
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-    assert not is_locked(run)
+    assert folder_lock_holder(str(run)) is None
     assert main(['--resume', str(run), '--epochs', '3'])['finished']
+
+
+# ------------------------------------------------------------------------------------------------ links and FIFOs
+@contextlib.contextmanager
+def _no_hang(seconds: int = 60):
+    """Fail instead of blocking forever (a FIFO opened for reading waits for a writer)."""
+    def hang(signum, frame):
+        raise AssertionError(f'blocked for {seconds} s')
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_a_fifo_as_config_resume_or_args_yaml_is_one_sentence_not_a_hang(tmp_path, run_a, capsys):
+    fifo = tmp_path / 'fifo'
+    os.mkfifo(fifo)
+    run = _copy_run(run_a, tmp_path / 'run')
+    (run / 'args.yaml').unlink()
+    os.mkfifo(run / 'args.yaml')
+    for argv in (BASE + ['--config', str(fifo), '--output', str(tmp_path / 'o')], ['--resume', str(fifo)],
+                 ['--resume', str(run)]):
+        with _no_hang():
+            err = _fail(argv, capsys)
+        assert 'named pipe (FIFO), not a regular file' in err, (argv, err)
+    assert not (tmp_path / 'o').exists()
+
+
+def test_run_files_are_never_read_or_written_through_a_link(tmp_path, run_a, capsys):
+    """log.txt, summary.csv or args.yaml of a resumed run planted as a link to a file elsewhere: refused in one
+    sentence, the file elsewhere unchanged and nothing of it copied into the run; a checkpoint planted as a link is
+    skipped, saying why."""
+    victim = tmp_path / 'victim.txt'
+    for name in ('log.txt', 'summary.csv', 'args.yaml'):
+        victim.write_text('epoch\nnot yours\n')
+        run = _copy_run(run_a, tmp_path / name)
+        (run / name).unlink()
+        (run / name).symlink_to(victim)
+        err = _fail(['--resume', str(run), '--epochs', '3'], capsys)
+        assert f'{run / name} is a symbolic link' in err, (name, err)
+        assert victim.read_text() == 'epoch\nnot yours\n'
+        assert all(b'not yours' not in p.read_bytes() for p in run.iterdir() if p.is_file() and not p.is_symlink())
+    run = _copy_run(run_a, tmp_path / 'ckpt')
+    (run / 'recovery.pth.tar').unlink()
+    (run / 'recovery.pth.tar').symlink_to(run_a / 'recovery.pth.tar')
+    assert main(['--resume', str(run), '--epochs', '3'])['finished']
+    skip = [line for line in capsys.readouterr().out.splitlines() if '--resume: skipped' in line]
+    assert len(skip) == 1 and 'recovery.pth.tar (' in skip[0] and 'symbolic link' in skip[0], skip

@@ -13,14 +13,12 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import yaml
-
 from timm_kd.data.pick import PICK_CRITERIA
 from timm_kd.data.views import resolve_view, sample_view_names
 from timm_kd.distill.methods import METHODS, method_arg_ranges
 from timm_kd.distill.resolution import MIN_IMAGE_SIZE, image_size
 from timm_kd.utils.errors import UsageError
-from timm_kd.utils.messages import first_line
+from timm_kd.utils.files import FileReadError, read_yaml
 from .parser import (  # noqa: F401 - the parser's names, importable from here as they always were
     LARGE_INPUT_AUG_FLAGS, METHOD_FLAG_DESTS, PEER_REPORT_DELAY, PICK_CHOICES, SCHEDULERS, STD_AUG_MODES,
     TIMM_DISTILL_TYPES, ParseKwargs, build_parser, is_main_process_env, report_error)
@@ -137,15 +135,13 @@ def _check_config_value(action: argparse.Action, key: str, value: Any, path: str
 
 
 def load_flag_file(path: str, what: str) -> Dict[str, Any]:
-    """A YAML mapping of flag names to values (a --config file, a run's args.yaml); ``what`` names it in the
+    """A YAML mapping of flag names to values (a --config file, a run's args.yaml), read only from a regular file and
+    not through a link (``read_yaml``: a FIFO never blocks, size and nesting are bounded); ``what`` names it in the
     one-sentence UsageError for a file that cannot be read or holds no mapping."""
     try:
-        with open(path) as f:
-            cfg = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise UsageError(f'{what} {path!r} cannot be read: {e.strerror or e}.') from e
-    except yaml.YAMLError as e:
-        raise UsageError(f'{what} {path!r} is not valid YAML: {first_line(e)}.') from e
+        cfg = read_yaml(path) or {}
+    except FileReadError as e:
+        raise UsageError(f'{what}: {e}') from e
     if not isinstance(cfg, dict):
         raise UsageError(f'{what} {path!r} must hold a mapping of flag names to values.')
     return cfg
@@ -155,7 +151,7 @@ def run_args_of(resume: str) -> Dict[str, Any]:
     """The args.yaml of the run a --resume path belongs to ({} when there is none)."""
     d = resume if os.path.isdir(resume) else os.path.dirname(os.path.abspath(resume))
     f = os.path.join(d, 'args.yaml')
-    return load_flag_file(f, 'The run arguments') if os.path.isfile(f) else {}
+    return load_flag_file(f, 'The run arguments') if os.path.lexists(f) else {}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Dict[str, Any]]:
@@ -175,7 +171,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
         defaults.update({k: v for k, v in run_cfg.items() if k in known and k not in ('config', 'resume')})
     cfg: Dict[str, Any] = {}
     if first.config:
-        cfg = load_flag_file(first.config, 'Config file')
+        # a --config is the user's own file: a link they made to it is followed (a run's files never are)
+        cfg = load_flag_file(os.path.realpath(first.config) if os.path.islink(first.config) else first.config,
+                             'Config file')
         # a run's args.yaml replays as a config: its own config / resume entries must not chain or resume
         cfg = {k: v for k, v in cfg.items() if k not in ('config', 'resume')}
         unknown = sorted(set(cfg) - known)

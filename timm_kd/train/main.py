@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from timm_kd.utils.errors import UsageError
-from timm_kd.utils.files import atomic_write_text, output_error, remove_stale_temp_files
+from timm_kd.utils.files import atomic_write_text, lock_folder, output_error, remove_stale_temp_files
 from timm_kd.utils.messages import first_line
 from .args import is_main_process_env, parse_args, report_error, resume_flag_changes, run_args_of, validate_args
 from .build import (
@@ -24,13 +24,13 @@ from .build import (
     resolve_lr)
 from .data import create_eval_loader, create_train_loader
 from .loop import EpochMeters, NonFiniteLossError, evaluate, mean_lr, train_one_epoch
-from .lock import RunLock, new_run_id, read_run_id
 from .output import (
     RESULTS_VERSION, LogFiles, choose_run_dir, keep_summary_rows, resume_run_dir, teacher_lineage, write_results,
     write_summary_row)
 from .record import run_record
 from .schedule import create_kd_scheduler, schedule_lengths, set_position
-from .state import CheckpointError, LiveRun, RunIdentity, find_resume_checkpoint
+from .state import (
+    CheckpointError, LiveRun, RunIdentity, find_resume_checkpoint, new_run_id, read_run_id, record_run_id)
 
 __all__ = ['main', 'train']
 
@@ -57,6 +57,15 @@ def _create_optimizer(args: argparse.Namespace, student: torch.nn.Module, task: 
             if g['params']:
                 optimizer.add_param_group(g)
     return optimizer
+
+
+def _lock(folder: str, hold: contextlib.ExitStack) -> bool:
+    """Hold the run folder's lock until ``hold`` closes (another process run in it: one sentence)."""
+    try:
+        hold.enter_context(lock_folder(folder))
+    except OSError as e:  # a read-only folder
+        raise output_error(e.filename or folder, e) from e
+    return True
 
 
 def _evaluate_epoch(run: LiveRun, loader_eval, world: int) -> Dict[str, Any]:
@@ -87,11 +96,11 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles, ho
 
     # 1. the run folder is locked and the checkpoint to resume from must verify, be healthy and be the folder's run's
     # before anything else happens; flags given with it either apply (schedule and run flags) or are refused
-    resume, resume_file, schedule_changes, lock = None, None, [], None
+    resume, resume_file, schedule_changes, locked = None, None, [], False
     if args.resume:
         folder = resume_run_dir(args, explicit)
         if folder and os.path.isdir(folder) and is_main_process_env():
-            lock = hold.enter_context(contextlib.closing(RunLock(folder)))
+            locked = _lock(folder, hold)
         identity = RunIdentity(read_run_id(folder), run_args_of(folder)) if folder and os.path.isdir(folder) else \
             RunIdentity()
         try:
@@ -173,9 +182,11 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles, ho
     if accelerator.is_main_process:
         try:
             run.run_dir = choose_run_dir(args, explicit, dc)
-            lock = lock or hold.enter_context(contextlib.closing(RunLock(run.run_dir)))
-            run.run_id = lock.run_id or run_id or new_run_id()
-            lock.record(run.run_id)
+            locked = locked or _lock(run.run_dir, hold)
+            recorded = read_run_id(run.run_dir)
+            run.run_id = recorded or run_id or new_run_id()
+            if recorded is None:
+                record_run_id(run.run_dir, run.run_id)
             stale = remove_stale_temp_files(run.run_dir)
             logs.add_file(os.path.join(run.run_dir, 'log.txt'))
             if resume_file:

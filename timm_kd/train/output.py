@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 import timm
 
 from timm_kd.utils.messages import public_ref
-from timm_kd.utils.files import atomic_write_text
+from timm_kd.utils.errors import UsageError
+from timm_kd.utils.files import atomic_write_text, open_regular, read_text
 
 if TYPE_CHECKING:
     from .build import DataConfig
@@ -37,7 +38,12 @@ class _Buffer(logging.Handler):
 
 
 class _LogFile(logging.FileHandler):
-    """log.txt; a failed write (full disk) says so once on stderr instead of a traceback per line."""
+    """log.txt, appended to only if it is a regular file and never through a link (a resumed run's log.txt planted as a
+    link would change a file elsewhere); a failed write (full disk) says so once on stderr instead of a traceback per
+    line."""
+
+    def _open(self):
+        return open_regular(self.baseFilename, 'a')
 
     def handleError(self, record: logging.LogRecord) -> None:
         if not getattr(self, '_failed', False):
@@ -128,15 +134,19 @@ def _rewrite_summary(path: str, epochs: int, row: Optional[Dict[str, Any]] = Non
     rows: List[Dict[str, Any]] = []
     fields: List[str] = []
     kept_all = True
-    if os.path.isfile(path):
-        with open(path, newline='') as f:
-            reader = csv.DictReader(f)
-            fields = list(reader.fieldnames or [])
+    text = read_text(path, default=None)  # a regular file, not read through a link
+    if text is not None:
+        reader = csv.DictReader(io.StringIO(text, newline=''))
+        fields = list(reader.fieldnames or [])
+        try:
             for r in reader:
                 if int(r['epoch']) < epochs:
                     rows.append(r)
                 else:
                     kept_all = False
+        except (KeyError, TypeError, ValueError):
+            raise UsageError(f'{path} is not a summary.csv train_kd wrote (a row without an epoch number); restore '
+                             f'or remove it.') from None
     if row is None and kept_all:
         return
     if row is not None:

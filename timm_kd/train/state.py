@@ -12,8 +12,8 @@ A checkpoint is *healthy* when its weights are finite and not exploded: the weig
 ``EXPLOSION_FACTOR`` times that of the run's last good state (the weights the epoch started from, recorded in the
 checkpoint as ``reference_norm``). A huge lr can blow the weights up by orders of magnitude while they stay finite
 for a few steps; such a state is never written (``TrainState.capture`` refuses it) and never resumed from. A
-checkpoint carries the id of the run that wrote it (``run_id``, also recorded in the run folder by
-``timm_kd.train.lock``): a resume takes only checkpoints of the folder's own run.
+checkpoint carries the id of the run that wrote it (``run_id``, recorded in the run folder's ``RUN_ID_FILE`` when the
+run is created): a resume takes only checkpoints of the folder's own run.
 
 Resuming a run folder picks the most advanced checkpoint (by ``next_epoch, next_step``) among
 ``recovery.pth.tar``, ``last.pth.tar``, ``checkpoint-<epoch>.pth.tar`` and ``model_best.pth.tar`` that
@@ -25,6 +25,8 @@ import logging
 import math
 import os
 import random
+import re
+import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -34,15 +36,16 @@ from timm.models import clean_state_dict
 from timm.utils import unwrap_model
 
 from timm_kd.utils.errors import UsageError
-from timm_kd.utils.files import atomic_copy, atomic_save
+from timm_kd.utils.files import FileReadError, atomic_copy, atomic_save, atomic_write_text, open_regular, read_text
 from timm_kd.utils.messages import first_line
 from .args import run_defining_changes
 from .build import DataConfig, load_weights
 from .loop import EpochMeters, NonFiniteLossError
 
-__all__ = ['CHECKPOINT_VERSION', 'EXPLOSION_FACTOR', 'CheckpointError', 'TrainState', 'LiveRun', 'Training',
-           'RunIdentity', 'content_sha256', 'non_finite_tensors', 'weight_norm', 'load_checkpoint',
-           'find_resume_checkpoint', 'checkpoint_candidates', 'capture_rng_state', 'restore_rng_state']
+__all__ = ['CHECKPOINT_VERSION', 'EXPLOSION_FACTOR', 'RUN_ID_FILE', 'CheckpointError', 'TrainState', 'LiveRun',
+           'Training', 'RunIdentity', 'content_sha256', 'non_finite_tensors', 'weight_norm', 'load_checkpoint',
+           'find_resume_checkpoint', 'checkpoint_candidates', 'read_run_id', 'record_run_id', 'new_run_id',
+           'capture_rng_state', 'restore_rng_state']
 
 _logger = logging.getLogger('train_kd')
 
@@ -54,6 +57,8 @@ _READABLE_VERSIONS = (1, 2, 3)
 # at --lr 2 (high, yet it trains) grows 2.7x in its first epoch, at --lr 1e6 the first update gives ~1e9x.
 EXPLOSION_FACTOR = 100.0
 RECOVERY, LAST, BEST = 'recovery.pth.tar', 'last.pth.tar', 'model_best.pth.tar'
+RUN_ID_FILE = '.timm-kd-run'  # the id of the run a folder holds
+_RUN_ID = re.compile(r'[0-9a-f]{32}')
 
 
 class CheckpointError(ValueError):
@@ -352,9 +357,13 @@ class LiveRun:
 
 
 def load_checkpoint(path: str) -> TrainState:
-    """Read and verify a train_kd checkpoint (weights_only, version, checksum). Raises CheckpointError."""
+    """Read and verify a train_kd checkpoint (a regular file, not through a link; weights_only, version, checksum).
+    Raises CheckpointError."""
     try:
-        d = torch.load(path, map_location='cpu', weights_only=True)
+        with open_regular(path) as f:
+            d = torch.load(f, map_location='cpu', weights_only=True)
+    except FileReadError as e:
+        raise CheckpointError(str(e).rstrip('.')) from e
     except Exception as e:  # noqa: BLE001 - any unpickling / IO failure means "not a usable checkpoint"
         raise CheckpointError(f'{path} cannot be read as a checkpoint ({type(e).__name__}: '
                               f'{(str(e).strip().splitlines() or [""])[0][:200]})') from e
@@ -366,6 +375,21 @@ def checkpoint_candidates(run_dir: str) -> List[str]:
     hist = sorted(glob.glob(os.path.join(glob.escape(run_dir), 'checkpoint-*.pth.tar')), reverse=True)
     named = [os.path.join(run_dir, n) for n in (RECOVERY, LAST)] + hist + [os.path.join(run_dir, BEST)]
     return [p for p in named if os.path.isfile(p)]
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def read_run_id(folder: str) -> Optional[str]:
+    """The id of the run ``folder`` holds (None: the folder records none, e.g. made by an earlier timm-kd)."""
+    text = read_text(os.path.join(folder, RUN_ID_FILE), limit=1024, default='').strip()
+    return text if _RUN_ID.fullmatch(text) else None
+
+
+def record_run_id(folder: str, run_id: str) -> None:
+    """Record ``run_id`` as the run ``folder`` holds (by the process that holds the folder's lock)."""
+    atomic_write_text(os.path.join(folder, RUN_ID_FILE), run_id + '\n')
 
 
 @dataclass(frozen=True)
