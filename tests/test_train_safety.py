@@ -19,14 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_faults import _fail, _same_weights, _tree
+from test_faults import RUN, _fail, _same_weights, _tree, reference  # noqa: F401 - reference: a fixture
 from test_train_kd import BASE, _rows, _state
 from timm_kd.train.main import main
 from timm_kd.train.state import CHECKPOINT_VERSION, EXPLOSION_FACTOR, content_sha256, weight_norm
 from timm_kd.utils.files import folder_lock_holder
 
 COVERS = ('--distill', '--nce-t', '--nce-m', '--nce-k', '--crd-feat-dim', '--at-p', '--cc-feat-dim', '--sp-beta',
-          '--dkd-beta', '--dist-gamma', '--tl-aug', '--class-map', '--dataset', '--teacher-checkpoint')
+          '--dkd-beta', '--dist-gamma', '--tl-aug', '--class-map', '--dataset', '--teacher-checkpoint', '--resume',
+          '--checkpoint-every', '--config', '--epochs', '--lr')
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
@@ -166,30 +167,19 @@ def test_an_empty_teacher_file_is_one_sentence(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-RUN = BASE + ['--epochs', '2', '--checkpoint-every', '4', '--checkpoint-hist', '2']
-
-
-@pytest.fixture(scope='module')
-def run_a(tmp_path_factory):
-    """An uninterrupted run (resnet8, cross-entropy): recovery (1, 4), last (2, 0), checkpoint-0 / -1, model_best."""
-    out = tmp_path_factory.mktemp('a')
-    assert main(RUN + ['--output', str(out), '--experiment', 'a'])['finished']
-    return out / 'a'
-
-
 def _copy_run(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
 
 
-def test_one_byte_changed_in_the_version_key_fails_the_checksum(tmp_path, run_a, capsys):
+def test_one_byte_changed_in_the_version_key_fails_the_checksum(tmp_path, reference, capsys):
     """The format version is part of the checksummed content: version 2 -> 1 (one pickled byte) must not pass as a
     file of the first format, which had no checksum."""
-    data = zipfile.ZipFile(run_a / 'last.pth.tar').read('archive/data.pkl')  # the pickled dict, stored uncompressed
+    data = zipfile.ZipFile(reference / 'last.pth.tar').read('archive/data.pkl')  # the pickled dict, stored uncompressed
     key = b'X\x0e\x00\x00\x00content_sha256'  # the entry after 'version': the value's BININT1 opcode is just before
     i = data.index(key)
     assert data[i - 2:i] == b'K' + bytes([CHECKPOINT_VERSION])
-    raw = (run_a / 'last.pth.tar').read_bytes()
+    raw = (reference / 'last.pth.tar').read_bytes()
     j = raw.index(data[i - 40:i + len(key)]) + 40 - 1
     bad = tmp_path / 'v1.pth.tar'
     bad.write_bytes(raw[:j] + b'\x01' + raw[j + 1:])
@@ -206,8 +196,8 @@ def _scaled(path: Path, factor: float) -> None:
     torch.save(d, path)
 
 
-def test_an_exploded_checkpoint_is_skipped_on_resume_and_refused_when_named(tmp_path, run_a, capsys):
-    run = _copy_run(run_a, tmp_path / 'run')
+def test_an_exploded_checkpoint_is_skipped_on_resume_and_refused_when_named(tmp_path, reference, capsys):
+    run = _copy_run(reference, tmp_path / 'run')
     _scaled(run / 'recovery.pth.tar', 1e8)
     for name in ('last.pth.tar', 'model_best.pth.tar', 'checkpoint-1.pth.tar'):
         (run / name).unlink()
@@ -215,7 +205,7 @@ def test_an_exploded_checkpoint_is_skipped_on_resume_and_refused_when_named(tmp_
     skip = [line for line in capsys.readouterr().out.splitlines() if '--resume: skipped' in line]
     assert res['finished'] and len(skip) == 1 and 'recovery.pth.tar (exploded weights' in skip[0], skip
     bad = tmp_path / 'bad.pth.tar'
-    shutil.copy(run_a / 'recovery.pth.tar', bad)
+    shutil.copy(reference / 'recovery.pth.tar', bad)
     _scaled(bad, 1e8)
     err = _fail(['--resume', str(bad), '--output', str(tmp_path / 'o')], capsys)
     assert 'exploded' in err and 'norm' in err, err
@@ -246,7 +236,7 @@ def test_a_diverged_run_resumes_with_a_lower_lr_as_its_message_says(tmp_path, ca
     assert [r['epoch'] for r in _rows(run)] == ['0', '1']
 
 
-def test_a_checkpoint_of_another_run_is_never_adopted(tmp_path, run_a, capsys):
+def test_a_checkpoint_of_another_run_is_never_adopted(tmp_path, reference, capsys):
     """Run b (another model) and a twin of run a (the same flags, another run) are ahead of run a: their last
     checkpoint dropped into a's folder is skipped (folder) or refused (named), and a's summary never gets their rows."""
     b = tmp_path / 'b'
@@ -254,7 +244,7 @@ def test_a_checkpoint_of_another_run_is_never_adopted(tmp_path, run_a, capsys):
     twin = tmp_path / 'twin'  # the same flags as run a: a different run all the same
     main(RUN + ['--epochs', '3', '--output', str(tmp_path), '--experiment', 'twin'])
     for other in (b, twin):
-        run = _copy_run(run_a, tmp_path / f'a-{other.name}')
+        run = _copy_run(reference, tmp_path / f'a-{other.name}')
         shutil.copy(other / 'last.pth.tar', run / 'recovery.pth.tar')  # (3, 0): further than a's last (2, 0)
         rows = _rows(run)
         assert main(['--resume', str(run), '--epochs', '3'])['finished']
@@ -267,15 +257,15 @@ def test_a_checkpoint_of_another_run_is_never_adopted(tmp_path, run_a, capsys):
         assert 'another run' in err and '--experiment' in err, err
 
 
-def test_a_full_disk_during_a_resume_keeps_the_epochs_extension_and_no_unseen_summary_row(tmp_path, run_a, capsys,
+def test_a_full_disk_during_a_resume_keeps_the_epochs_extension_and_no_unseen_summary_row(tmp_path, reference, capsys,
                                                                                          monkeypatch):
     """A run of 2 epochs resumed with --epochs 4 meets a full disk at its first checkpoint (after epoch 2's summary
     row was written). Resumed with --epochs 2, nothing is left to train and summary.csv holds only the rows its
     checkpoint saw; resumed without flags, it trains to epoch 4 as asked before the disk filled up, ending as the
     same resume without the failure."""
-    ref = _copy_run(run_a, tmp_path / 'ref')
+    ref = _copy_run(reference, tmp_path / 'ref')
     assert main(['--resume', str(ref), '--epochs', '4', '--checkpoint-every', '0'])['finished']
-    run = _copy_run(run_a, tmp_path / 'run')
+    run = _copy_run(reference, tmp_path / 'run')
     real_save = torch.save
     monkeypatch.setattr(torch, 'save', lambda obj, f, *a, **kw: (_ for _ in ()).throw(OSError(28, 'No space left')))
     err = _fail(['--resume', str(run), '--epochs', '4', '--checkpoint-every', '0'], capsys)
@@ -290,10 +280,10 @@ def test_a_full_disk_during_a_resume_keeps_the_epochs_extension_and_no_unseen_su
 
 
 # ------------------------------------------------------------------------------------------------ the lock
-def test_a_run_folder_is_locked_while_a_process_trains_in_it(tmp_path, run_a, capsys):
+def test_a_run_folder_is_locked_while_a_process_trains_in_it(tmp_path, reference, capsys):
     """A child process trains in the folder (stopped inside its first checkpoint write); a second train_kd is refused
     in one sentence and changes nothing; once the child is killed, its lock is gone and the run resumes."""
-    run = _copy_run(run_a, tmp_path / 'run')
+    run = _copy_run(reference, tmp_path / 'run')
     assert folder_lock_holder(str(run)) is None
     r, w = os.pipe()
     pid = os.fork()
@@ -336,10 +326,10 @@ def _no_hang(seconds: int = 60):
         signal.signal(signal.SIGALRM, old)
 
 
-def test_a_fifo_as_config_resume_or_args_yaml_is_one_sentence_not_a_hang(tmp_path, run_a, capsys):
+def test_a_fifo_as_config_resume_or_args_yaml_is_one_sentence_not_a_hang(tmp_path, reference, capsys):
     fifo = tmp_path / 'fifo'
     os.mkfifo(fifo)
-    run = _copy_run(run_a, tmp_path / 'run')
+    run = _copy_run(reference, tmp_path / 'run')
     (run / 'args.yaml').unlink()
     os.mkfifo(run / 'args.yaml')
     for argv in (BASE + ['--config', str(fifo), '--output', str(tmp_path / 'o')], ['--resume', str(fifo)],
@@ -350,23 +340,23 @@ def test_a_fifo_as_config_resume_or_args_yaml_is_one_sentence_not_a_hang(tmp_pat
     assert not (tmp_path / 'o').exists()
 
 
-def test_run_files_are_never_read_or_written_through_a_link(tmp_path, run_a, capsys):
+def test_run_files_are_never_read_or_written_through_a_link(tmp_path, reference, capsys):
     """log.txt, summary.csv or args.yaml of a resumed run planted as a link to a file elsewhere: refused in one
     sentence, the file elsewhere unchanged and nothing of it copied into the run; a checkpoint planted as a link is
     skipped, saying why."""
     victim = tmp_path / 'victim.txt'
     for name in ('log.txt', 'summary.csv', 'args.yaml'):
         victim.write_text('epoch\nnot yours\n')
-        run = _copy_run(run_a, tmp_path / name)
+        run = _copy_run(reference, tmp_path / name)
         (run / name).unlink()
         (run / name).symlink_to(victim)
         err = _fail(['--resume', str(run), '--epochs', '3'], capsys)
         assert f'{run / name} is a symbolic link' in err, (name, err)
         assert victim.read_text() == 'epoch\nnot yours\n'
         assert all(b'not yours' not in p.read_bytes() for p in run.iterdir() if p.is_file() and not p.is_symlink())
-    run = _copy_run(run_a, tmp_path / 'ckpt')
+    run = _copy_run(reference, tmp_path / 'ckpt')
     (run / 'recovery.pth.tar').unlink()
-    (run / 'recovery.pth.tar').symlink_to(run_a / 'recovery.pth.tar')
+    (run / 'recovery.pth.tar').symlink_to(reference / 'recovery.pth.tar')
     assert main(['--resume', str(run), '--epochs', '3'])['finished']
     skip = [line for line in capsys.readouterr().out.splitlines() if '--resume: skipped' in line]
     assert len(skip) == 1 and 'recovery.pth.tar (' in skip[0] and 'symbolic link' in skip[0], skip
