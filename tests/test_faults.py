@@ -108,8 +108,9 @@ def test_kills_at_random_points_and_inside_writes_resume_bit_identically(tmp_pat
     then a resume: the same weights and summary as the uninterrupted run, no temp file left."""
     rng = random.Random(20261130)
     run = tmp_path / 'k'
-    # fsync 1-2: args.yaml, 3-4: the first recovery checkpoint; an odd call is inside a write (before its rename)
-    first = rng.randrange(5, 20, 2)
+    # fsync 1-2: the run id, 3-4: args.yaml, 5-6: the recovery checkpoint of the start, 7-8: the first one after
+    # steps; an odd call is inside a write (before its rename)
+    first = rng.randrange(7, 22, 2)
     assert _run_killed_at(RUN + ['--output', str(tmp_path), '--experiment', 'k'], first)
     assert any(p.name.startswith(TEMP_PREFIX) for p in run.iterdir()), 'the kill inside a write left no temp file'
     assert _run_killed_at(['--resume', str(run)], rng.randrange(3, 12))

@@ -505,8 +505,9 @@ def test_crd_tlcutmix_pick_trains_end_to_end_and_resumes_bit_identically(tmp_pat
     bank = last['distiller']
     assert bank['memory_s'].shape == (96, 128) and (bank['labels'] >= 0).all()  # every sample seen, its class kept
     assert not set(bank) & set(last['state_dict'])  # the method's parts are not the student's weights
-    # a process killed at its 5th fsync (args.yaml 2, the step-4 recovery checkpoint 2, then inside the next write)
-    assert _run_killed_at(common + ['--experiment', 'killed'], 5)
+    # a process killed at its 9th fsync (2 each: the run id, args.yaml, the recovery checkpoints of the start and of
+    # step 4; then inside the next write)
+    assert _run_killed_at(common + ['--experiment', 'killed'], 9)
     rec = _state(tmp_path / 'killed' / 'recovery.pth.tar')
     assert (rec['next_epoch'], rec['next_step']) == (0, 4)  # killed after 4 of the 6 steps of the first epoch
     assert train_kd.main(['--resume', str(tmp_path / 'killed')])['finished']

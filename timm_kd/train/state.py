@@ -54,7 +54,7 @@ _logger = logging.getLogger('train_kd')
 CHECKPOINT_VERSION = 3
 _READABLE_VERSIONS = (1, 2, 3)
 # A state whose weight norm grew beyond this factor of the norm the epoch started from has exploded. Measured: resnet8
-# at --lr 2 (high, yet it trains) grows 2.7x in its first epoch, at --lr 1e6 the first update gives ~1e9x.
+# at --lr 2 (high, yet it trains) grows 2.7x in its first epoch; at --lr 1e6 the first update gives 1e5x.
 EXPLOSION_FACTOR = 100.0
 RECOVERY, LAST, BEST = 'recovery.pth.tar', 'last.pth.tar', 'model_best.pth.tar'
 RUN_ID_FILE = '.timm-kd-run'  # the id of the run a folder holds
@@ -394,8 +394,8 @@ def record_run_id(folder: str, run_id: str) -> None:
 
 @dataclass(frozen=True)
 class RunIdentity:
-    """What a run folder records about its run: the id of its run file (``timm_kd.train.lock``) and the flags of its
-    args.yaml; None where the folder has none (a folder of an earlier timm-kd, a bare folder of checkpoints)."""
+    """What a run folder records about its run: the id in its ``RUN_ID_FILE`` and the flags of its args.yaml; None
+    where the folder has none (a folder of an earlier timm-kd, a bare folder of checkpoints)."""
     run_id: Optional[str] = None
     args: Optional[Dict[str, Any]] = None
 
