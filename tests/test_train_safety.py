@@ -9,6 +9,7 @@ message promised. Runs are resnet8 on 16x16 synthetic images, 6 steps an epoch (
 """
 import contextlib
 import os
+import random
 import shutil
 import signal
 import sys
@@ -159,11 +160,14 @@ def test_hfds_without_the_datasets_package_is_one_sentence(tmp_path, capsys, mon
     assert "needs the Python package 'datasets'" in err and 'pip install datasets' in err, err
 
 
-def test_an_empty_teacher_file_is_one_sentence(tmp_path, capsys):
-    (tmp_path / 'empty.pth').write_bytes(b'')
-    err = _fail(BASE + ['--teacher', 'resnet8', '--teacher-checkpoint', str(tmp_path / 'empty.pth'), '--epochs', '1',
+# None: an empty file; a seed: 4096 random bytes the unpickler trips over (IndexError, KeyError, UnicodeDecodeError)
+@pytest.mark.parametrize('seed', [None, 2, 20, 195])
+def test_an_empty_or_garbage_teacher_file_is_one_sentence(tmp_path, capsys, seed):
+    (tmp_path / 't.pth').write_bytes(b'' if seed is None else random.Random(seed).randbytes(4096))
+    phrase = 'is empty (0 bytes)' if seed is None else 'is not a checkpoint: torch cannot unpickle it'
+    err = _fail(BASE + ['--teacher', 'resnet8', '--teacher-checkpoint', str(tmp_path / 't.pth'), '--epochs', '1',
                         '--output', str(tmp_path / 'out')], capsys)
-    assert 'is empty' in err and 'EOFError' not in err, err
+    assert phrase in err and 'EOFError' not in err, err
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

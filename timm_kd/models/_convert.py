@@ -135,6 +135,8 @@ def _torch_load(path: str) -> Any:
             return torch.load(path, map_location='cpu', weights_only=True)
     except EOFError as e:  # a legacy (non-zip) pickle cut short
         raise KDCheckpointError(f'{path} ends before the checkpoint does (a truncated file?)') from e
+    except (IndexError, KeyError, UnicodeDecodeError) as e:  # bytes that are no pickle: the unpickler trips over them
+        raise KDCheckpointError(f'{path} is not a checkpoint: torch cannot unpickle it ({type(e).__name__})') from e
     except pickle.UnpicklingError as e:
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
