@@ -48,8 +48,7 @@ RESUME_RUN_FLAGS = (
 _RANGES: Dict[str, Tuple[Optional[float], Optional[float], bool, bool]] = {
     **{k: (1, None, False, False) for k in (
         'batch_size', 'validation_batch_size', 'epochs', 'train_num_samples', 'val_num_samples', 'log_interval',
-        'lr_base_size', 'lr_cycle_limit', 'pick_candidates', 'in_chans', 'kd_student_feature_dim',
-        'kd_teacher_feature_dim')},
+        'lr_base_size', 'lr_cycle_limit', 'pick_candidates', 'in_chans')},
     'teacher_input_size': (MIN_IMAGE_SIZE, None, False, False),
     'num_classes': (2, None, False, False),
     'img_size': (8, None, False, False),  # the smallest recipe (sklearn/digits, 8x8)

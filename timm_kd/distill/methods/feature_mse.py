@@ -21,7 +21,7 @@ from timm.utils import unwrap_model
 
 from ..intermediates import pre_logits_dim
 from . import register_method
-from .base import Distiller, ModelOutputs
+from .base import AT_LEAST_ONE, Distiller, FlagRange, ModelOutputs
 
 __all__ = ['FeatureMSE']
 
@@ -79,6 +79,10 @@ class FeatureMSE(Distiller):
         group.add_argument('--kd-teacher-feature-dim', type=int, default=None, metavar='D',
                            help="feature (timm's name): the teacher's pre-logits width (default: its "
                                 'head_hidden_size / num_features)')
+
+    @classmethod
+    def arg_ranges(cls) -> Dict[str, FlagRange]:
+        return dict(kd_student_feature_dim=AT_LEAST_ONE, kd_teacher_feature_dim=AT_LEAST_ONE)
 
     @classmethod
     def kwargs_from_args(cls, args: Any) -> Dict[str, Any]:
