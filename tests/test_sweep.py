@@ -239,6 +239,9 @@ def test_sweep_resumes_a_killed_run_and_skips_finished_ones(tmp_path, capsys, mo
         time.sleep(0.01)
     os.killpg(p.pid, signal.SIGKILL)  # the sweep and its train_kd.py child
     p.wait()
+    while sweep.run_state(str(killed)) == 'running':  # the child's lock goes when the child is gone, a moment later
+        assert time.time() < deadline, 'the killed train_kd.py still holds its run folder'
+        time.sleep(0.01)
     assert sweep.run_state(str(killed)) == 'resume' and sweep.run_state(str(out / 'seed-4')) == 'new'
 
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
