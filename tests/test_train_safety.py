@@ -127,7 +127,7 @@ def test_a_pickled_class_map_must_number_the_classes_once_each(tmp_path, capsys)
     import pickle
     root = _folders(tmp_path / 'data', {'train': 'abc', 'val': 'abc'})
     for mapping, phrase in (({'a': 0, 'b': 0, 'c': 1}, "gives 'a' and 'b' the same index 0"),
-                            ({'a': 0, 'c': 2}, 'index 1 has no class'), ({'a': 0}, 'at least 2 classes')):
+                            ({'a': 0, 'c': -1}, 'whole-number indices'), ({'a': 0}, 'at least 2 classes')):
         (tmp_path / 'map.pkl').write_bytes(pickle.dumps(mapping))
         err = _fail(_folder_argv(root, tmp_path) + ['--class-map', str(tmp_path / 'map.pkl')], capsys)
         assert phrase in err, (mapping, err)

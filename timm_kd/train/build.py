@@ -64,7 +64,7 @@ class DataConfig:
 
 def load_class_map(path: str, data_dir: Optional[str] = None) -> Dict[Any, int]:
     """A class map read as timm reads it (a .txt of class names, the line number being the index, or a .pkl dict
-    name -> index), checked to number at least two classes 0, 1, 2, ... once each (``check_class_map``)."""
+    name -> index), checked to index at least two classes, each its own index (``check_class_map``)."""
     from timm.data.readers.class_map import load_class_map as timm_load_class_map
     try:
         class_to_idx = timm_load_class_map(path, data_dir or '')

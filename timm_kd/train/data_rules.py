@@ -23,8 +23,10 @@ def _txt_lines(path: str, root: str) -> Optional[List[str]]:
 
 
 def check_class_map(class_to_idx: Dict[Any, Any], flag_value: str, root: str) -> None:
-    """A --class-map (as timm read it) numbers at least two classes 0, 1, 2, ... once each: in a .txt file every line
-    names a class and no class twice; in a .pkl dict every index belongs to exactly one class. Raises UsageError."""
+    """A --class-map (as timm read it) gives at least two classes an index each and no index to two classes: in a
+    .txt file every line names a class and no class twice; a .pkl dict maps names to whole numbers >= 0, one class
+    an index. A .pkl may leave indices out (ImageNet classes under their ImageNet indices, so a 1000-class teacher's
+    outputs stay in place): the model's outputs are the largest index + 1 either way. Raises UsageError."""
     where = f'--class-map {flag_value!r}'
     lines = _txt_lines(flag_value, root)
     if lines is not None:
@@ -39,7 +41,7 @@ def check_class_map(class_to_idx: Dict[Any, Any], flag_value: str, root: str) ->
                              f'class once.')
     indices = list(class_to_idx.values())
     if not indices or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
-        raise UsageError(f'{where} must map class names to indices 0, 1, 2, ...')
+        raise UsageError(f'{where} must map class names to whole-number indices 0, 1, 2, ...')
     if len(set(indices)) < 2:
         raise UsageError(f'{where} names {len(set(indices))} class; a classifier needs at least 2 classes.')
     by_index: Dict[int, List[Any]] = {}
@@ -49,10 +51,6 @@ def check_class_map(class_to_idx: Dict[Any, Any], flag_value: str, root: str) ->
     if shared is not None:
         raise UsageError(f'{where} gives {shared[0]!r} and {shared[1]!r} the same index {class_to_idx[shared[0]]}; '
                          f'give each class its own index.')
-    missing = sorted(set(range(max(indices) + 1)) - set(indices))
-    if missing:
-        raise UsageError(f'{where}: index {missing[0]} has no class (the indices must be 0 to {len(indices) - 1}, '
-                         f'each once).')
 
 
 def _folder_classes(ds) -> Optional[Dict[str, int]]:
