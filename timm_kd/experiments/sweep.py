@@ -47,7 +47,7 @@ from timm_kd.train.args import kd_view_modes, parse_args, validate_args
 from timm_kd.train.state import checkpoint_candidates
 from timm_kd.utils.errors import UsageError
 from timm_kd.utils.files import FileReadError, atomic_write_text, folder_lock_holder, open_regular, parse_yaml, \
-    read_json, read_text, read_yaml
+    read_json, read_text, read_yaml_mapping
 
 __all__ = ['Run', 'load_grid', 'parse_overrides', 'expand_grid', 'flags_to_argv', 'run_state',
            'step_cost', 'device_slots', 'execute', 'main', 'AXIS_FLAGS']
@@ -101,12 +101,7 @@ def _label(value: Any) -> str:
 
 
 def load_grid(path: str) -> Dict[str, Any]:
-    try:
-        grid = read_yaml(path) or {}
-    except FileReadError as e:
-        raise UsageError(f'Grid file {e}') from None
-    if not isinstance(grid, dict):
-        raise UsageError(f'Grid file {path!r} must hold a mapping with the keys {", ".join(GRID_KEYS)}.')
+    grid = read_yaml_mapping(path, 'Grid file', f'a mapping with the keys {", ".join(GRID_KEYS)}')
     unknown = sorted(set(grid) - set(GRID_KEYS))
     if unknown:
         raise UsageError(f'Grid file {path!r} has unknown keys {unknown}: the keys are {", ".join(GRID_KEYS)}.')

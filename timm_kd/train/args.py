@@ -18,7 +18,7 @@ from timm_kd.data.views import resolve_view, sample_view_names
 from timm_kd.distill.methods import METHODS, method_arg_ranges
 from timm_kd.distill.resolution import MIN_IMAGE_SIZE, image_size
 from timm_kd.utils.errors import UsageError
-from timm_kd.utils.files import FileReadError, read_yaml
+from timm_kd.utils.files import read_yaml_mapping
 from .parser import (  # noqa: F401 - the parser's names, importable from here as they always were
     LARGE_INPUT_AUG_FLAGS, METHOD_FLAG_DESTS, PEER_REPORT_DELAY, PICK_CHOICES, SCHEDULERS, STD_AUG_MODES,
     TIMM_DISTILL_TYPES, ParseKwargs, build_parser, is_main_process_env, report_error)
@@ -135,15 +135,9 @@ def _check_config_value(action: argparse.Action, key: str, value: Any, path: str
 
 def load_flag_file(path: str, what: str) -> Dict[str, Any]:
     """A YAML mapping of flag names to values (a --config file, a run's args.yaml), read only from a regular file and
-    not through a link (``read_yaml``: a FIFO never blocks, size and nesting are bounded); ``what`` names it in the
-    one-sentence UsageError for a file that cannot be read or holds no mapping."""
-    try:
-        cfg = read_yaml(path) or {}
-    except FileReadError as e:
-        raise UsageError(f'{what}: {e}') from e
-    if not isinstance(cfg, dict):
-        raise UsageError(f'{what} {path!r} must hold a mapping of flag names to values.')
-    return cfg
+    not through a link (``read_yaml_mapping``: a FIFO never blocks, size and nesting are bounded); ``what`` names it
+    in the one-sentence UsageError for a file that cannot be read or holds no mapping."""
+    return read_yaml_mapping(path, what, 'a mapping of flag names to values')
 
 
 def run_args_of(resume: str) -> Dict[str, Any]:

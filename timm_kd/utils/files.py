@@ -35,8 +35,8 @@ from .messages import first_line
 
 __all__ = ['TEMP_PREFIX', 'OutputError', 'output_error', 'atomic_save', 'atomic_write_text', 'atomic_write_bytes',
            'atomic_copy', 'remove_stale_temp_files', 'FileReadError', 'MAX_FILE_BYTES', 'MAX_DEPTH', 'MAX_YAML_VALUES',
-           'is_regular_file', 'open_regular', 'read_bytes', 'read_text', 'read_json', 'read_yaml', 'parse_json',
-           'parse_yaml', 'LOCK_NAME', 'FolderLocked', 'lock_folder', 'folder_lock_holder']
+           'is_regular_file', 'open_regular', 'read_bytes', 'read_text', 'read_json', 'read_yaml', 'read_yaml_mapping',
+           'parse_json', 'parse_yaml', 'LOCK_NAME', 'FolderLocked', 'lock_folder', 'folder_lock_holder']
 
 TEMP_PREFIX = '.timm-kd-tmp-'
 
@@ -346,6 +346,19 @@ def read_yaml(path: str, limit: int = MAX_FILE_BYTES, max_depth: int = MAX_DEPTH
     it does not exist (if given)."""
     text = read_text(path, limit, default=_MISSING if default is _MISSING else None)
     return default if text is None else parse_yaml(text, path, max_depth, max_values)
+
+
+def read_yaml_mapping(path: str, what: str, holds: str) -> Dict[str, Any]:
+    """The YAML mapping in the file ``path`` (:func:`read_yaml`; an empty file is an empty mapping). A file that
+    cannot be read or holds no mapping is one UsageError sentence: ``what`` names the file, ``holds`` says what
+    it must hold."""
+    try:
+        data = read_yaml(path) or {}
+    except FileReadError as e:
+        raise UsageError(f'{what}: {e}') from None
+    if not isinstance(data, dict):
+        raise UsageError(f'{what} {path!r} must hold {holds}.')
+    return data
 
 
 # ---------------------------------------------------------------------------------------------------------
