@@ -180,3 +180,22 @@ def test_archive_and_missing_file(tmp_path, teacher):
         read_kd_checkpoint(tmp_path / 'nope.pth')
     assert zipfile.is_zipfile(tmp_path / 'ckpt_epoch_240.pth')  # a modern torch.save file is a zip, not a tar
     assert timm_kd.read_kd_checkpoint is read_kd_checkpoint
+
+
+def test_bytes_that_are_no_checkpoint_are_one_error_never_a_traceback(tmp_path, teacher):
+    """Every one-byte file and a few hundred random ones (some starting like a pickle): whatever torch's readers trip
+    over (struct.error, 'Invalid magic number', IndexError, ...) is a KDCheckpointError of one line. A cut zip
+    checkpoint too."""
+    rng = np.random.default_rng(0)
+    blobs = [bytes([b]) for b in range(256)]
+    blobs += [bytes(rng.integers(0, 256, int(n), dtype=np.uint8)) for n in rng.choice([2, 3, 8, 64, 512, 4096], 300)]
+    blobs += [b'\x80\x02' + blob for blob in blobs[256:400]]
+    torch.save({'model': teacher.state_dict()}, tmp_path / 'whole.pth')
+    whole = (tmp_path / 'whole.pth').read_bytes()
+    blobs += [whole[:len(whole) // 2], whole[:100]]
+    path = tmp_path / 'blob.pth'
+    for blob in blobs:
+        path.write_bytes(blob)
+        with pytest.raises(KDCheckpointError) as e:
+            read_kd_checkpoint(path)
+        assert len(str(e.value).splitlines()) == 1, (blob[:16], str(e.value))

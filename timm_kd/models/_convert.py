@@ -11,12 +11,16 @@ allow-list of harmless types (numpy scalars and dtypes, which old checkpoints st
 import argparse
 import os
 import pickle
+import struct
 import sys
 import tarfile
+import warnings
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+
+from timm_kd.utils.messages import first_line
 
 __all__ = ['KDCheckpointError', 'read_kd_checkpoint', 'load_kd_checkpoint', 'clean_kd_state_dict', 'checkpoint_filter_fn',
            'checkpoint_num_classes', 'checkpoint_accuracy']
@@ -131,12 +135,16 @@ def _torch_load(path: str) -> Any:
                 f'{path} is an archive of {len(members)} checkpoints (e.g. {members[0]}): '
                 'extract it and pass one checkpoint file.')
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
+            # random bytes can look like a pickle of another protocol: torch warns before it fails
+            warnings.filterwarnings('ignore', message='Detected pickle protocol', category=UserWarning)
             return torch.load(path, map_location='cpu', weights_only=True)
     except EOFError as e:  # a legacy (non-zip) pickle cut short
         raise KDCheckpointError(f'{path} ends before the checkpoint does (a truncated file?)') from e
-    except (IndexError, KeyError, UnicodeDecodeError) as e:  # bytes that are no pickle: the unpickler trips over them
-        raise KDCheckpointError(f'{path} is not a checkpoint: torch cannot unpickle it ({type(e).__name__})') from e
+    except (IndexError, KeyError, UnicodeDecodeError, struct.error, OverflowError, TypeError, ValueError,
+            RuntimeError) as e:  # bytes that are no checkpoint: the unpickler or torch's reader trips over them
+        raise KDCheckpointError(
+            f'{path} is not a checkpoint: torch cannot unpickle it ({type(e).__name__}: {first_line(e)})') from e
     except pickle.UnpicklingError as e:
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
