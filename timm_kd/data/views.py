@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from timm_kd.utils.ranges import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, FlagRange, in_range, range_text
 from .pick import PICK_CRITERIA
 
 __all__ = [
@@ -148,17 +149,17 @@ def resolve_view(name: str) -> Tuple[View, str]:
     return family, key
 
 
-# The sections timm's rand_augment_transform / augment_and_mix_transform read: key -> (type, low, high, meaning), low
-# excluded where the meaning says > and None = unbounded. timm reads a value only when it starts with a digit, ignores
-# other sections and clips a magnitude above its maximum, so a typo, 'nan' or a value out of range would change the
-# policy without a word: each is refused.
-_FAMILY_SECTIONS: Dict[str, Dict[str, Tuple[type, float, Optional[float], str]]] = {
-    'rand': {'mstd': (float, 0, None, 'magnitude noise std, > 100: uniform'), 'mmax': (int, 1, None, 'magnitude cap'),
-             'inc': (int, 0, 1, 'increasing ops'), 'm': (int, 0, 10, 'magnitude, up to mmax if given'),
-             'n': (int, 1, None, 'ops per image'), 'p': (float, 0, 1, 'probability of each op')},
-    'augmix': {'mstd': (float, 0, None, 'magnitude noise std'), 'm': (int, 0, 10, 'magnitude'),
-               'w': (int, 1, None, 'chains mixed'), 'd': (int, 1, None, 'ops per chain; none: 1-3 at random'),
-               'a': (float, 0, None, 'Dirichlet / Beta alpha, > 0'), 'b': (int, 0, 1, 'blended mode')},
+# The sections timm's rand_augment_transform / augment_and_mix_transform read: key -> (type, allowed values, meaning).
+# timm reads a value only when it starts with a digit, ignores other sections and clips a magnitude above its
+# maximum, so a typo, 'nan' or a value out of range would change the policy without a word: each is refused.
+_FAMILY_SECTIONS: Dict[str, Dict[str, Tuple[type, FlagRange, str]]] = {
+    'rand': {'mstd': (float, NON_NEGATIVE, 'magnitude noise std, > 100: uniform'),
+             'mmax': (int, AT_LEAST_ONE, 'magnitude cap'), 'inc': (int, (0, 1, False, False), 'increasing ops'),
+             'm': (int, (0, 10, False, False), 'magnitude, up to mmax if given'),
+             'n': (int, AT_LEAST_ONE, 'ops per image'), 'p': (float, (0, 1, False, False), 'probability of each op')},
+    'augmix': {'mstd': (float, NON_NEGATIVE, 'magnitude noise std'), 'm': (int, (0, 10, False, False), 'magnitude'),
+               'w': (int, AT_LEAST_ONE, 'chains mixed'), 'd': (int, AT_LEAST_ONE, 'ops per chain; none: 1-3 at random'),
+               'a': (float, POSITIVE, 'Dirichlet / Beta alpha, > 0'), 'b': (int, (0, 1, False, False), 'blended mode')},
 }
 _RAND_OP_SETS = ('weights', '3aw', '3a')  # rand-t<name>: timm's op sets; another name silently means the default
 
@@ -178,19 +179,18 @@ def _check_sections(head: str, sections: List[str], name: str, example: str) -> 
         if key is None:
             raise ValueError(f"{name!r}: unknown section {section!r} of a timm {head} policy string (keys: "
                              f"{', '.join(table)}, each followed by a number, e.g. {example}).")
-        kind, meaning = table[key][0], table[key][3]
+        kind, _, meaning = table[key]
         if not re.fullmatch(r'\d+' if kind is int else r'\d+(\.\d+)?', section[len(key):]):
             raise ValueError(f"{name!r}: section {section!r} needs {'an integer' if kind is int else 'a number'} "
                              f"after {key!r} ({meaning}).")
         values[key] = section, kind(section[len(key):])
     for key, (section, v) in values.items():
-        _, low, high, meaning = table[key]
+        _, allowed, meaning = table[key]
         if head == 'rand' and key == 'm' and 'mmax' in values:  # timm clips the magnitude at mmax (default 10)
-            high = values['mmax'][1]
-        low_open = meaning.endswith(f'> {low:g}')
-        if v < low or (low_open and v == low) or (high is not None and v > high):
-            bounds = f'> {low:g}' if low_open else f'>= {low:g}' if high is None else f'in [{low:g}, {high:g}]'
-            raise ValueError(f"{name!r}: section {section!r} is out of range: {key} ({meaning}) must be {bounds}.")
+            allowed = (allowed[0], values['mmax'][1], False, False)
+        if not in_range(v, allowed):
+            raise ValueError(f"{name!r}: section {section!r} is out of range: {key} ({meaning}) must be "
+                             f"{range_text(allowed)}.")
 
 
 class PatchShuffle:

@@ -19,6 +19,7 @@ from timm_kd.distill.methods import METHODS, method_arg_ranges
 from timm_kd.distill.resolution import MIN_IMAGE_SIZE, image_size
 from timm_kd.utils.errors import UsageError
 from timm_kd.utils.files import read_yaml_mapping
+from timm_kd.utils.ranges import NON_NEGATIVE, FlagRange, in_range, range_text
 from .parser import (  # noqa: F401 - the parser's names, importable from here as they always were
     LARGE_INPUT_AUG_FLAGS, METHOD_FLAG_DESTS, PEER_REPORT_DELAY, PICK_CHOICES, SCHEDULERS, STD_AUG_MODES,
     TIMM_DISTILL_TYPES, ParseKwargs, build_parser, is_main_process_env, report_error)
@@ -45,7 +46,7 @@ RESUME_RUN_FLAGS = (
 
 # Allowed values of numeric flags: dest -> (low, high, low_open, high_open); None = unbounded. Every float flag must
 # also be finite, and an int flag not listed here must be >= 0.
-_RANGES: Dict[str, Tuple[Optional[float], Optional[float], bool, bool]] = {
+_RANGES: Dict[str, FlagRange] = {
     **{k: (1, None, False, False) for k in (
         'batch_size', 'validation_batch_size', 'epochs', 'train_num_samples', 'val_num_samples', 'log_interval',
         'lr_base_size', 'lr_cycle_limit', 'pick_candidates', 'in_chans')},
@@ -68,12 +69,6 @@ _RANGES: Dict[str, Tuple[Optional[float], Optional[float], bool, bool]] = {
 }
 
 
-def _range_text(low, high, low_open, high_open) -> str:
-    if high is None:
-        return f'{">" if low_open else ">="} {low:g}'
-    return f'in {"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}'
-
-
 def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every numeric flag finite and in its range (``_RANGES``, the methods' ``arg_ranges``; other int flags >= 0).
     Raises UsageError."""
@@ -82,14 +77,10 @@ def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         value = getattr(args, a.dest, None)
         if a.type not in (int, float) or value is None:
             continue
-        low, high, low_open, high_open = ranges.get(a.dest, (0, None, False, False) if a.type is int else
-                                                    (None, None, False, False))
+        allowed = ranges.get(a.dest, NON_NEGATIVE if a.type is int else (None, None, False, False))
         for v in (value if isinstance(value, (list, tuple)) else [value]):
-            ok = math.isfinite(v) and (low is None or (v > low if low_open else v >= low)) and \
-                (high is None or (v < high if high_open else v <= high))
-            if not ok:
-                what = 'a finite number' if low is None else _range_text(low, high, low_open, high_open)
-                raise UsageError(f'{a.option_strings[-1]} must be {what}, got {v:g}.')
+            if not in_range(v, allowed):
+                raise UsageError(f'{a.option_strings[-1]} must be {range_text(allowed)}, got {v:g}.')
 
 
 def _check_config_value(action: argparse.Action, key: str, value: Any, path: str) -> Any:

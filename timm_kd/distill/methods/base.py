@@ -24,16 +24,11 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from timm_kd.utils.ranges import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, FlagRange
 from ..losses import kd_loss
 
 __all__ = ['ModelOutputs', 'Distiller', 'FlagRange', 'POSITIVE', 'NON_NEGATIVE', 'AT_LEAST_ONE']
 
-# The values a numeric flag allows: (low, high, low excluded, high excluded), None = unbounded. train_kd checks every
-# flag against its range before any work (``timm_kd.train.args.check_numbers``).
-FlagRange = Tuple[Optional[float], Optional[float], bool, bool]
-POSITIVE: FlagRange = (0, None, True, False)
-NON_NEGATIVE: FlagRange = (0, None, False, False)
-AT_LEAST_ONE: FlagRange = (1, None, False, False)
 
 
 @dataclass
