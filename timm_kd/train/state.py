@@ -366,7 +366,7 @@ def load_checkpoint(path: str) -> TrainState:
         raise CheckpointError(str(e).rstrip('.')) from e
     except Exception as e:  # noqa: BLE001 - any unpickling / IO failure means "not a usable checkpoint"
         raise CheckpointError(f'{path} cannot be read as a checkpoint ({type(e).__name__}: '
-                              f'{(str(e).strip().splitlines() or [""])[0][:200]})') from e
+                              f'{first_line(e)[:200]})') from e
     return TrainState.from_dict(d, path)
 
 
