@@ -284,10 +284,19 @@ def _tree(files: Dict[str, bytes], folder: str, recursive: bool) -> list:
             for d in sorted(dirs)] + out
 
 
-class HubServer(ThreadingHTTPServer):
-    """In-memory Hub on ``127.0.0.1``; use as a context manager or call ``start()`` / ``stop()``."""
+class LocalServer(ThreadingHTTPServer):
+    """A threaded test server on 127.0.0.1 whose clients may hang up: the tests' fault cases (timeouts, refused
+    answers) close connections on purpose, and socketserver would print a traceback into the stderr they read."""
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class HubServer(LocalServer):
+    """In-memory Hub on ``127.0.0.1``; use as a context manager or call ``start()`` / ``stop()``."""
 
     def __init__(self, port: int = 0, lifetime: float = 600.0, user: str = 'user'):
         super().__init__(('127.0.0.1', port), _Handler)
@@ -304,11 +313,6 @@ class HubServer(ThreadingHTTPServer):
         self.closed = threading.Event()  # set once the listening socket is closed
 
     # ---- test helpers ---------------------------------------------------------------------------------
-    def handle_error(self, request, client_address) -> None:
-        # Clients under test hang up on purpose (timeouts, refused answers); only real faults print.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
     def new_oid(self, repo_id: str, msg: str) -> str:
         self._n += 1
         return hashlib.sha1(f'{repo_id}\0{msg}\0{self._n}\0{time.time_ns()}'.encode()).hexdigest()
