@@ -59,13 +59,14 @@ def _create_optimizer(args: argparse.Namespace, student: torch.nn.Module, task: 
     return optimizer
 
 
-def _lock(folder: str, hold: contextlib.ExitStack) -> bool:
-    """Hold the run folder's lock until ``hold`` closes (another process run in it: one sentence)."""
+def _lock(folder: str, hold: contextlib.ExitStack) -> str:
+    """Hold the run folder's lock until ``hold`` closes (another process run in it: one sentence); returns the
+    folder's real path, which names the lock held."""
     try:
         hold.enter_context(lock_folder(folder))
     except OSError as e:  # a read-only folder
         raise output_error(e.filename or folder, e) from e
-    return True
+    return os.path.realpath(folder)
 
 
 def _evaluate_epoch(run: LiveRun, loader_eval, world: int) -> Dict[str, Any]:
@@ -96,7 +97,7 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles, ho
 
     # 1. the run folder is locked and the checkpoint to resume from must verify, be healthy and be the folder's run's
     # before anything else happens; flags given with it either apply (schedule and run flags) or are refused
-    resume, resume_file, schedule_changes, locked = None, None, [], False
+    resume, resume_file, schedule_changes, locked = None, None, [], None
     if args.resume:
         folder = resume_run_dir(args, explicit)
         if folder and os.path.isdir(folder) and is_main_process_env():
@@ -182,7 +183,8 @@ def train(args: argparse.Namespace, explicit: Dict[str, Any], logs: LogFiles, ho
     if accelerator.is_main_process:
         try:
             run.run_dir = choose_run_dir(args, explicit, dc)
-            locked = locked or _lock(run.run_dir, hold)
+            if locked != os.path.realpath(run.run_dir):  # the folder a resume continues in is locked already
+                _lock(run.run_dir, hold)
             recorded = read_run_id(run.run_dir)
             run.run_id = recorded or run_id or new_run_id()
             if recorded is None:
