@@ -33,6 +33,7 @@ from timm_kd.hub import archive as archive_lib
 from timm_kd.hub import download as download_lib
 from timm_kd.hub.cli import convert_main
 from timm_kd.models import TEACHER_SOURCES, list_teachers, store_dir
+from timm_kd.utils.files import LOCK_NAME, lock_folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_runs import TOKEN, random_model, tree_digest  # noqa: E402
@@ -151,7 +152,7 @@ def test_download_converts_into_the_store_and_names_find_it(env, archives, refs,
     assert [p for p, _ in env.log] == [MD_PATH, '/objects/0']  # GitHub's redirect to the asset host, followed
     assert '2 teachers of mdistiller now in the local teacher store' in out
     downloads = store_dir().parent / 'downloads' / 'mdistiller'  # unpacked beside the archive, then removed
-    assert sorted(p.name for p in downloads.iterdir()) == ['.lock', 'cifar_teachers.tar', 'sha256.json']
+    assert sorted(p.name for p in downloads.iterdir()) == [LOCK_NAME, 'cifar_teachers.tar', 'sha256.json']
 
     rows = {r['name']: r for r in timm_kd.list_teachers()}
     assert set(rows) == {'resnet8.cifar100', 'wrn_16_1.cifar100'}
@@ -302,6 +303,19 @@ def test_a_mirror_must_serve_the_same_file(env, archives, capsys):
     assert ('/mirror/cifar_teachers.tar', None) in env.log
     assert convert_main(['--url', mirror]) == 2 and convert_main(['--list', 'x.tar']) == 2
     assert convert_main(['x.tar', '--download', 'mdistiller']) == 2
+
+
+def test_a_download_in_progress_elsewhere_is_one_sentence_and_left_alone(env, capsys):
+    """Another command holds the archive's folder (its lock): this one refuses in one sentence, requests nothing
+    and writes nothing; once the lock is free the same command downloads."""
+    folder = store_dir().parent / 'downloads' / 'mdistiller'
+    folder.mkdir(parents=True)
+    with lock_folder(str(folder)):
+        assert convert_main(['--download', 'mdistiller']) == 1
+        err = _one_error(capsys.readouterr().err)
+        assert 'Another command is fetching cifar_teachers.tar' in err and str(folder) in err, err
+        assert env.log == [] and sorted(p.name for p in folder.iterdir()) == [LOCK_NAME]
+    assert convert_main(['--download', 'mdistiller']) == 0
 
 
 def test_http_errors_and_oversized_files_are_one_sentence(env, capsys, monkeypatch):

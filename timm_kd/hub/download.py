@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional, Tuple, Union
 
 from timm_kd.models import TEACHER_SOURCES, downloads_dir
+from timm_kd.utils.files import FileReadError, FolderLocked, atomic_write_text, lock_folder, read_json
 from .io import sha256_file, timm_kd_version
 
 __all__ = ['DownloadError', 'ChecksumError', 'download', 'fetch_source', 'DEFAULT_TIMEOUT', 'MAX_DOWNLOAD_BYTES']
@@ -151,10 +152,9 @@ def _check_digest(archive: Path, record: Path, pinned: Optional[str], url: str) 
         expected, what, fix = pinned.lower(), 'the sha256 its publisher gives', 'download it again'
     else:
         try:
-            expected = json.loads(record.read_text(encoding='utf-8'))['sha256']
-        except FileNotFoundError:
-            expected = None
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            recorded = read_json(str(record), default=None)
+            expected = None if recorded is None else recorded['sha256']
+        except (FileReadError, KeyError, TypeError) as e:
             raise DownloadError(f'Cannot read the recorded digest {record} ({e}); delete it to trust the next '
                                 f'download afresh.') from e
         what = f'the sha256 recorded at its first download ({record})'
@@ -162,9 +162,7 @@ def _check_digest(archive: Path, record: Path, pinned: Optional[str], url: str) 
     if expected is None:
         first = {'file': archive.name, 'url': url, 'sha256': digest, 'size': archive.stat().st_size,
                  'recorded': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
-        tmp = record.with_name(f'.{record.name}.{os.getpid()}')
-        tmp.write_text(json.dumps(first, indent=2) + '\n', encoding='utf-8')
-        os.replace(tmp, record)
+        atomic_write_text(str(record), json.dumps(first, indent=2) + '\n')
         return digest, True
     if digest != expected:
         archive.unlink()
@@ -181,18 +179,17 @@ def fetch_source(name: str, url: Optional[str] = None, timeout: float = DEFAULT_
     from ``url`` (a mirror; default: the release URL) into ``downloads_dir()/<name>/``. The folder is locked while
     this runs, so two commands never write the same file.
     """
-    from filelock import FileLock, Timeout
     source = TEACHER_SOURCES[name]
     url = url or source.url
     folder = downloads_dir() / name
     folder.mkdir(parents=True, exist_ok=True)
     archive = folder / source.filename
     try:
-        with FileLock(str(folder / '.lock'), timeout=0):
+        with lock_folder(str(folder)):
             if not archive.is_file():
                 download(url, archive, timeout=timeout, progress=progress)
             digest, first = _check_digest(archive, folder / 'sha256.json', source.sha256, url)
-    except Timeout as e:
+    except FolderLocked as e:
         raise DownloadError(f'Another command is fetching {source.filename} into {folder} right now; wait for it '
                             f'to finish and run this one again.') from e
     return archive, digest, first
