@@ -15,7 +15,6 @@ fetched under ``HF_HUB_OFFLINE=1``), the store's folder of the same name is used
 ``train_kd.py --teacher resnet32x4`` find downloaded teachers (:func:`store_weights`).
 """
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +22,12 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from timm.models import PretrainedCfg
 
+from timm_kd.utils.files import FileReadError, read_json
 from timm_kd.utils.hub_access import explain_hub_error, hub_file_error
 from ._names import map_arch
 
-__all__ = ['TeacherSource', 'TEACHER_SOURCES', 'store_dir', 'downloads_dir', 'store_folder', 'teacher_record', 'list_teachers',
-           'store_name', 'fetch_command', 'store_weights', 'missing_weights_message']
+__all__ = ['TeacherSource', 'TEACHER_SOURCES', 'store_dir', 'downloads_dir', 'store_folder', 'teacher_record',
+           'list_teachers', 'store_name', 'fetch_command', 'store_weights', 'missing_weights_message']
 
 _logger = logging.getLogger(__name__)
 
@@ -100,8 +100,10 @@ def teacher_record(folder: Union[str, Path]) -> Optional[Dict[str, Any]]:
     if folder.name.startswith('.') or store_folder(folder.name, folder.parent) is None:
         return None  # a hidden temporary export, or weights missing
     try:
-        cfg = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
-    except (OSError, ValueError):
+        cfg = read_json(str(folder / 'config.json'))
+    except FileReadError:
+        return None
+    if not isinstance(cfg, dict):
         return None
     lineage = cfg.get('timm_kd') if isinstance(cfg.get('timm_kd'), dict) else {}
     top1 = lineage.get('reported_top1')
