@@ -173,6 +173,19 @@ def test_user_mistakes_exit_2_with_one_sentence(runs, tmp_path, capsys):
     assert 'matches no group' in err[1] and 'matches 2 groups' in err[2]
 
 
+@pytest.mark.parametrize('item, phrase', [
+    ('lr=!!python/object/apply:os.system ["touch pwned"]', '--baseline lr=!!python/object/apply:os.system'),
+    ('lr=[0.1', '--baseline lr=[0.1 is not valid YAML'),
+])
+def test_a_yaml_tag_in_baseline_is_one_sentence(runs, tmp_path, capsys, item, phrase):
+    """--baseline values are read as YAML like sweep's --set: plain values only, a tag or a syntax error is one
+    sentence."""
+    root, _, _ = runs
+    assert report.main([str(root), '--baseline', item]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and phrase in err[0] and not (tmp_path / 'pwned').exists(), err
+
+
 def test_sweep_labels_replace_the_flags_they_determine(tmp_path, capsys):
     sweep = tmp_path / 'sweep'
     labels = {}

@@ -30,11 +30,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import yaml
 
 from timm_kd.train.args import RESUME_RUN_FLAGS
 from timm_kd.utils.errors import UsageError
-from timm_kd.utils.files import atomic_write_text, output_error, read_json, read_text, read_yaml
+from timm_kd.utils.files import atomic_write_text, output_error, parse_yaml, read_json, read_text, read_yaml
 
 __all__ = ['RunRecord', 'Group', 'SkippedRun', 'find_run_dirs', 'load_run', 'load_runs', 'group_runs',
            'varying_keys', 'build_table', 'format_table', 'load_paper', 'paper_entry', 'same_setting', 'main',
@@ -284,7 +283,7 @@ def parse_baseline(text: str) -> Dict[str, str]:
         key, sep, value = item.partition('=')
         if not sep or not key.strip():
             raise UsageError(f'--baseline expects key=value pairs separated by commas, got {item!r}.')
-        pairs[key.strip()] = yaml.safe_load(value.strip()) if value.strip() else ''
+        pairs[key.strip()] = parse_yaml(value.strip(), f'--baseline {item}') if value.strip() else ''
     return pairs
 
 
