@@ -126,3 +126,22 @@ def test_output_that_is_a_file_and_max_per_class_0_are_one_sentence(tmp_path, ca
         err = capsys.readouterr().err.strip()
         assert err == f'timm_kd.features: error: {err.split("error: ", 1)[1]}' and phrase in err and '\n' not in err
     assert a_file.read_text() == 'my notes' and not (tmp_path / 'o').exists()
+
+
+@pytest.mark.parametrize('args_yaml', ['link', 'list'])
+def test_a_run_folder_whose_args_yaml_is_a_link_or_no_mapping_is_one_sentence(tmp_path, capsys, args_yaml):
+    """The model name of a run folder comes from its args.yaml, read as train_kd reads it: never through a link,
+    a mapping or one sentence (a list was an AttributeError)."""
+    run = tmp_path / 'run'
+    run.mkdir()
+    _checkpoint(run / 'model_best.pth.tar', 0)
+    if args_yaml == 'link':
+        (tmp_path / 'elsewhere.yaml').write_text('model: resnet8\n')
+        (run / 'args.yaml').symlink_to(tmp_path / 'elsewhere.yaml')
+    else:
+        (run / 'args.yaml').write_text('- model\n- resnet8\n')
+    argv = [str(run), '--dataset', 'synthetic/10x16', '--classes', '0,1', '--output', str(tmp_path / 'o')]
+    assert features.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('timm_kd.features: error: The run arguments') and '\n' not in err, err
+    assert not (tmp_path / 'o').exists()

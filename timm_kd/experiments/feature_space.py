@@ -219,9 +219,7 @@ def load_model(ref: str, model_name: str, num_classes: int, which: str) -> Tuple
             raise UsageError(f'Could not load {ref}: {first_line(e)}.') from e
     name, path = os.path.basename(os.path.normpath(ref)), ref
     if _is_run(ref):
-        import yaml
-        with open(os.path.join(ref, 'args.yaml')) as f:
-            model_name = model_name or yaml.safe_load(f).get('model')
+        model_name = model_name or load_flag_file(os.path.join(ref, 'args.yaml'), 'The run arguments').get('model')
         path = os.path.join(ref, RUN_WEIGHTS[which])
     if not os.path.isfile(path):
         raise UsageError(f'{ref!r} is neither a run folder with {RUN_WEIGHTS[which]}, a checkpoint file, '
